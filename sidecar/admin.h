@@ -1,0 +1,19 @@
+/* admin: the admin listener (NEXTUP_ADMIN) on the main thread's loop:
+ * /healthz (alive), /readyz (serving and a peer known; 503 while draining), /metrics. */
+#ifndef NEXTUP_ADMIN_H
+#define NEXTUP_ADMIN_H
+
+#include <stddef.h>
+
+struct event_base;
+struct config;
+struct peers;
+
+/* Binds NEXTUP_ADMIN. 0, or a negative errno with <err> naming the variable. */
+int admin_start(struct event_base *base, const struct config *cfg, const struct peers *peers, char *err,
+                size_t errlen);
+/* /readyz answers 503 from now on. */
+void admin_set_draining(void);
+void admin_stop(void);
+
+#endif

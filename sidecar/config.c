@@ -1,0 +1,499 @@
+/* config: NEXTUP_* environment variables -> struct config.
+ *
+ * Every variable lives in one table (vars[] below) holding its name, default,
+ * range and help text; config_from_env() and config_print_help() both walk it,
+ * so the defaults printed by --help are the ones the parser applies. Defaults
+ * are kept as text and go through the same parser as user values, so a bad
+ * default cannot hide either. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MS_MAX 86400000L   /* one day: longer timeouts are typos, not intent */
+#define WORKERS_MAX 64
+
+#define UPSTREAMS_EXPECTED \
+    "expected comma-separated host:port peers, e.g. 10.0.0.1:8080,[::1]:8080,orders:8080"
+#define ADDR_EXPECTED "expected host:port with a numeric IPv4 address or [IPv6]:port"
+
+enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL };
+
+struct var {
+    const char *name;
+    enum var_kind kind;
+    const char *def;     /* default as text; NULL = required (upstreams) or computed (workers) */
+    long min, max;       /* VAR_INT only */
+    size_t off;          /* field in struct config */
+    const char *help;
+};
+
+static const struct var vars[] = {
+    { "NEXTUP_LISTEN", VAR_ADDR, "127.0.0.1:15001", 0, 0, offsetof(struct config, listen),
+      "address for proxied traffic (numeric IPv4:port or [IPv6]:port)" },
+    { "NEXTUP_ADMIN", VAR_ADDR, "127.0.0.1:15000", 0, 0, offsetof(struct config, admin),
+      "address for /healthz /readyz /metrics /debug/peers" },
+    { "NEXTUP_UPSTREAMS", VAR_UPSTREAMS, NULL, 0, 0, offsetof(struct config, upstreams),
+      "comma-separated host:port peers; names resolve to every address" },
+    { "NEXTUP_WORKERS", VAR_INT, NULL, 1, WORKERS_MAX, offsetof(struct config, workers),
+      "worker threads" },
+    { "NEXTUP_CONNECT_TIMEOUT_MS", VAR_INT, "1000", 1, MS_MAX,
+      offsetof(struct config, connect_timeout_ms), "upstream connect timeout, ms" },
+    { "NEXTUP_REQUEST_TIMEOUT_MS", VAR_INT, "30000", 1, MS_MAX,
+      offsetof(struct config, request_timeout_ms), "request timeout, ms" },
+    { "NEXTUP_IDLE_TIMEOUT_MS", VAR_INT, "60000", 1, MS_MAX,
+      offsetof(struct config, idle_timeout_ms), "idle keep-alive connection timeout, ms" },
+    { "NEXTUP_HEADER_TIMEOUT_MS", VAR_INT, "10000", 1, MS_MAX,
+      offsetof(struct config, header_timeout_ms), "time allowed to receive request headers, ms" },
+    { "NEXTUP_MAX_HEADER_BYTES", VAR_INT, "65536", 1024, 1048576,
+      offsetof(struct config, max_header_bytes), "largest accepted header block, bytes" },
+    { "NEXTUP_MAX_CONNECTIONS", VAR_INT, "10000", 1, 1000000,
+      offsetof(struct config, max_connections), "downstream connections accepted at once" },
+    { "NEXTUP_MAX_RETRIES", VAR_INT, "2", 0, 16,
+      offsetof(struct config, max_retries), "retries per request after the first attempt" },
+    { "NEXTUP_DRAIN_TIMEOUT_MS", VAR_INT, "10000", 1, MS_MAX,
+      offsetof(struct config, drain_timeout_ms), "grace period for in-flight requests on shutdown, ms" },
+    { "NEXTUP_POOL_MAX_IDLE", VAR_INT, "64", 0, 10000,
+      offsetof(struct config, pool_max_idle), "idle upstream connections kept per peer per worker" },
+    { "NEXTUP_RETRY_BUFFER_BYTES", VAR_INT, "65536", 0, 67108864,
+      offsetof(struct config, retry_buffer_bytes), "request body bytes kept so the request can be retried" },
+    { "NEXTUP_LOG_LEVEL", VAR_LOG_LEVEL, "info", 0, 0, offsetof(struct config, log_level),
+      "one of error, warn, info, debug" },
+};
+
+static const char *const level_names[] = {
+    [LOG_LEVEL_ERROR] = "error", [LOG_LEVEL_WARN] = "warn",
+    [LOG_LEVEL_INFO] = "info", [LOG_LEVEL_DEBUG] = "debug",
+};
+
+__attribute__((format(printf, 3, 4)))
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    /* The message must stay one line even when the value holds a newline. */
+    for (char *p = err; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+}
+
+static int default_workers(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (n < 1)
+        return 1;
+    return n > WORKERS_MAX ? WORKERS_MAX : (int)n;
+}
+
+/* Decimal only: strtol alone would take leading spaces, "+", and "0x" with base 0. */
+static int parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    long v;
+
+    if (!(s[0] >= '0' && s[0] <= '9') && !(s[0] == '-' && s[1] >= '0' && s[1] <= '9'))
+        return -EINVAL;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || *end != '\0' || v < min || v > max)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* 1..65535, at most 5 digits so "000000080" is not a port. */
+static int parse_port(const char *s, size_t len, in_port_t *port)
+{
+    unsigned v = 0;
+
+    if (len == 0 || len > 5)
+        return -EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -EINVAL;
+        v = v * 10 + (unsigned)(s[i] - '0');
+    }
+    if (v < 1 || v > 65535)
+        return -EINVAL;
+    *port = htons((in_port_t)v);
+    return 0;
+}
+
+int config_parse_addr(const char *text, struct sockaddr_storage *sa, socklen_t *salen)
+{
+    char host[INET6_ADDRSTRLEN];
+    const char *h, *colon;
+    size_t hlen;
+    in_port_t port;
+    bool v6 = text[0] == '[';
+
+    if (v6) {
+        const char *close = strchr(text, ']');
+        if (!close || close[1] != ':')
+            return -EINVAL;
+        h = text + 1;
+        hlen = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        colon = strchr(text, ':');
+        /* an unbracketed IPv6 address would have its port ambiguous */
+        if (!colon || strchr(colon + 1, ':'))
+            return -EINVAL;
+        h = text;
+        hlen = (size_t)(colon - text);
+    }
+    if (hlen == 0 || hlen >= sizeof(host))
+        return -EINVAL;
+    if (parse_port(colon + 1, strlen(colon + 1), &port) < 0)
+        return -EINVAL;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+
+    memset(sa, 0, sizeof(*sa));
+    if (v6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+        if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1)
+            return -EINVAL;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = port;
+        *salen = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
+        if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
+            return -EINVAL;
+        s4->sin_family = AF_INET;
+        s4->sin_port = port;
+        *salen = sizeof(*s4);
+    }
+    return 0;
+}
+
+static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+        const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return false;
+}
+
+/* "1.2.3.4:80" or "[::1]:80"; <out> of 64 bytes always suffices. */
+static void format_addr(const struct sockaddr_storage *sa, char *out, size_t outlen)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+
+    if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+        snprintf(out, outlen, "[%s]:%u", host, (unsigned)ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+        snprintf(out, outlen, "%s:%u", host, (unsigned)ntohs(s4->sin_port));
+    }
+}
+
+/* Appends <sa> unless already present. 0, or -EINVAL when the table is full. */
+static int add_upstream(struct config *cfg, const char *entry,
+                        const struct sockaddr *sa, socklen_t salen)
+{
+    struct sockaddr_storage ss;
+    struct config_upstream *u;
+
+    if (salen > sizeof(ss))
+        return 0;
+    memset(&ss, 0, sizeof(ss));
+    memcpy(&ss, sa, salen);
+    for (int i = 0; i < cfg->n_upstreams; i++)
+        if (same_addr(&cfg->upstreams[i].sa, &ss))
+            return 0;
+    if (cfg->n_upstreams >= CONFIG_MAX_UPSTREAMS)
+        return -EINVAL;
+    u = &cfg->upstreams[cfg->n_upstreams++];
+    memset(u, 0, sizeof(*u));
+    u->sa = ss;
+    u->salen = salen;
+    snprintf(u->name, sizeof(u->name), "%s", entry);
+    format_addr(&ss, u->addr_text, sizeof(u->addr_text));
+    return 0;
+}
+
+static bool all_digits_and_dots(const char *s)
+{
+    for (; *s; s++)
+        if (*s != '.' && (*s < '0' || *s > '9'))
+            return false;
+    return true;
+}
+
+/* One trimmed, non-empty entry of NEXTUP_UPSTREAMS, shorter than name[].
+ * With <check_only>, validates the syntax and adds nothing (no DNS). */
+static int parse_upstream_entry(struct config *cfg, const char *name, const char *entry,
+                                bool check_only, char *err, size_t errlen)
+{
+    char host[256];
+    const char *colon;
+    size_t hlen;
+    in_port_t port;
+    struct addrinfo hints, *res, *ai;
+    int rc;
+
+    if (entry[0] == '[') {
+        struct sockaddr_storage ss;
+        socklen_t salen;
+        if (config_parse_addr(entry, &ss, &salen) < 0) {
+            set_err(err, errlen, "%s=\"%s\": expected [IPv6]:port with port 1..65535",
+                    name, entry);
+            return -EINVAL;
+        }
+        if (check_only)
+            return 0;
+        if (add_upstream(cfg, entry, (struct sockaddr *)&ss, salen) < 0)
+            goto too_many;
+        return 0;
+    }
+
+    colon = strrchr(entry, ':');
+    if (!colon) {
+        set_err(err, errlen, "%s=\"%s\": missing port: %s", name, entry, UPSTREAMS_EXPECTED);
+        return -EINVAL;
+    }
+    hlen = (size_t)(colon - entry);
+    if (memchr(entry, ':', hlen)) {
+        set_err(err, errlen, "%s=\"%s\": IPv6 addresses need brackets, e.g. [::1]:8080",
+                name, entry);
+        return -EINVAL;
+    }
+    if (hlen == 0) {
+        set_err(err, errlen, "%s=\"%s\": missing host: %s", name, entry, UPSTREAMS_EXPECTED);
+        return -EINVAL;
+    }
+    if (parse_port(colon + 1, strlen(colon + 1), &port) < 0) {
+        set_err(err, errlen, "%s=\"%s\": expected a port from 1 to 65535 after the last ':'",
+                name, entry);
+        return -EINVAL;
+    }
+    memcpy(host, entry, hlen);
+    host[hlen] = '\0';
+
+    /* getaddrinfo would take "10.1" or "1.2.3" (inet_aton forms) as addresses;
+     * no host name is all digits and dots, so such text is a typo. */
+    if (all_digits_and_dots(host)) {
+        struct sockaddr_storage ss;
+        socklen_t salen;
+        if (config_parse_addr(entry, &ss, &salen) < 0) {
+            set_err(err, errlen, "%s=\"%s\": \"%s\" is not a valid IPv4 address",
+                    name, entry, host);
+            return -EINVAL;
+        }
+        if (check_only)
+            return 0;
+        if (add_upstream(cfg, entry, (struct sockaddr *)&ss, salen) < 0)
+            goto too_many;
+        return 0;
+    }
+    if (check_only)
+        return 0;
+
+    /* No AI_ADDRCONFIG: a peer on ::1 must be reachable even when the host has
+     * no global IPv6 address, which is common in containers. */
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    rc = getaddrinfo(host, colon + 1, &hints, &res);
+    if (rc != 0) {
+        if (rc == EAI_SYSTEM)
+            set_err(err, errlen, "%s=\"%s\": cannot resolve \"%s\": %s: %s",
+                    name, entry, host, gai_strerror(rc), strerror(errno));
+        else
+            set_err(err, errlen, "%s=\"%s\": cannot resolve \"%s\": %s",
+                    name, entry, host, gai_strerror(rc));
+        return -EINVAL;
+    }
+    rc = 0;
+    for (ai = res; ai; ai = ai->ai_next) {
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        if (add_upstream(cfg, entry, ai->ai_addr, ai->ai_addrlen) < 0) {
+            rc = -EINVAL;
+            break;
+        }
+    }
+    freeaddrinfo(res);
+    if (rc < 0)
+        goto too_many;
+    return 0;
+
+too_many:
+    set_err(err, errlen, "%s=\"%s\": more than %d upstream addresses in total",
+            name, entry, CONFIG_MAX_UPSTREAMS);
+    return -EINVAL;
+}
+
+static int scan_upstreams(struct config *cfg, const char *name, const char *value,
+                          bool check_only, char *err, size_t errlen)
+{
+    char entry[sizeof(cfg->upstreams[0].name)];
+    const char *p = value;
+
+    for (int index = 1;; index++) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        size_t len;
+        int rc;
+
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        len = (size_t)(end - p);
+        if (len == 0) {
+            set_err(err, errlen, "%s=\"%s\": entry %d is empty: %s",
+                    name, value, index, UPSTREAMS_EXPECTED);
+            return -EINVAL;
+        }
+        /* name[] keeps the entry text; cutting it would misname the peer */
+        if (len >= sizeof(entry)) {
+            set_err(err, errlen, "%s=\"%.*s\": entry longer than %zu characters",
+                    name, (int)len, p, sizeof(entry) - 1);
+            return -EINVAL;
+        }
+        memcpy(entry, p, len);
+        entry[len] = '\0';
+        rc = parse_upstream_entry(cfg, name, entry, check_only, err, errlen);
+        if (rc < 0)
+            return rc;
+        if (!comma)
+            return 0;
+        p = comma + 1;
+    }
+}
+
+static int parse_var(struct config *cfg, const struct var *v, const char *value,
+                     char *err, size_t errlen)
+{
+    void *field = (char *)cfg + v->off;
+
+    switch (v->kind) {
+    case VAR_ADDR: {
+        struct config_addr *a = field;
+        if (strlen(value) >= sizeof(a->text) ||
+            config_parse_addr(value, &a->sa, &a->salen) < 0) {
+            set_err(err, errlen, "%s=\"%s\": %s", v->name, value, ADDR_EXPECTED);
+            return -EINVAL;
+        }
+        snprintf(a->text, sizeof(a->text), "%s", value);
+        return 0;
+    }
+    case VAR_UPSTREAMS:
+        /* syntax only: names are resolved once every variable is known good */
+        return scan_upstreams(cfg, v->name, value, true, err, errlen);
+    case VAR_INT: {
+        long n;
+        if (parse_long(value, v->min, v->max, &n) < 0) {
+            set_err(err, errlen, "%s=\"%s\": expected an integer from %ld to %ld",
+                    v->name, value, v->min, v->max);
+            return -EINVAL;
+        }
+        *(int *)field = (int)n;
+        return 0;
+    }
+    case VAR_LOG_LEVEL:
+        for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
+            if (strcmp(value, level_names[i]) == 0) {
+                *(enum log_level *)field = (enum log_level)i;
+                return 0;
+            }
+        }
+        set_err(err, errlen, "%s=\"%s\": expected one of error, warn, info, debug",
+                v->name, value);
+        return -EINVAL;
+    }
+    return -EINVAL;
+}
+
+/* Resolution comes last so a typo anywhere, even late in NEXTUP_UPSTREAMS,
+ * is reported without first waiting on DNS. */
+int config_from_env(struct config *cfg, char *err, size_t errlen)
+{
+    const char *upstreams = NULL, *upstreams_name = NULL;
+
+    if (err && errlen)
+        err[0] = '\0';
+    memset(cfg, 0, sizeof(*cfg));
+
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const struct var *v = &vars[i];
+        const char *value = getenv(v->name);
+        int rc;
+
+        if (!value || !*value) {
+            if (v->kind == VAR_UPSTREAMS) {
+                set_err(err, errlen, "%s is required: %s", v->name, UPSTREAMS_EXPECTED);
+                return -EINVAL;
+            }
+            if (!v->def) {
+                /* computed default (workers): already within range by construction */
+                *(int *)((char *)cfg + v->off) = default_workers();
+                continue;
+            }
+            value = v->def;
+        }
+        rc = parse_var(cfg, v, value, err, errlen);
+        if (rc < 0)
+            return rc;
+        if (v->kind == VAR_UPSTREAMS) {
+            upstreams = value;
+            upstreams_name = v->name;
+        }
+    }
+    cfg->n_upstreams = 0;
+    return scan_upstreams(cfg, upstreams_name, upstreams, false, err, errlen);
+}
+
+void config_print_help(FILE *out)
+{
+    fprintf(out, "usage: nextup [--help]  (configured by environment variables only)\n\n");
+    fprintf(out, "  %-26s %-16s %s\n", "VARIABLE", "DEFAULT", "MEANING");
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const struct var *v = &vars[i];
+        char def[32];
+
+        if (v->def)
+            snprintf(def, sizeof(def), "%s", v->def);
+        else if (v->kind == VAR_UPSTREAMS)
+            snprintf(def, sizeof(def), "(required)");
+        else
+            snprintf(def, sizeof(def), "online CPUs (%d)", default_workers());
+
+        if (v->kind == VAR_INT)
+            fprintf(out, "  %-26s %-16s %s (%ld..%ld)\n", v->name, def, v->help, v->min, v->max);
+        else
+            fprintf(out, "  %-26s %-16s %s\n", v->name, def, v->help);
+    }
+}

@@ -1,0 +1,65 @@
+/* config: NEXTUP_* environment variables -> struct config, read once at start.
+ *
+ * API:
+ *   config_from_env()     fill a config from the environment (defaults for unset)
+ *   config_print_help()   the --help text: every variable with its default
+ *   config_parse_addr()   "host:port" / "[v6]:port" -> sockaddr (no DNS)
+ * The struct is immutable after startup; workers read it without locks. */
+#ifndef NEXTUP_CONFIG_H
+#define NEXTUP_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#define CONFIG_MAX_UPSTREAMS 256
+
+enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
+
+struct config_addr {
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    char text[128];          /* as written by the user, e.g. "10.0.0.1:8080" */
+};
+
+struct config_upstream {
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    char name[128];          /* the NEXTUP_UPSTREAMS entry this address came from */
+    char addr_text[64];      /* resolved numeric form, "1.2.3.4:80" or "[::1]:80" */
+};
+
+struct config {
+    struct config_addr listen;            /* NEXTUP_LISTEN, default 127.0.0.1:15001 */
+    struct config_addr admin;             /* NEXTUP_ADMIN, default 127.0.0.1:15000 */
+    struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS]; /* NEXTUP_UPSTREAMS (required) */
+    int n_upstreams;
+    int workers;                          /* NEXTUP_WORKERS, default: online CPUs, 1..64 */
+    int connect_timeout_ms;               /* NEXTUP_CONNECT_TIMEOUT_MS, default 1000 */
+    int request_timeout_ms;               /* NEXTUP_REQUEST_TIMEOUT_MS, default 30000 */
+    int idle_timeout_ms;                  /* NEXTUP_IDLE_TIMEOUT_MS, default 60000 */
+    int header_timeout_ms;                /* NEXTUP_HEADER_TIMEOUT_MS, default 10000 */
+    int max_header_bytes;                 /* NEXTUP_MAX_HEADER_BYTES, default 65536, 1024..1048576 */
+    int max_connections;                  /* NEXTUP_MAX_CONNECTIONS, default 10000 */
+    int max_retries;                      /* NEXTUP_MAX_RETRIES, default 2, 0..16 */
+    int drain_timeout_ms;                 /* NEXTUP_DRAIN_TIMEOUT_MS, default 10000 */
+    int pool_max_idle;                    /* NEXTUP_POOL_MAX_IDLE per peer per worker, default 64, 0..10000 */
+    int retry_buffer_bytes;               /* NEXTUP_RETRY_BUFFER_BYTES, default 65536, 0..67108864 */
+    enum log_level log_level;             /* NEXTUP_LOG_LEVEL error|warn|info|debug, default info */
+};
+
+/* Fills <cfg> from the NEXTUP_* environment; unset variables take their defaults.
+ * Host names in NEXTUP_UPSTREAMS are resolved with getaddrinfo (every address
+ * becomes one upstream). Returns 0, or -EINVAL with one line in <err> naming the
+ * variable, the value and what was expected, e.g.
+ *   NEXTUP_MAX_RETRIES="abc": expected an integer from 0 to 16 */
+int config_from_env(struct config *cfg, char *err, size_t errlen);
+
+/* Writes the --help text to <out>: every variable, its default and meaning. */
+void config_print_help(FILE *out);
+
+/* Parses "a.b.c.d:port", "[v6]:port" (numeric only) into <sa>/<salen>.
+ * 0, or -EINVAL when <text> is not of that form or port is not 1..65535. */
+int config_parse_addr(const char *text, struct sockaddr_storage *sa, socklen_t *salen);
+
+#endif

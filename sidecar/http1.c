@@ -1,0 +1,431 @@
+#include "http1.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <llhttp.h>
+
+void http_head_reset(struct http_head *h)
+{
+    char *buf = h->buf;
+    size_t cap = h->cap;
+
+    memset(h, 0, sizeof(*h));
+    h->buf = buf;
+    h->cap = cap;
+}
+
+void http_head_free(struct http_head *h)
+{
+    free(h->buf);
+    memset(h, 0, sizeof(*h));
+}
+
+static int head_append(struct http_head *h, const char *at, size_t len, size_t limit)
+{
+    if (h->len + len > limit || h->len + len > UINT32_MAX)
+        return -E2BIG;
+    if (h->len + len > h->cap) {
+        size_t cap = h->cap ? h->cap : 1024;
+        char *nb;
+        while (cap < h->len + len)
+            cap *= 2;
+        nb = realloc(h->buf, cap);
+        if (!nb)
+            return -ENOMEM;
+        h->buf = nb;
+        h->cap = cap;
+    }
+    memcpy(h->buf + h->len, at, len);
+    h->len += len;
+    return 0;
+}
+
+int http_head_add_first(struct http_head *h, const char *at, size_t len, size_t limit)
+{
+    if (h->first_len == 0)
+        h->first_off = (uint32_t)h->len;
+    h->first_len += (uint32_t)len;
+    return head_append(h, at, len, limit);
+}
+
+int http_head_add_field(struct http_head *h, const char *at, size_t len, size_t limit)
+{
+    /* llhttp may deliver a name in pieces; a new header starts after a value. */
+    if (h->n_hdr == 0 || h->in_value) {
+        if (h->n_hdr == HTTP_MAX_HEADERS) {
+            h->too_many = 1;
+            return -E2BIG;
+        }
+        h->hdr[h->n_hdr].name_off = (uint32_t)h->len;
+        h->hdr[h->n_hdr].name_len = 0;
+        h->hdr[h->n_hdr].value_off = (uint32_t)h->len;
+        h->hdr[h->n_hdr].value_len = 0;
+        h->n_hdr++;
+        h->in_value = 0;
+    }
+    h->hdr[h->n_hdr - 1].name_len += (uint32_t)len;
+    return head_append(h, at, len, limit);
+}
+
+int http_head_add_value(struct http_head *h, const char *at, size_t len, size_t limit)
+{
+    struct http_header *hd;
+
+    if (h->n_hdr == 0)
+        return -EINVAL;
+    hd = &h->hdr[h->n_hdr - 1];
+    if (!h->in_value) {
+        hd->value_off = (uint32_t)h->len;
+        hd->value_len = 0;
+        h->in_value = 1;
+    }
+    hd->value_len += (uint32_t)len;
+    return head_append(h, at, len, limit);
+}
+
+size_t http_head_size(const struct http_head *h)
+{
+    /* Each header line adds ": " and CRLF; the first line about 16 more. */
+    return h->len + 4 * (size_t)h->n_hdr + 16;
+}
+
+static void trimmed(const struct http_head *h, const struct http_header *hd, const char **v, size_t *vlen)
+{
+    const char *p = h->buf + hd->value_off;
+    size_t n = hd->value_len;
+
+    while (n > 0 && (*p == ' ' || *p == '\t')) {
+        p++;
+        n--;
+    }
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+        n--;
+    *v = p;
+    *vlen = n;
+}
+
+static int name_is(const struct http_head *h, const struct http_header *hd, const char *name)
+{
+    size_t n = strlen(name);
+    return hd->name_len == n && strncasecmp(h->buf + hd->name_off, name, n) == 0;
+}
+
+const char *http_head_get(const struct http_head *h, const char *name, size_t *len)
+{
+    int i;
+
+    for (i = 0; i < h->n_hdr; i++) {
+        if (name_is(h, &h->hdr[i], name)) {
+            const char *v;
+            trimmed(h, &h->hdr[i], &v, len);
+            return v;
+        }
+    }
+    return NULL;
+}
+
+/* Calls <fn> for each comma-separated, trimmed token of <v>; stops at a non-zero return. */
+static int each_token(const char *v, size_t vlen, int (*fn)(const char *tok, size_t n, const void *arg),
+                      const void *arg)
+{
+    size_t i = 0;
+
+    while (i < vlen) {
+        size_t start, end;
+        while (i < vlen && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        start = i;
+        while (i < vlen && v[i] != ',')
+            i++;
+        end = i;
+        while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t'))
+            end--;
+        if (end > start) {
+            int r = fn(v + start, end - start, arg);
+            if (r)
+                return r;
+        }
+    }
+    return 0;
+}
+
+static int token_equals(const char *tok, size_t n, const void *arg)
+{
+    const char *want = arg;
+    return strlen(want) == n && strncasecmp(tok, want, n) == 0;
+}
+
+int http_head_has_token(const struct http_head *h, const char *name, const char *token)
+{
+    int i;
+
+    for (i = 0; i < h->n_hdr; i++) {
+        const char *v;
+        size_t vlen;
+        if (!name_is(h, &h->hdr[i], name))
+            continue;
+        trimmed(h, &h->hdr[i], &v, &vlen);
+        if (each_token(v, vlen, token_equals, token))
+            return 1;
+    }
+    return 0;
+}
+
+struct span {
+    const char *p;
+    size_t n;
+};
+
+static int token_matches_span(const char *tok, size_t n, const void *arg)
+{
+    const struct span *s = arg;
+    return n == s->n && strncasecmp(tok, s->p, n) == 0;
+}
+
+int http1_is_hop_by_hop(const struct http_head *h, const char *name, size_t len)
+{
+    static const char *const fixed[] = {
+        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+        "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    };
+    struct span s = { name, len };
+    size_t i;
+    int k;
+
+    for (i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+        if (strlen(fixed[i]) == len && strncasecmp(fixed[i], name, len) == 0)
+            return 1;
+    for (k = 0; k < h->n_hdr; k++) {
+        const char *v;
+        size_t vlen;
+        if (!name_is(h, &h->hdr[k], "connection"))
+            continue;
+        trimmed(h, &h->hdr[k], &v, &vlen);
+        if (each_token(v, vlen, token_matches_span, &s))
+            return 1;
+    }
+    return 0;
+}
+
+static int count_headers(const struct http_head *h, const char *name)
+{
+    int i, n = 0;
+
+    for (i = 0; i < h->n_hdr; i++)
+        n += name_is(h, &h->hdr[i], name);
+    return n;
+}
+
+int http1_check_request(const struct http_head *req, const char **reason)
+{
+    const char *target = req->buf + req->first_off;
+    size_t tlen = req->first_len;
+    const char *expect;
+    size_t elen;
+
+    if (req->method == HTTP_CONNECT) {
+        *reason = "CONNECT is not allowed: nextup only forwards to its configured peers";
+        return 405;
+    }
+    if (tlen == 1 && target[0] == '*') {
+        if (req->method != HTTP_OPTIONS) {
+            *reason = "asterisk-form target is only valid with OPTIONS";
+            return 400;
+        }
+    } else if (tlen == 0 || target[0] != '/') {
+        /* Absolute-form would make nextup an open proxy: only origin-form is forwarded. */
+        *reason = "request target must be a path (absolute-form is not accepted)";
+        return 400;
+    }
+    if (req->major == 1 && req->minor >= 1 && count_headers(req, "host") != 1) {
+        *reason = "HTTP/1.1 request needs exactly one Host header";
+        return 400;
+    }
+    if (count_headers(req, "host") > 1) {
+        *reason = "more than one Host header";
+        return 400;
+    }
+    if (count_headers(req, "transfer-encoding") > 0) {
+        if (req->has_content_length) {
+            *reason = "both Content-Length and Transfer-Encoding";
+            return 400;
+        }
+        if (!req->chunked) {
+            *reason = "Transfer-Encoding must end with chunked";
+            return 400;
+        }
+    }
+    if (count_headers(req, "content-length") > 1) {
+        *reason = "repeated Content-Length";
+        return 400;
+    }
+    expect = http_head_get(req, "expect", &elen);
+    if (expect && !(elen == 12 && strncasecmp(expect, "100-continue", 12) == 0)) {
+        *reason = "unsupported Expect";
+        return 417;
+    }
+    return 0;
+}
+
+static int write_header(struct evbuffer *out, const struct http_head *h, const struct http_header *hd)
+{
+    const char *v;
+    size_t vlen;
+
+    trimmed(h, hd, &v, &vlen);
+    return evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)hd->name_len, h->buf + hd->name_off, (int)vlen, v) < 0
+               ? -ENOMEM
+               : 0;
+}
+
+/* Headers nextup writes itself on the way to a peer, never copied. */
+static int request_header_is_rewritten(const struct http_head *h, const struct http_header *hd)
+{
+    return name_is(h, hd, "content-length") || name_is(h, hd, "x-forwarded-for") ||
+           name_is(h, hd, "x-forwarded-proto") || name_is(h, hd, "expect");
+}
+
+int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
+                             const char *host_fallback)
+{
+    int i, have_xff = 0, r = 0;
+
+    r |= evbuffer_add_printf(out, "%s %.*s HTTP/1.1\r\n", llhttp_method_name((llhttp_method_t)req->method),
+                             (int)req->first_len, req->buf + req->first_off) < 0;
+    for (i = 0; i < req->n_hdr; i++) {
+        const struct http_header *hd = &req->hdr[i];
+        if (http1_is_hop_by_hop(req, req->buf + hd->name_off, hd->name_len) || request_header_is_rewritten(req, hd))
+            continue;
+        r |= write_header(out, req, hd) != 0;
+    }
+    if (count_headers(req, "host") == 0 && host_fallback)
+        r |= evbuffer_add_printf(out, "Host: %s\r\n", host_fallback) < 0;
+    /* Earlier hops' X-Forwarded-For values keep their order; this client goes last. */
+    r |= evbuffer_add(out, "X-Forwarded-For: ", 17);
+    for (i = 0; i < req->n_hdr; i++) {
+        const char *v;
+        size_t vlen;
+        if (!name_is(req, &req->hdr[i], "x-forwarded-for"))
+            continue;
+        trimmed(req, &req->hdr[i], &v, &vlen);
+        if (vlen == 0)
+            continue;
+        r |= evbuffer_add_printf(out, "%s%.*s", have_xff ? ", " : "", (int)vlen, v) < 0;
+        have_xff = 1;
+    }
+    r |= evbuffer_add_printf(out, "%s%s\r\nX-Forwarded-Proto: http\r\n", have_xff ? ", " : "", client_ip) < 0;
+    if (req->upgrade) {
+        size_t ulen;
+        const char *up = http_head_get(req, "upgrade", &ulen);
+        if (up)
+            r |= evbuffer_add_printf(out, "Upgrade: %.*s\r\nConnection: upgrade\r\n", (int)ulen, up) < 0;
+    }
+    if (req->chunked)
+        r |= evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    else if (req->has_content_length)
+        r |= evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", req->content_length) < 0;
+    r |= evbuffer_add(out, "\r\n", 2);
+    return r ? -ENOMEM : 0;
+}
+
+enum resp_framing http1_response_framing(const struct http_head *resp, int request_is_head, int client_major,
+                                         int client_minor)
+{
+    if (request_is_head || resp->status < 200 || resp->status == 204 || resp->status == 304)
+        return RESP_NO_BODY;
+    if (resp->has_content_length && !resp->chunked)
+        return RESP_CONTENT_LENGTH;
+    if (client_major == 1 && client_minor >= 1)
+        return RESP_CHUNKED;
+    return RESP_CLOSE;
+}
+
+int http1_write_response_head(struct evbuffer *out, const struct http_head *resp, enum resp_framing framing,
+                              int close, int client_http10)
+{
+    const char *reason = resp->buf + resp->first_off;
+    int reason_len = (int)resp->first_len;
+    int i, r = 0;
+
+    if (reason_len == 0) {
+        reason = http1_status_text(resp->status);
+        reason_len = (int)strlen(reason);
+    }
+    r |= evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", resp->status, reason_len, reason) < 0;
+    for (i = 0; i < resp->n_hdr; i++) {
+        const struct http_header *hd = &resp->hdr[i];
+        if (http1_is_hop_by_hop(resp, resp->buf + hd->name_off, hd->name_len) || name_is(resp, hd, "content-length"))
+            continue;
+        r |= write_header(out, resp, hd) != 0;
+    }
+    switch (framing) {
+    case RESP_NO_BODY:
+        /* HEAD and 304 may state the length the body would have had. */
+        if (resp->has_content_length && resp->status != 204 && resp->status >= 200)
+            r |= evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", resp->content_length) < 0;
+        break;
+    case RESP_CONTENT_LENGTH:
+        r |= evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", resp->content_length) < 0;
+        break;
+    case RESP_CHUNKED:
+        r |= evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        break;
+    case RESP_CLOSE:
+        break;
+    }
+    if (resp->status == 101) {
+        size_t ulen;
+        const char *up = http_head_get(resp, "upgrade", &ulen);
+        if (up)
+            r |= evbuffer_add_printf(out, "Upgrade: %.*s\r\n", (int)ulen, up) < 0;
+        r |= evbuffer_add(out, "Connection: upgrade\r\n", 21);
+    } else if (close || framing == RESP_CLOSE) {
+        r |= evbuffer_add(out, "Connection: close\r\n", 19);
+    } else if (client_http10) {
+        r |= evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    }
+    r |= evbuffer_add(out, "\r\n", 2);
+    return r ? -ENOMEM : 0;
+}
+
+const char *http1_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+int http1_write_error(struct evbuffer *out, int status, const char *reason)
+{
+    /* "nextup: " + reason + "\n" */
+    size_t body_len = 8 + strlen(reason) + 1;
+
+    return evbuffer_add_printf(out,
+                               "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                               "Connection: close\r\n\r\nnextup: %s\n",
+                               status, http1_status_text(status), body_len, reason) < 0
+               ? -ENOMEM
+               : 0;
+}

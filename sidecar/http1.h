@@ -1,0 +1,99 @@
+/* http1: HTTP/1.x message heads, collected from llhttp callbacks, and the
+ * heads nextup writes on each side (hop-by-hop removal, forwarding headers,
+ * framing). No sockets, no event loop: evbuffer is used only as a byte sink.
+ *
+ * API:
+ *   http_head_reset() / http_head_free()         one head, reused message after message
+ *   http_head_add_*()                             feeders for llhttp data callbacks
+ *   http_head_get() / http_head_has_token()       lookups (case-insensitive names)
+ *   http1_check_request()                         smuggling and open-proxy checks -> status
+ *   http1_write_request_head()                    the head sent to a peer
+ *   http1_write_response_head()                   the head sent to the client
+ *   http1_write_error()                           a short plain-text response made by nextup
+ *   http1_is_hop_by_hop()                         RFC 9110 7.6.1 */
+#ifndef NEXTUP_HTTP1_H
+#define NEXTUP_HTTP1_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct evbuffer;
+
+#define HTTP_MAX_HEADERS 128
+
+struct http_header {
+    uint32_t name_off, name_len;
+    uint32_t value_off, value_len;
+};
+
+struct http_head {
+    char *buf;                        /* owned: target/reason, then names and values */
+    size_t len, cap;
+    uint32_t first_off, first_len;    /* request target, or response reason phrase */
+    struct http_header hdr[HTTP_MAX_HEADERS];
+    int n_hdr;
+    int in_value;                     /* last data callback was a header value */
+    int too_many;                     /* more than HTTP_MAX_HEADERS */
+    /* Filled at headers-complete from the parser. */
+    int method;                       /* llhttp_method_t, requests */
+    int status;                       /* responses */
+    int major, minor;
+    int upgrade;                      /* llhttp's upgrade flag */
+    int chunked;                      /* Transfer-Encoding: chunked */
+    int has_content_length;
+    uint64_t content_length;
+    int keep_alive;                   /* llhttp_should_keep_alive() */
+};
+
+void http_head_reset(struct http_head *h);
+void http_head_free(struct http_head *h);
+
+/* Feeders; each returns 0 or -ENOMEM / -E2BIG (more than <limit> bytes held). */
+int http_head_add_first(struct http_head *h, const char *at, size_t len, size_t limit);
+int http_head_add_field(struct http_head *h, const char *at, size_t len, size_t limit);
+int http_head_add_value(struct http_head *h, const char *at, size_t len, size_t limit);
+
+/* Bytes the head holds, counting line overhead: compared with NEXTUP_MAX_HEADER_BYTES. */
+size_t http_head_size(const struct http_head *h);
+
+/* Value of the first header named <name>, trimmed; NULL if absent. <*len> gets its length. */
+const char *http_head_get(const struct http_head *h, const char *name, size_t *len);
+/* 1 if any header named <name> holds the comma-separated token <token> (case-insensitive). */
+int http_head_has_token(const struct http_head *h, const char *name, const char *token);
+
+/* 1 if <name> must not be forwarded: RFC 9110 7.6.1 hop-by-hop fields and
+ * Proxy-* plus any field named in a Connection header of <h>. */
+int http1_is_hop_by_hop(const struct http_head *h, const char *name, size_t len);
+
+/* Checks a parsed request head. 0 if it may be forwarded, else the status to
+ * answer (400, 405, 417, 431) with a constant reason in <*reason>. */
+int http1_check_request(const struct http_head *req, const char **reason);
+
+/* Appends the head sent to a peer: HTTP/1.1, hop-by-hop fields removed,
+ * X-Forwarded-For (+<client_ip>) and X-Forwarded-Proto set, Host added for an
+ * HTTP/1.0 request without one (<host_fallback>), Expect dropped (nextup answers
+ * 100-continue itself), Upgrade kept for upgrade requests, and framing: the
+ * original Content-Length, or chunked (bodies are re-chunked), or none. */
+int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
+                             const char *host_fallback);
+
+enum resp_framing { RESP_NO_BODY, RESP_CONTENT_LENGTH, RESP_CHUNKED, RESP_CLOSE };
+
+/* Decides how the response body is framed towards the client. */
+enum resp_framing http1_response_framing(const struct http_head *resp, int request_is_head, int client_major,
+                                         int client_minor);
+
+/* Appends the head sent to the client: hop-by-hop fields removed, framing as
+ * <framing>, "Connection: close" when <close>, "Connection: keep-alive" for an
+ * HTTP/1.0 client kept alive, Upgrade/Connection kept for 101. */
+int http1_write_response_head(struct evbuffer *out, const struct http_head *resp, enum resp_framing framing,
+                              int close, int client_http10);
+
+/* Appends a complete plain-text response made by nextup: "<status> <text>",
+ * body "nextup: <reason>\n", Connection: close. */
+int http1_write_error(struct evbuffer *out, int status, const char *reason);
+
+/* Standard reason phrase, "Unknown" for codes nextup does not make. */
+const char *http1_status_text(int status);
+
+#endif

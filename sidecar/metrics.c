@@ -1,0 +1,57 @@
+#include "metrics.h"
+
+#include <event2/buffer.h>
+#include <inttypes.h>
+
+_Atomic uint64_t metrics[M_COUNT];
+
+static uint64_t get(enum metric_id id)
+{
+    return atomic_load_explicit(&metrics[id], memory_order_relaxed);
+}
+
+static void counter(struct evbuffer *out, const char *name, const char *help, enum metric_id id)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %" PRIu64 "\n", name, help, name, name,
+                        get(id));
+}
+
+void metrics_write_prometheus(struct evbuffer *out)
+{
+    static const struct { const char *label; enum metric_id id; } classes[] = {
+        { "1xx", M_RESP_1XX }, { "2xx", M_RESP_2XX }, { "3xx", M_RESP_3XX },
+        { "4xx", M_RESP_4XX }, { "5xx", M_RESP_5XX },
+    };
+    static const struct { const char *label; enum metric_id id; } reasons[] = {
+        { "refused", M_RETRY_REFUSED }, { "connect_timeout", M_RETRY_CONNECT_TIMEOUT },
+        { "connect_error", M_RETRY_CONNECT_ERROR }, { "reset_unsent", M_RETRY_RESET_UNSENT },
+    };
+    size_t i;
+
+    counter(out, "nextup_downstream_connections_total", "Client connections accepted.",
+            M_DOWNSTREAM_CONNECTIONS);
+    counter(out, "nextup_downstream_rejected_total",
+            "Client connections refused because NEXTUP_MAX_CONNECTIONS was reached.", M_DOWNSTREAM_REJECTED);
+    counter(out, "nextup_downstream_requests_total", "Requests whose head was read.", M_REQUESTS);
+    evbuffer_add_printf(out, "# HELP nextup_downstream_responses_total Responses sent to clients, by status class.\n"
+                             "# TYPE nextup_downstream_responses_total counter\n");
+    for (i = 0; i < sizeof(classes) / sizeof(classes[0]); i++)
+        evbuffer_add_printf(out, "nextup_downstream_responses_total{code=\"%s\"} %" PRIu64 "\n", classes[i].label,
+                            get(classes[i].id));
+    counter(out, "nextup_upstream_attempts_total", "Tries sent to a peer, first tries and retries.",
+            M_UPSTREAM_ATTEMPTS);
+    counter(out, "nextup_upstream_connects_total", "Fresh upstream connections opened.", M_UPSTREAM_CONNECTS);
+    counter(out, "nextup_upstream_reused_total", "Tries sent on a pooled keep-alive connection.",
+            M_UPSTREAM_REUSED);
+    evbuffer_add_printf(out, "# HELP nextup_retries_total Retries on another peer, by reason.\n"
+                             "# TYPE nextup_retries_total counter\n");
+    for (i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
+        evbuffer_add_printf(out, "nextup_retries_total{reason=\"%s\"} %" PRIu64 "\n", reasons[i].label,
+                            get(reasons[i].id));
+    counter(out, "nextup_keepalive_race_resends_total",
+            "Requests resent on a fresh connection after a pooled one was found closed.",
+            M_KEEPALIVE_RACE_RESENDS);
+    counter(out, "nextup_request_timeouts_total", "Requests answered 504 after NEXTUP_REQUEST_TIMEOUT_MS.",
+            M_REQUEST_TIMEOUTS);
+    counter(out, "nextup_bad_requests_total", "Requests refused by nextup with a 4xx.", M_BAD_REQUESTS);
+}

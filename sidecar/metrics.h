@@ -1,0 +1,39 @@
+/* metrics: process-wide counters, atomic, shared by all workers.
+ * API: metrics_inc(), metrics_add(), metrics_write_prometheus(). */
+#ifndef NEXTUP_METRICS_H
+#define NEXTUP_METRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+struct evbuffer;
+
+enum metric_id {
+    M_DOWNSTREAM_CONNECTIONS,      /* accepted client connections */
+    M_DOWNSTREAM_REJECTED,         /* refused over NEXTUP_MAX_CONNECTIONS */
+    M_REQUESTS,                    /* requests whose head was read */
+    M_RESP_1XX, M_RESP_2XX, M_RESP_3XX, M_RESP_4XX, M_RESP_5XX,  /* responses sent, by class */
+    M_UPSTREAM_ATTEMPTS,           /* tries sent to a peer (first tries and retries) */
+    M_UPSTREAM_CONNECTS,           /* fresh upstream connections opened */
+    M_UPSTREAM_REUSED,             /* tries on a pooled keep-alive connection */
+    M_RETRY_REFUSED,               /* retries after ECONNREFUSED */
+    M_RETRY_CONNECT_TIMEOUT,       /* retries after connect timeout */
+    M_RETRY_CONNECT_ERROR,         /* retries after other connect errors (unreachable, ...) */
+    M_RETRY_RESET_UNSENT,          /* retries after a reset with no request byte acknowledged */
+    M_KEEPALIVE_RACE_RESENDS,      /* pooled connection found closed: request resent on a fresh one */
+    M_REQUEST_TIMEOUTS,            /* 504 after NEXTUP_REQUEST_TIMEOUT_MS */
+    M_BAD_REQUESTS,                /* 4xx answered by nextup itself */
+    M_COUNT
+};
+
+extern _Atomic uint64_t metrics[M_COUNT];
+
+static inline void metrics_inc(enum metric_id id)
+{
+    atomic_fetch_add_explicit(&metrics[id], 1, memory_order_relaxed);
+}
+
+/* Appends every counter in Prometheus text format (HELP, TYPE, samples) to <out>. */
+void metrics_write_prometheus(struct evbuffer *out);
+
+#endif

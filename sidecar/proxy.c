@@ -1,0 +1,1077 @@
+#include "proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <llhttp.h>
+
+#include "config.h"
+#include "http1.h"
+#include "log.h"
+#include "metrics.h"
+#include "peers.h"
+#include "upstream.h"
+#include "worker.h"
+
+/* Above this many bytes waiting in one side's output, the other side stops
+ * reading (le-proxy's backpressure): memory per connection stays bounded
+ * whatever the body size. */
+#define HIGH_WATER (256 * 1024)
+/* Unparsed client bytes held while a request is in flight (pipelining). */
+#define CLIENT_READ_HIGH (64 * 1024)
+
+enum ds_state {
+    DS_IDLE,      /* between requests, no byte of the next one yet */
+    DS_HEAD,      /* reading a request head */
+    DS_BODY,      /* head read, body still arriving; the attempt loop runs */
+    DS_WAIT,      /* request read whole; waiting for or streaming the response */
+    DS_TUNNEL,    /* after 101: bytes flow both ways unparsed */
+    DS_CLOSING,   /* last bytes being written, then freed */
+};
+
+/* Why an attempt failed before a response head arrived; drives the retry decision. */
+enum fail_class {
+    FAIL_REFUSED,          /* ECONNREFUSED */
+    FAIL_CONNECT_TIMEOUT,  /* no SYN-ACK within NEXTUP_CONNECT_TIMEOUT_MS */
+    FAIL_CONNECT_ERROR,    /* unreachable, no route, ... */
+    FAIL_CLOSED,           /* reset or closed after connect, before any response byte */
+    FAIL_BAD_RESPONSE,     /* malformed or truncated response head */
+};
+
+struct downstream {
+    struct worker *w;
+    struct downstream *next, *prev;       /* worker's list */
+    struct bufferevent *bev;              /* owned: the client socket */
+    struct event *timer;                  /* owned: header / idle timeout */
+    struct event *free_ev;                /* owned: deferred free, never inside a callback of ours */
+    llhttp_t parser;
+    enum ds_state state;
+    char client_ip[INET6_ADDRSTRLEN];
+    struct http_head req;                 /* owned buffer, reused request after request */
+    int error_status;                     /* set by a parser callback: answer this and close */
+    const char *error_reason;
+    int start_pending;                    /* head complete: start attempts after this parse batch */
+    int req_complete;
+    int keep_alive;                       /* client connection stays open after this response */
+    int client_eof;
+    int client_paused;                    /* client reads stopped: upstream output is full */
+    int up_paused;                        /* upstream reads stopped: client output is full */
+
+    /* The request being served. */
+    struct evbuffer *tosend;              /* owned: produced, not yet handed to a connection */
+    struct evbuffer *replay;              /* owned: every byte produced, while replay_whole */
+    int replay_whole;
+    int sent_any;                         /* some byte went to a connection */
+    struct peer_mask tried;
+    int attempts, retries;
+    int race_resent;
+    struct upconn *up;                    /* owned while set */
+    struct peer *peer;                    /* outstanding counted while up is set */
+    int up_connected;
+    int64_t acked_base;                   /* tcpi_bytes_acked when this attempt's bytes began */
+    llhttp_t resp_parser;
+    struct http_head resp;
+    int resp_any;                         /* a response byte arrived on this attempt */
+    int resp_head_done;                   /* the head went downstream: no retry from here on */
+    int resp_complete;
+    enum resp_framing framing;
+    struct event *req_timer;              /* owned: NEXTUP_REQUEST_TIMEOUT_MS until the response head */
+};
+
+static llhttp_settings_t req_settings;
+static llhttp_settings_t resp_settings;
+
+static void ds_parse_input(struct downstream *ds);
+static void ex_attempt(struct downstream *ds, int fresh_same_peer);
+static void up_read_cb(struct bufferevent *bev, void *arg);
+static void up_write_cb(struct bufferevent *bev, void *arg);
+static void up_event_cb(struct bufferevent *bev, short what, void *arg);
+
+static struct timeval ms_tv(int ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    return tv;
+}
+
+static void count_response(int status)
+{
+    if (status < 200)
+        metrics_inc(M_RESP_1XX);
+    else if (status < 300)
+        metrics_inc(M_RESP_2XX);
+    else if (status < 400)
+        metrics_inc(M_RESP_3XX);
+    else if (status < 500)
+        metrics_inc(M_RESP_4XX);
+    else
+        metrics_inc(M_RESP_5XX);
+}
+
+/* ---- lifetime ---------------------------------------------------------- */
+
+static void up_detach(struct downstream *ds, int reusable)
+{
+    if (!ds->up)
+        return;
+    atomic_fetch_sub_explicit(&ds->peer->outstanding, 1, memory_order_relaxed);
+    if (reusable)
+        upstream_release(ds->up);
+    else
+        upstream_close(ds->up);
+    ds->up = NULL;
+    ds->up_connected = 0;
+    ds->up_paused = 0;
+}
+
+static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct downstream *ds = arg;
+    struct worker *w = ds->w;
+
+    (void)fd;
+    (void)what;
+    up_detach(ds, 0);
+    if (ds->prev)
+        ds->prev->next = ds->next;
+    else
+        w->conns = ds->next;
+    if (ds->next)
+        ds->next->prev = ds->prev;
+    bufferevent_free(ds->bev);
+    event_free(ds->timer);
+    event_free(ds->req_timer);
+    event_free(ds->free_ev);
+    evbuffer_free(ds->tosend);
+    evbuffer_free(ds->replay);
+    http_head_free(&ds->req);
+    http_head_free(&ds->resp);
+    free(ds);
+    worker_connection_closed(w);
+}
+
+/* Ends the connection now: no callback reaches <ds> again; freed on the next loop turn. */
+static void ds_abort(struct downstream *ds)
+{
+    up_detach(ds, 0);
+    bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
+    bufferevent_disable(ds->bev, EV_READ | EV_WRITE);
+    event_del(ds->timer);
+    event_del(ds->req_timer);
+    ds->state = DS_CLOSING;
+    event_active(ds->free_ev, 0, 0);
+}
+
+/* Closes once the bytes already queued for the client are written. */
+static void ds_close_after_write(struct downstream *ds)
+{
+    up_detach(ds, 0);
+    ds->state = DS_CLOSING;
+    event_del(ds->timer);
+    event_del(ds->req_timer);
+    bufferevent_disable(ds->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0) {
+        ds_abort(ds);
+        return;
+    }
+    /* The write callback frees when the output is empty; the idle timeout bounds a client that never reads. */
+    bufferevent_enable(ds->bev, EV_WRITE);
+}
+
+/* Answers with a response made by nextup and closes. Only while no byte of an
+ * upstream response has gone downstream: after that, an abort is all that is left. */
+static void ds_reply_error(struct downstream *ds, int status, const char *reason)
+{
+    if (ds->resp_head_done) {
+        ds_abort(ds);
+        return;
+    }
+    LOG_INFO("%s: %d %s", ds->client_ip, status, reason);
+    up_detach(ds, 0);
+    count_response(status);
+    if (status < 500)
+        metrics_inc(M_BAD_REQUESTS);
+    if (http1_write_error(bufferevent_get_output(ds->bev), status, reason) < 0) {
+        ds_abort(ds);
+        return;
+    }
+    ds->resp_head_done = 1;
+    ds_close_after_write(ds);
+}
+
+/* ---- request bytes towards the upstream -------------------------------- */
+
+static struct evbuffer *request_sink(struct downstream *ds)
+{
+    return ds->up && ds->up_connected ? bufferevent_get_output(ds->up->bev) : ds->tosend;
+}
+
+static void replay_keep(struct downstream *ds, const void *data, size_t len)
+{
+    if (!ds->replay_whole)
+        return;
+    if (evbuffer_get_length(ds->replay) + len > (size_t)ds->w->cfg->retry_buffer_bytes ||
+        evbuffer_add(ds->replay, data, len) < 0) {
+        /* Past the retry buffer the request still streams, but it cannot be replayed. */
+        ds->replay_whole = 0;
+        evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));
+    }
+}
+
+static int produce(struct downstream *ds, const void *data, size_t len)
+{
+    struct evbuffer *sink = request_sink(ds);
+
+    replay_keep(ds, data, len);
+    if (sink != ds->tosend)
+        ds->sent_any = 1;
+    return evbuffer_add(sink, data, len);
+}
+
+/* Copies every byte of <src> into <dst>, leaving <src> as it was. */
+static int evbuffer_copy_all(struct evbuffer *dst, struct evbuffer *src)
+{
+    struct evbuffer_iovec vec[16];
+    struct evbuffer_ptr pos;
+    int n, i;
+
+    evbuffer_ptr_set(src, &pos, 0, EVBUFFER_PTR_SET);
+    for (;;) {
+        n = evbuffer_peek(src, -1, &pos, vec, 16);
+        if (n <= 0)
+            return 0;
+        for (i = 0; i < n && i < 16; i++) {
+            if (evbuffer_add(dst, vec[i].iov_base, vec[i].iov_len) < 0)
+                return -ENOMEM;
+            if (evbuffer_ptr_set(src, &pos, vec[i].iov_len, EVBUFFER_PTR_ADD) < 0)
+                return 0;
+        }
+        if (n <= 16)
+            return 0;
+    }
+}
+
+static void check_client_backpressure(struct downstream *ds)
+{
+    if (!ds->client_paused && evbuffer_get_length(request_sink(ds)) > HIGH_WATER) {
+        bufferevent_disable(ds->bev, EV_READ);
+        ds->client_paused = 1;
+    }
+}
+
+/* Runs <parser> over everything in <in>, draining what it consumed; stops at
+ * a pause or an error. Returns llhttp's last errno. */
+static llhttp_errno_t parse_evbuffer(llhttp_t *parser, struct evbuffer *in)
+{
+    struct evbuffer_iovec vec[8];
+    llhttp_errno_t err = HPE_OK;
+
+    while (err == HPE_OK) {
+        size_t consumed = 0;
+        int n = evbuffer_peek(in, -1, NULL, vec, 8), i;
+        if (n <= 0)
+            break;
+        for (i = 0; i < n && i < 8 && err == HPE_OK; i++) {
+            err = llhttp_execute(parser, vec[i].iov_base, vec[i].iov_len);
+            if (err == HPE_OK)
+                consumed += vec[i].iov_len;
+            else if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)
+                consumed += (size_t)(llhttp_get_error_pos(parser) - (const char *)vec[i].iov_base);
+        }
+        evbuffer_drain(in, consumed);
+    }
+    return err;
+}
+
+static int parse_failed(llhttp_errno_t err)
+{
+    return err != HPE_OK && err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE;
+}
+
+/* ---- request parser callbacks ------------------------------------------ */
+
+static struct downstream *req_ds(llhttp_t *p)
+{
+    return p->data;
+}
+
+static int parser_fail(struct downstream *ds, int status, const char *reason)
+{
+    if (!ds->error_status) {
+        ds->error_status = status;
+        ds->error_reason = reason;
+    }
+    return -1;
+}
+
+static int on_req_begin(llhttp_t *p)
+{
+    struct downstream *ds = req_ds(p);
+    struct timeval tv = ms_tv(ds->w->cfg->header_timeout_ms);
+
+    http_head_reset(&ds->req);
+    ds->state = DS_HEAD;
+    evtimer_add(ds->timer, &tv);
+    return 0;
+}
+
+static int head_feed_result(struct downstream *ds, int r)
+{
+    if (r == 0 && http_head_size(&ds->req) <= (size_t)ds->w->cfg->max_header_bytes)
+        return 0;
+    if (r == -ENOMEM)
+        return parser_fail(ds, 503, "out of memory");
+    return parser_fail(ds, 431, "request head larger than NEXTUP_MAX_HEADER_BYTES");
+}
+
+static int on_req_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct downstream *ds = req_ds(p);
+    return head_feed_result(ds, http_head_add_first(&ds->req, at, len, (size_t)ds->w->cfg->max_header_bytes));
+}
+
+static int on_req_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct downstream *ds = req_ds(p);
+    return head_feed_result(ds, http_head_add_field(&ds->req, at, len, (size_t)ds->w->cfg->max_header_bytes));
+}
+
+static int on_req_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct downstream *ds = req_ds(p);
+    return head_feed_result(ds, http_head_add_value(&ds->req, at, len, (size_t)ds->w->cfg->max_header_bytes));
+}
+
+static void head_take_parser_facts(struct http_head *h, llhttp_t *p)
+{
+    h->method = llhttp_get_method(p);
+    h->status = llhttp_get_status_code(p);
+    h->major = llhttp_get_http_major(p);
+    h->minor = llhttp_get_http_minor(p);
+    h->upgrade = llhttp_get_upgrade(p);
+    h->chunked = (p->flags & F_CHUNKED) != 0;
+    h->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    h->content_length = p->content_length;
+    h->keep_alive = llhttp_should_keep_alive(p);
+}
+
+static int on_req_headers_complete(llhttp_t *p)
+{
+    struct downstream *ds = req_ds(p);
+    const char *reason = NULL;
+    int status;
+
+    head_take_parser_facts(&ds->req, p);
+    metrics_inc(M_REQUESTS);
+    status = http1_check_request(&ds->req, &reason);
+    if (status)
+        return parser_fail(ds, status, reason);
+    ds->keep_alive = ds->req.keep_alive && !ds->w->draining;
+    ds->state = DS_BODY;
+    ds->start_pending = 1;
+    event_del(ds->timer);
+    return 0;
+}
+
+static int on_req_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct downstream *ds = req_ds(p);
+    char line[24];
+    int n;
+
+    if (ds->req.chunked) {
+        /* Bodies are re-chunked: the peer sees framing nextup wrote, never the client's. */
+        n = snprintf(line, sizeof(line), "%zx\r\n", len);
+        if (produce(ds, line, (size_t)n) < 0 || produce(ds, at, len) < 0 || produce(ds, "\r\n", 2) < 0)
+            return parser_fail(ds, 503, "out of memory");
+    } else if (produce(ds, at, len) < 0) {
+        return parser_fail(ds, 503, "out of memory");
+    }
+    return 0;
+}
+
+static int on_req_complete(llhttp_t *p)
+{
+    struct downstream *ds = req_ds(p);
+
+    if (ds->req.chunked && produce(ds, "0\r\n\r\n", 5) < 0)
+        return parser_fail(ds, 503, "out of memory");
+    ds->req_complete = 1;
+    ds->state = DS_WAIT;
+    {
+        struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
+        bufferevent_set_timeouts(ds->bev, NULL, &idle);
+    }
+    /* One request at a time: pipelined bytes wait in the input until this response is done. */
+    return HPE_PAUSED;
+}
+
+/* ---- the attempt loop --------------------------------------------------- */
+
+static int request_is_idempotent(const struct http_head *req)
+{
+    switch (req->method) {
+    case HTTP_GET: case HTTP_HEAD: case HTTP_OPTIONS: case HTTP_TRACE: case HTTP_PUT: case HTTP_DELETE:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int request_replayable(const struct downstream *ds)
+{
+    return !ds->sent_any || ds->replay_whole;
+}
+
+static void start_request(struct downstream *ds)
+{
+    struct evbuffer *head = evbuffer_new();
+    struct timeval tv = ms_tv(ds->w->cfg->request_timeout_ms);
+    struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
+    const char *host_fallback = ds->w->peers->n > 0 ? ds->w->peers->peer[0]->name : "localhost";
+
+    ds->start_pending = 0;
+    if (!head || http1_write_request_head(head, &ds->req, ds->client_ip, host_fallback) < 0) {
+        if (head)
+            evbuffer_free(head);
+        ds_reply_error(ds, 503, "out of memory");
+        return;
+    }
+    /* The head goes first into tosend; body bytes already parsed in this batch follow it. */
+    evbuffer_prepend_buffer(ds->tosend, head);
+    evbuffer_free(head);
+    if (ds->replay_whole) {
+        struct evbuffer *copy = evbuffer_new();
+        if (!copy || evbuffer_copy_all(copy, ds->tosend) < 0 ||
+            evbuffer_get_length(copy) > (size_t)ds->w->cfg->retry_buffer_bytes) {
+            ds->replay_whole = 0;
+        } else {
+            evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));
+            evbuffer_add_buffer(ds->replay, copy);
+        }
+        if (copy)
+            evbuffer_free(copy);
+    }
+    if (ds->req.method != HTTP_HEAD && !ds->req_complete &&
+        http_head_has_token(&ds->req, "expect", "100-continue") && ds->req.major == 1 && ds->req.minor >= 1)
+        evbuffer_add(bufferevent_get_output(ds->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    if (!ds->req_complete)
+        bufferevent_set_timeouts(ds->bev, &idle, &idle);
+    evtimer_add(ds->req_timer, &tv);
+    ex_attempt(ds, 0);
+}
+
+static void ex_connected(struct downstream *ds)
+{
+    struct bufferevent *ub = ds->up->bev;
+
+    bufferevent_set_timeouts(ub, NULL, NULL);
+    ds->up_connected = 1;
+    ds->acked_base = upstream_bytes_acked(ds->up);
+    if (evbuffer_get_length(ds->tosend) > 0)
+        ds->sent_any = 1;
+    evbuffer_add_buffer(bufferevent_get_output(ub), ds->tosend);
+    bufferevent_enable(ub, EV_READ | EV_WRITE);
+}
+
+static const char *fail_text(enum fail_class c)
+{
+    switch (c) {
+    case FAIL_REFUSED: return "connection refused";
+    case FAIL_CONNECT_TIMEOUT: return "connect timed out";
+    case FAIL_CONNECT_ERROR: return "connect failed";
+    case FAIL_CLOSED: return "connection closed before a response";
+    case FAIL_BAD_RESPONSE: return "malformed response";
+    }
+    return "failed";
+}
+
+/* Puts every byte of the request back in tosend for another attempt. */
+static int rewind_request(struct downstream *ds)
+{
+    if (!ds->sent_any)
+        return 0;
+    evbuffer_drain(ds->tosend, evbuffer_get_length(ds->tosend));
+    return evbuffer_copy_all(ds->tosend, ds->replay);
+}
+
+/* An attempt failed before any response byte went downstream: retry on another
+ * peer when allowed, else answer 502/504 naming the last failure. */
+static void ex_fail(struct downstream *ds, enum fail_class cls)
+{
+    struct upconn *c = ds->up;
+    int reused = c && c->reused;
+    int connected = c && ds->up_connected;
+    int64_t acked = c && connected ? upstream_bytes_acked(c) : -1;
+    int none_acked = !connected || (acked >= 0 && ds->acked_base >= 0 && acked == ds->acked_base);
+    const char *peer_text = ds->peer ? ds->peer->addr_text : "?";
+    enum metric_id reason_metric;
+
+    up_detach(ds, 0);
+    if (cls == FAIL_CLOSED && reused && !ds->resp_any && !ds->race_resent && request_replayable(ds) &&
+        (none_acked || request_is_idempotent(&ds->req))) {
+        /* The keep-alive race: the peer closed the pooled connection as we reused it.
+         * Same peer, fresh connection, and it does not count as a retry. */
+        LOG_DEBUG("%s: pooled connection to %s was closed; resending on a fresh one", ds->client_ip, peer_text);
+        ds->race_resent = 1;
+        metrics_inc(M_KEEPALIVE_RACE_RESENDS);
+        if (rewind_request(ds) < 0) {
+            ds_reply_error(ds, 503, "out of memory");
+            return;
+        }
+        ex_attempt(ds, 1);
+        return;
+    }
+    switch (cls) {
+    case FAIL_REFUSED: reason_metric = M_RETRY_REFUSED; break;
+    case FAIL_CONNECT_TIMEOUT: reason_metric = M_RETRY_CONNECT_TIMEOUT; break;
+    case FAIL_CONNECT_ERROR: reason_metric = M_RETRY_CONNECT_ERROR; break;
+    default: reason_metric = M_RETRY_RESET_UNSENT; break;
+    }
+    /* Connect-time failures are safe for every method: the peer never saw the
+     * request. A reset after connect is too, when the kernel says none of our
+     * bytes were acknowledged. */
+    if ((cls == FAIL_REFUSED || cls == FAIL_CONNECT_TIMEOUT || cls == FAIL_CONNECT_ERROR ||
+         (cls == FAIL_CLOSED && !ds->resp_any && none_acked)) &&
+        ds->retries < ds->w->cfg->max_retries && request_replayable(ds)) {
+        LOG_INFO("%s: %s: %s; retrying on another peer", ds->client_ip, peer_text, fail_text(cls));
+        ds->retries++;
+        metrics_inc(reason_metric);
+        if (rewind_request(ds) < 0) {
+            ds_reply_error(ds, 503, "out of memory");
+            return;
+        }
+        ex_attempt(ds, 0);
+        return;
+    }
+    LOG_WARN("%s: %s: %s after %d attempt(s)", ds->client_ip, peer_text, fail_text(cls), ds->attempts);
+    switch (cls) {
+    case FAIL_CONNECT_TIMEOUT:
+        ds_reply_error(ds, 504, "upstream connect timed out");
+        break;
+    case FAIL_REFUSED:
+        ds_reply_error(ds, 502, "upstream refused the connection");
+        break;
+    case FAIL_CONNECT_ERROR:
+        ds_reply_error(ds, 502, "upstream unreachable");
+        break;
+    case FAIL_CLOSED:
+        ds_reply_error(ds, 502, "upstream closed the connection before responding");
+        break;
+    case FAIL_BAD_RESPONSE:
+        ds_reply_error(ds, 502, "upstream sent a malformed response");
+        break;
+    }
+}
+
+static enum fail_class classify_connect_errno(int err)
+{
+    if (err == ECONNREFUSED)
+        return FAIL_REFUSED;
+    if (err == ETIMEDOUT)
+        return FAIL_CONNECT_TIMEOUT;
+    return FAIL_CONNECT_ERROR;
+}
+
+static void ex_attempt(struct downstream *ds, int fresh_same_peer)
+{
+    struct worker *w = ds->w;
+    struct peer *p = fresh_same_peer && ds->peer ? ds->peer : peers_select(w->peers, &ds->tried, &w->rng);
+    struct upconn *c;
+
+    if (!p) {
+        ds_reply_error(ds, 502, "no upstream peers");
+        return;
+    }
+    peer_mask_set(&ds->tried, p->index);
+    ds->attempts++;
+    ds->peer = p;
+    ds->resp_any = 0;
+    metrics_inc(M_UPSTREAM_ATTEMPTS);
+    c = upstream_acquire(w->pool, p, fresh_same_peer);
+    if (!c) {
+        ex_fail(ds, classify_connect_errno(errno));
+        return;
+    }
+    ds->up = c;
+    atomic_fetch_add_explicit(&p->outstanding, 1, memory_order_relaxed);
+    llhttp_init(&ds->resp_parser, HTTP_RESPONSE, &resp_settings);
+    ds->resp_parser.data = ds;
+    http_head_reset(&ds->resp);
+    bufferevent_setcb(c->bev, up_read_cb, up_write_cb, up_event_cb, ds);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, HIGH_WATER);
+    if (c->reused)
+        ex_connected(ds);
+    else
+        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* ---- response ----------------------------------------------------------- */
+
+static int on_resp_begin(llhttp_t *p)
+{
+    struct downstream *ds = p->data;
+    http_head_reset(&ds->resp);
+    return 0;
+}
+
+static int resp_feed_result(struct downstream *ds, int r)
+{
+    if (r == 0 && http_head_size(&ds->resp) <= (size_t)ds->w->cfg->max_header_bytes)
+        return 0;
+    return -1;
+}
+
+static int on_resp_status(llhttp_t *p, const char *at, size_t len)
+{
+    struct downstream *ds = p->data;
+    return resp_feed_result(ds, http_head_add_first(&ds->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
+}
+
+static int on_resp_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct downstream *ds = p->data;
+    return resp_feed_result(ds, http_head_add_field(&ds->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
+}
+
+static int on_resp_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct downstream *ds = p->data;
+    return resp_feed_result(ds, http_head_add_value(&ds->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
+}
+
+static int on_resp_headers_complete(llhttp_t *p)
+{
+    struct downstream *ds = p->data;
+    struct evbuffer *out = bufferevent_get_output(ds->bev);
+    struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
+    int is_head = ds->req.method == HTTP_HEAD;
+    int close;
+
+    head_take_parser_facts(&ds->resp, p);
+    /* Interim responses (100, 103) are not forwarded: nextup answered the
+     * client's 100-continue itself, and the final head is what the decision is about. */
+    if (ds->resp.status < 200 && ds->resp.status != 101)
+        return 0;
+    event_del(ds->req_timer);
+    ds->framing = http1_response_framing(&ds->resp, is_head, ds->req.major, ds->req.minor);
+    if (ds->resp.status == 101 && !ds->req.upgrade)
+        return -1;
+    close = !ds->keep_alive || ds->client_eof || ds->w->draining || ds->resp.status == 101;
+    if (close)
+        ds->keep_alive = 0;
+    if (http1_write_response_head(out, &ds->resp, ds->framing, close,
+                                  ds->req.major == 1 && ds->req.minor == 0) < 0)
+        return -1;
+    ds->resp_head_done = 1;
+    count_response(ds->resp.status);
+    bufferevent_set_timeouts(ds->up->bev, &idle, NULL);
+    return is_head ? 1 : 0;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct downstream *ds = p->data;
+    struct evbuffer *out = bufferevent_get_output(ds->bev);
+
+    if (ds->framing == RESP_CHUNKED)
+        return evbuffer_add_printf(out, "%zx\r\n", len) < 0 || evbuffer_add(out, at, len) < 0 ||
+                       evbuffer_add(out, "\r\n", 2) < 0
+                   ? -1
+                   : 0;
+    return evbuffer_add(out, at, len) < 0 ? -1 : 0;
+}
+
+static int on_resp_complete(llhttp_t *p)
+{
+    struct downstream *ds = p->data;
+
+    if (ds->resp.status < 200 && ds->resp.status != 101) {
+        http_head_reset(&ds->resp);
+        return 0;
+    }
+    if (ds->framing == RESP_CHUNKED && evbuffer_add(bufferevent_get_output(ds->bev), "0\r\n\r\n", 5) < 0)
+        return -1;
+    ds->resp_complete = 1;
+    return HPE_PAUSED;
+}
+
+/* After 101: both sides' leftover bytes cross over, then plain relaying. */
+static void start_tunnel(struct downstream *ds)
+{
+    struct bufferevent *ub = ds->up->bev;
+
+    ds->state = DS_TUNNEL;
+    bufferevent_set_timeouts(ub, NULL, NULL);
+    bufferevent_set_timeouts(ds->bev, NULL, NULL);
+    bufferevent_setwatermark(ds->bev, EV_READ, 0, HIGH_WATER);
+    evbuffer_add_buffer(bufferevent_get_output(ub), bufferevent_get_input(ds->bev));
+    evbuffer_add_buffer(bufferevent_get_output(ds->bev), bufferevent_get_input(ub));
+    bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(ub, EV_READ | EV_WRITE);
+}
+
+static void tunnel_move(struct bufferevent *from, struct bufferevent *to, int *paused_flag)
+{
+    evbuffer_add_buffer(bufferevent_get_output(to), bufferevent_get_input(from));
+    if (evbuffer_get_length(bufferevent_get_output(to)) > HIGH_WATER) {
+        bufferevent_disable(from, EV_READ);
+        *paused_flag = 1;
+    }
+}
+
+/* The response is whole: pool or close the upstream connection, then go on
+ * with the next request on this client connection or close it. */
+static void ex_finish(struct downstream *ds)
+{
+    int reusable = llhttp_should_keep_alive(&ds->resp_parser) && ds->req_complete &&
+                   evbuffer_get_length(bufferevent_get_input(ds->up->bev)) == 0 &&
+                   evbuffer_get_length(bufferevent_get_output(ds->up->bev)) == 0;
+
+    event_del(ds->req_timer);
+    up_detach(ds, reusable);
+    if (!ds->keep_alive || ds->client_eof || !ds->req_complete || ds->req.upgrade) {
+        ds_close_after_write(ds);
+        return;
+    }
+    /* Ready for the next request on this connection. */
+    ds->state = DS_IDLE;
+    ds->req_complete = 0;
+    ds->resp_head_done = 0;
+    ds->resp_complete = 0;
+    ds->sent_any = 0;
+    ds->replay_whole = 1;
+    ds->attempts = ds->retries = ds->race_resent = 0;
+    ds->peer = NULL;
+    memset(&ds->tried, 0, sizeof(ds->tried));
+    evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));
+    evbuffer_drain(ds->tosend, evbuffer_get_length(ds->tosend));
+    {
+        struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
+        evtimer_add(ds->timer, &idle);
+        bufferevent_set_timeouts(ds->bev, NULL, &idle);
+    }
+    if (ds->client_paused) {
+        ds->client_paused = 0;
+    }
+    bufferevent_enable(ds->bev, EV_READ);
+    llhttp_resume(&ds->parser);
+    if (evbuffer_get_length(bufferevent_get_input(ds->bev)) > 0)
+        ds_parse_input(ds);
+}
+
+/* Runs the response parser over what the upstream sent. */
+static void parse_response(struct downstream *ds)
+{
+    struct evbuffer *in = bufferevent_get_input(ds->up->bev);
+    llhttp_errno_t err;
+
+    if (evbuffer_get_length(in) > 0)
+        ds->resp_any = 1;
+    err = parse_evbuffer(&ds->resp_parser, in);
+    if (parse_failed(err)) {
+        LOG_WARN("%s: %s: bad response: %s", ds->client_ip, ds->peer->addr_text,
+                 llhttp_get_error_reason(&ds->resp_parser));
+        if (!ds->resp_head_done)
+            ex_fail(ds, FAIL_BAD_RESPONSE);
+        else
+            ds_abort(ds);
+        return;
+    }
+    if (ds->resp_complete) {
+        if (ds->resp.status == 101) {
+            start_tunnel(ds);
+            return;
+        }
+        ex_finish(ds);
+        return;
+    }
+    if (ds->resp_head_done && !ds->up_paused &&
+        evbuffer_get_length(bufferevent_get_output(ds->bev)) > HIGH_WATER) {
+        bufferevent_disable(ds->up->bev, EV_READ);
+        ds->up_paused = 1;
+    }
+}
+
+static void up_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct downstream *ds = arg;
+
+    if (ds->state == DS_TUNNEL) {
+        tunnel_move(bev, ds->bev, &ds->up_paused);
+        return;
+    }
+    parse_response(ds);
+}
+
+static void up_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct downstream *ds = arg;
+
+    (void)bev;
+    /* The upstream took what was queued: the client may send more. */
+    if (ds->client_paused && ds->state != DS_CLOSING) {
+        ds->client_paused = 0;
+        bufferevent_enable(ds->bev, EV_READ);
+    }
+}
+
+static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct downstream *ds = arg;
+
+    if (what & BEV_EVENT_CONNECTED) {
+        ex_connected(ds);
+        return;
+    }
+    if (ds->state == DS_TUNNEL) {
+        ds_close_after_write(ds);
+        return;
+    }
+    if (!ds->up_connected) {
+        int err = EVUTIL_SOCKET_ERROR();
+        ex_fail(ds, (what & BEV_EVENT_TIMEOUT) ? FAIL_CONNECT_TIMEOUT : classify_connect_errno(err));
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && ds->resp_head_done) {
+        struct upconn *c = ds->up;
+        /* A close-delimited body ends here; any other framing was cut short. */
+        if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+            parse_response(ds);
+        if (ds->state == DS_CLOSING || ds->up != c || ds->resp_complete)
+            return;
+        if (llhttp_finish(&ds->resp_parser) == HPE_OK && ds->framing == RESP_CLOSE) {
+            ds->resp_complete = 1;
+            ex_finish(ds);
+            return;
+        }
+        if (!ds->resp_complete) {
+            LOG_WARN("%s: %s: response cut short", ds->client_ip, ds->peer->addr_text);
+            ds_close_after_write(ds);
+        }
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        LOG_WARN("%s: %s: response stalled past NEXTUP_IDLE_TIMEOUT_MS", ds->client_ip, ds->peer->addr_text);
+        ds_close_after_write(ds);
+        return;
+    }
+    if (ds->resp_head_done) {
+        ds_close_after_write(ds);
+        return;
+    }
+    if (ds->resp_any && (what & BEV_EVENT_EOF)) {
+        /* Part of a head, then EOF. */
+        struct upconn *c = ds->up;
+        parse_response(ds);
+        if (ds->state == DS_CLOSING || ds->up != c || ds->resp_head_done)
+            return;
+        if (llhttp_finish(&ds->resp_parser) == HPE_OK && ds->resp_complete) {
+            ex_finish(ds);
+            return;
+        }
+        ex_fail(ds, FAIL_BAD_RESPONSE);
+        return;
+    }
+    ex_fail(ds, ds->resp_any ? FAIL_BAD_RESPONSE : FAIL_CLOSED);
+}
+
+static void req_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct downstream *ds = arg;
+
+    (void)fd;
+    (void)what;
+    if (ds->resp_head_done || ds->state == DS_CLOSING)
+        return;
+    metrics_inc(M_REQUEST_TIMEOUTS);
+    LOG_WARN("%s: no response head from %s within NEXTUP_REQUEST_TIMEOUT_MS", ds->client_ip,
+             ds->peer ? ds->peer->addr_text : "any peer");
+    ds_reply_error(ds, 504, "upstream did not answer within NEXTUP_REQUEST_TIMEOUT_MS");
+}
+
+/* ---- the client side ---------------------------------------------------- */
+
+static void ds_parse_input(struct downstream *ds)
+{
+    llhttp_errno_t err;
+
+    if (ds->state == DS_WAIT || ds->state == DS_CLOSING)
+        return;
+    err = parse_evbuffer(&ds->parser, bufferevent_get_input(ds->bev));
+    if (ds->error_status || parse_failed(err)) {
+        int status = ds->error_status ? ds->error_status : 400;
+        const char *reason = ds->error_reason ? ds->error_reason : llhttp_get_error_reason(&ds->parser);
+        if (!reason)
+            reason = "malformed request";
+        ds_reply_error(ds, status, reason);
+        return;
+    }
+    if (ds->start_pending)
+        start_request(ds);
+    if (ds->state == DS_CLOSING)
+        return;
+    check_client_backpressure(ds);
+}
+
+static void ds_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct downstream *ds = arg;
+
+    if (ds->state == DS_TUNNEL) {
+        if (ds->up)
+            tunnel_move(bev, ds->up->bev, &ds->client_paused);
+        return;
+    }
+    ds_parse_input(ds);
+}
+
+static void ds_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct downstream *ds = arg;
+
+    (void)bev;
+    if (ds->state == DS_CLOSING) {
+        ds_abort(ds);
+        return;
+    }
+    if (ds->up_paused && ds->up) {
+        ds->up_paused = 0;
+        bufferevent_enable(ds->up->bev, EV_READ);
+    }
+}
+
+static void ds_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct downstream *ds = arg;
+
+    (void)bev;
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && ds->state == DS_WAIT) {
+        /* A client may half-close after its request: the response is still wanted. */
+        ds->client_eof = 1;
+        ds->keep_alive = 0;
+        return;
+    }
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && ds->state == DS_BODY && !ds->resp_head_done) {
+        ds_reply_error(ds, 408, "request body stalled past NEXTUP_IDLE_TIMEOUT_MS");
+        return;
+    }
+    if (ds->state == DS_TUNNEL && (what & BEV_EVENT_EOF) && ds->up) {
+        /* Flush what the client sent last, then close both. */
+        evbuffer_add_buffer(bufferevent_get_output(ds->up->bev), bufferevent_get_input(ds->bev));
+    }
+    ds_abort(ds);
+}
+
+static void ds_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct downstream *ds = arg;
+
+    (void)fd;
+    (void)what;
+    if (ds->state == DS_HEAD) {
+        ds_reply_error(ds, 408, "request head not received within NEXTUP_HEADER_TIMEOUT_MS");
+        return;
+    }
+    if (ds->state == DS_IDLE)
+        ds_abort(ds);
+}
+
+void proxy_init(void)
+{
+    llhttp_settings_init(&req_settings);
+    req_settings.on_message_begin = on_req_begin;
+    req_settings.on_url = on_req_url;
+    req_settings.on_header_field = on_req_field;
+    req_settings.on_header_value = on_req_value;
+    req_settings.on_headers_complete = on_req_headers_complete;
+    req_settings.on_body = on_req_body;
+    req_settings.on_message_complete = on_req_complete;
+
+    llhttp_settings_init(&resp_settings);
+    resp_settings.on_message_begin = on_resp_begin;
+    resp_settings.on_status = on_resp_status;
+    resp_settings.on_header_field = on_resp_field;
+    resp_settings.on_header_value = on_resp_value;
+    resp_settings.on_headers_complete = on_resp_headers_complete;
+    resp_settings.on_body = on_resp_body;
+    resp_settings.on_message_complete = on_resp_complete;
+}
+
+int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, socklen_t peer_len)
+{
+    struct downstream *ds = calloc(1, sizeof(*ds));
+    struct timeval header_tv = ms_tv(w->cfg->header_timeout_ms);
+    struct timeval idle = ms_tv(w->cfg->idle_timeout_ms);
+    int one = 1;
+
+    (void)peer_len;
+    if (!ds)
+        return -ENOMEM;
+    ds->w = w;
+    ds->timer = evtimer_new(w->base, ds_timer_cb, ds);
+    ds->req_timer = evtimer_new(w->base, req_timer_cb, ds);
+    ds->free_ev = event_new(w->base, -1, 0, ds_free_cb, ds);
+    ds->tosend = evbuffer_new();
+    ds->replay = evbuffer_new();
+    /* Created last: from here on the bufferevent closes <fd> when freed. */
+    if (ds->timer && ds->req_timer && ds->free_ev && ds->tosend && ds->replay)
+        ds->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!ds->bev) {
+        if (ds->timer)
+            event_free(ds->timer);
+        if (ds->req_timer)
+            event_free(ds->req_timer);
+        if (ds->free_ev)
+            event_free(ds->free_ev);
+        if (ds->tosend)
+            evbuffer_free(ds->tosend);
+        if (ds->replay)
+            evbuffer_free(ds->replay);
+        free(ds);
+        return -ENOMEM;
+    }
+    ds->replay_whole = 1;
+    if (peer_addr->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)peer_addr)->sin_addr, ds->client_ip, sizeof(ds->client_ip));
+    else if (peer_addr->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer_addr)->sin6_addr, ds->client_ip,
+                  sizeof(ds->client_ip));
+    else
+        snprintf(ds->client_ip, sizeof(ds->client_ip), "unknown");
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    llhttp_init(&ds->parser, HTTP_REQUEST, &req_settings);
+    ds->parser.data = ds;
+    ds->state = DS_IDLE;
+    ds->next = w->conns;
+    if (w->conns)
+        w->conns->prev = ds;
+    w->conns = ds;
+    bufferevent_setcb(ds->bev, ds_read_cb, ds_write_cb, ds_event_cb, ds);
+    bufferevent_setwatermark(ds->bev, EV_READ, 0, CLIENT_READ_HIGH);
+    bufferevent_set_timeouts(ds->bev, NULL, &idle);
+    bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
+    /* A new connection must send its first head within the header timeout. */
+    evtimer_add(ds->timer, &header_tv);
+    return 0;
+}
+
+void downstream_drain(struct downstream *ds)
+{
+    if (ds->state == DS_IDLE) {
+        ds_abort(ds);
+        return;
+    }
+    ds->keep_alive = 0;
+}
+
+struct downstream *downstream_next(struct downstream *ds)
+{
+    return ds->next;
+}

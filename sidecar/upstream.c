@@ -1,0 +1,204 @@
+#include "upstream.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_acked; glibc's copy is older */
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "peers.h"
+
+struct idle_list {
+    struct upconn *head;
+    int count;
+};
+
+struct upstream_pool {
+    struct event_base *base;
+    int n_peers;
+    int max_idle;
+    struct timeval connect_timeout;
+    struct timeval idle_timeout;
+    struct idle_list *idle;          /* owned, one per peer index */
+};
+
+struct upstream_pool *upstream_pool_new(struct event_base *base, int n_peers, int max_idle, int connect_timeout_ms,
+                                        int idle_timeout_ms)
+{
+    struct upstream_pool *pool = calloc(1, sizeof(*pool));
+
+    if (!pool)
+        return NULL;
+    pool->idle = calloc((size_t)(n_peers > 0 ? n_peers : 1), sizeof(*pool->idle));
+    if (!pool->idle) {
+        free(pool);
+        return NULL;
+    }
+    pool->base = base;
+    pool->n_peers = n_peers;
+    pool->max_idle = max_idle;
+    pool->connect_timeout.tv_sec = connect_timeout_ms / 1000;
+    pool->connect_timeout.tv_usec = (connect_timeout_ms % 1000) * 1000;
+    pool->idle_timeout.tv_sec = idle_timeout_ms / 1000;
+    pool->idle_timeout.tv_usec = (idle_timeout_ms % 1000) * 1000;
+    return pool;
+}
+
+static void idle_unlink(struct upconn *c)
+{
+    struct idle_list *l = &c->pool->idle[c->peer->index];
+
+    if (c->prev_idle)
+        c->prev_idle->next_idle = c->next_idle;
+    else
+        l->head = c->next_idle;
+    if (c->next_idle)
+        c->next_idle->prev_idle = c->prev_idle;
+    c->next_idle = c->prev_idle = NULL;
+    l->count--;
+}
+
+void upstream_pool_close_idle(struct upstream_pool *pool)
+{
+    int i;
+
+    for (i = 0; i < pool->n_peers; i++)
+        while (pool->idle[i].head) {
+            struct upconn *c = pool->idle[i].head;
+            idle_unlink(c);
+            upstream_close(c);
+        }
+}
+
+void upstream_pool_free(struct upstream_pool *pool)
+{
+    if (!pool)
+        return;
+    upstream_pool_close_idle(pool);
+    free(pool->idle);
+    free(pool);
+}
+
+int upstream_pool_idle_count(const struct upstream_pool *pool)
+{
+    int i, n = 0;
+
+    for (i = 0; i < pool->n_peers; i++)
+        n += pool->idle[i].count;
+    return n;
+}
+
+void upstream_close(struct upconn *c)
+{
+    if (!c)
+        return;
+    if (c->bev)
+        bufferevent_free(c->bev);
+    free(c);
+}
+
+/* While pooled, any byte or event from the peer means the connection is no
+ * longer usable: an idle HTTP/1.1 server has nothing to say. */
+static void idle_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct upconn *c = arg;
+
+    (void)bev;
+    LOG_DEBUG("pooled connection to %s sent data while idle: closed", c->peer->addr_text);
+    idle_unlink(c);
+    upstream_close(c);
+}
+
+static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct upconn *c = arg;
+
+    (void)bev;
+    LOG_DEBUG("pooled connection to %s %s while idle: closed", c->peer->addr_text,
+              (what & BEV_EVENT_TIMEOUT) ? "timed out" : "closed by the peer");
+    idle_unlink(c);
+    upstream_close(c);
+}
+
+struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, int fresh)
+{
+    struct idle_list *l = &pool->idle[peer->index];
+    struct upconn *c;
+    int one = 1;
+
+    if (!fresh && l->head) {
+        c = l->head;
+        idle_unlink(c);
+        bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+        bufferevent_set_timeouts(c->bev, NULL, NULL);
+        c->reused = 1;
+        metrics_inc(M_UPSTREAM_REUSED);
+        return c;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->peer = peer;
+    c->pool = pool;
+    c->bev = bufferevent_socket_new(pool->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        free(c);
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* The write timeout while connecting is libevent's connect timeout. */
+    bufferevent_set_timeouts(c->bev, NULL, &pool->connect_timeout);
+    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&peer->sa, (int)peer->salen) < 0) {
+        int err = EVUTIL_SOCKET_ERROR();
+        upstream_close(c);
+        errno = err ? err : ECONNREFUSED;
+        return NULL;
+    }
+    setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    metrics_inc(M_UPSTREAM_CONNECTS);
+    return c;
+}
+
+void upstream_release(struct upconn *c)
+{
+    struct upstream_pool *pool = c->pool;
+    struct idle_list *l = &pool->idle[c->peer->index];
+
+    if (l->count >= pool->max_idle || evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
+        evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        upstream_close(c);
+        return;
+    }
+    c->reused = 1;
+    /* Newest first: the warmest connection is reused next, old ones idle out. */
+    c->prev_idle = NULL;
+    c->next_idle = l->head;
+    if (l->head)
+        l->head->prev_idle = c;
+    l->head = c;
+    l->count++;
+    bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_set_timeouts(c->bev, &pool->idle_timeout, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
+int64_t upstream_bytes_acked(const struct upconn *c)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    int fd = bufferevent_getfd(c->bev);
+
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+        len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked))
+        return -1;
+    return (int64_t)ti.tcpi_bytes_acked;
+}

@@ -1,0 +1,60 @@
+/* upstream: connections to peers and a bounded keep-alive pool per peer, one
+ * pool per worker (no sharing, no locks).
+ *
+ * API:
+ *   upstream_pool_new() / upstream_pool_free()
+ *   upstream_acquire()    a pooled connection, or a fresh one being connected
+ *   upstream_release()    back to the pool when reusable, else closed
+ *   upstream_close()      close now
+ *   upstream_bytes_acked() TCP_INFO tcpi_bytes_acked of the socket
+ * A connection handed out belongs to the caller, who sets its bufferevent
+ * callbacks; while pooled it belongs to the pool, which closes it when the
+ * peer closes it or it idles past the idle timeout. */
+#ifndef NEXTUP_UPSTREAM_H
+#define NEXTUP_UPSTREAM_H
+
+#include <stdint.h>
+
+struct event_base;
+struct bufferevent;
+struct peer;
+struct upstream_pool;
+
+struct upconn {
+    struct bufferevent *bev;        /* owned */
+    struct peer *peer;
+    struct upstream_pool *pool;
+    int reused;                     /* served a request before this one */
+    struct upconn *next_idle;       /* pool list link while idle */
+    struct upconn *prev_idle;
+};
+
+/* <max_idle> connections kept per peer; <connect_timeout_ms> bounds connects and
+ * <idle_timeout_ms> bounds time in the pool. NULL on allocation failure. */
+struct upstream_pool *upstream_pool_new(struct event_base *base, int n_peers, int max_idle, int connect_timeout_ms,
+                                        int idle_timeout_ms);
+void upstream_pool_free(struct upstream_pool *pool);
+
+/* A connection to <peer>: a pooled, connected one (reused = 1) unless <fresh>,
+ * or a new one whose connect is in progress (reused = 0; the caller's event
+ * callback gets BEV_EVENT_CONNECTED, or ERROR / TIMEOUT with errno set).
+ * Callbacks are unset: the caller sets them. NULL with errno on failure. */
+struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, int fresh);
+
+/* Gives <c> back: pooled when the pool has room and nothing is pending in its
+ * buffers, closed otherwise. <c> must not be used afterwards. */
+void upstream_release(struct upconn *c);
+
+/* Closes <c> and frees it. */
+void upstream_close(struct upconn *c);
+
+/* Bytes of ours the peer acknowledged (TCP_INFO), or -1 when unknown. */
+int64_t upstream_bytes_acked(const struct upconn *c);
+
+/* Idle connections pooled in total (for /debug and tests). */
+int upstream_pool_idle_count(const struct upstream_pool *pool);
+
+/* Closes every pooled connection (drain). */
+void upstream_pool_close_idle(struct upstream_pool *pool);
+
+#endif

@@ -1,0 +1,185 @@
+#include "worker.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "net.h"
+#include "peers.h"
+#include "proxy.h"
+#include "upstream.h"
+
+static struct worker *workers;
+static int n_workers;
+static _Atomic int live_connections;
+static _Atomic int loops_done;
+
+int workers_live_connections(void)
+{
+    return atomic_load(&live_connections);
+}
+
+int workers_all_done(void)
+{
+    return atomic_load(&loops_done) == n_workers;
+}
+
+static void reject_connection(int fd)
+{
+    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                               "Content-Length: 48\r\nConnection: close\r\n\r\n"
+                               "nextup: too many connections (NEXTUP_MAX_CONNECTIONS)\n";
+    /* Best effort on a fresh socket: the kernel buffer takes it whole or the client is gone. */
+    ssize_t n = write(fd, resp, sizeof(resp) - 1);
+    (void)n;
+    close(fd);
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    struct worker *w = arg;
+
+    (void)l;
+    if (atomic_fetch_add(&live_connections, 1) >= w->cfg->max_connections) {
+        atomic_fetch_sub(&live_connections, 1);
+        metrics_inc(M_DOWNSTREAM_REJECTED);
+        LOG_WARN("refusing a connection: NEXTUP_MAX_CONNECTIONS=%d reached", w->cfg->max_connections);
+        reject_connection(fd);
+        return;
+    }
+    metrics_inc(M_DOWNSTREAM_CONNECTIONS);
+    if (downstream_new(w, fd, sa, (socklen_t)salen) < 0) {
+        atomic_fetch_sub(&live_connections, 1);
+        LOG_ERROR("out of memory accepting a connection");
+        close(fd);
+        return;
+    }
+    w->n_conns++;
+}
+
+void worker_connection_closed(struct worker *w)
+{
+    w->n_conns--;
+    atomic_fetch_sub(&live_connections, 1);
+    if (w->draining && w->n_conns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct downstream *ds, *next;
+
+    (void)fd;
+    (void)what;
+    if (w->draining)
+        return;
+    w->draining = 1;
+    if (w->listener) {
+        evconnlistener_free(w->listener);
+        w->listener = NULL;
+    }
+    upstream_pool_close_idle(w->pool);
+    for (ds = w->conns; ds; ds = next) {
+        next = downstream_next(ds);
+        downstream_drain(ds);
+    }
+    if (w->n_conns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    atomic_fetch_add(&loops_done, 1);
+    return NULL;
+}
+
+int workers_start(const struct config *cfg, struct peers *peers, char *err, size_t errlen)
+{
+    int i;
+
+    workers = calloc((size_t)cfg->workers, sizeof(*workers));
+    if (!workers) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    n_workers = cfg->workers;
+    for (i = 0; i < n_workers; i++) {
+        struct worker *w = &workers[i];
+        int fd;
+
+        w->id = i;
+        w->cfg = cfg;
+        w->peers = peers;
+        w->rng = ((uint64_t)time(NULL) << 20) ^ ((uint64_t)getpid() << 8) ^ (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ULL;
+        if (w->rng == 0)
+            w->rng = 1;
+        w->base = event_base_new();
+        if (!w->base) {
+            snprintf(err, errlen, "cannot create an event loop");
+            return -ENOMEM;
+        }
+        fd = net_listen((const struct sockaddr *)&cfg->listen.sa, cfg->listen.salen, 1);
+        if (fd < 0) {
+            snprintf(err, errlen, "NEXTUP_LISTEN=\"%s\": cannot listen: %s", cfg->listen.text, strerror(-fd));
+            return fd;
+        }
+        w->listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        w->pool = upstream_pool_new(w->base, peers->n, cfg->pool_max_idle, cfg->connect_timeout_ms,
+                                    cfg->idle_timeout_ms);
+        w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
+        if (!w->listener || !w->pool || !w->drain_ev) {
+            snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+    }
+    for (i = 0; i < n_workers; i++) {
+        int r = pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
+        if (r) {
+            snprintf(err, errlen, "cannot start worker thread: %s", strerror(r));
+            return -r;
+        }
+    }
+    return 0;
+}
+
+void workers_drain(void)
+{
+    int i;
+
+    for (i = 0; i < n_workers; i++)
+        event_active(workers[i].drain_ev, 0, 0);
+}
+
+void workers_stop(void)
+{
+    int i;
+
+    for (i = 0; i < n_workers; i++)
+        event_base_loopexit(workers[i].base, NULL);
+    for (i = 0; i < n_workers; i++)
+        pthread_join(workers[i].thread, NULL);
+    for (i = 0; i < n_workers; i++) {
+        struct worker *w = &workers[i];
+        if (w->listener)
+            evconnlistener_free(w->listener);
+        /* Connections still open at the drain deadline are closed by exit. */
+        event_free(w->drain_ev);
+    }
+    free(workers);
+    workers = NULL;
+    n_workers = 0;
+}

@@ -1,0 +1,52 @@
+/* worker: one thread, one libevent loop, one SO_REUSEPORT listener, one
+ * upstream pool; the client connections accepted there live and die there.
+ *
+ * API:
+ *   workers_start()   create the listeners (so bind errors are startup errors) and threads
+ *   workers_drain()   from the main thread: stop accepting, finish in-flight, exit loops
+ *   workers_stop()    from the main thread: end the loops now and join
+ *   workers_live_connections()  client connections open, all workers */
+#ifndef NEXTUP_WORKER_H
+#define NEXTUP_WORKER_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+struct config;
+struct peers;
+struct event_base;
+struct event;
+struct evconnlistener;
+struct upstream_pool;
+struct downstream;
+
+struct worker {
+    int id;
+    pthread_t thread;
+    struct event_base *base;              /* owned */
+    struct evconnlistener *listener;      /* owned; NULL once draining */
+    struct event *drain_ev;               /* owned; activated by the main thread */
+    const struct config *cfg;
+    struct peers *peers;                  /* shared, read-mostly */
+    struct upstream_pool *pool;           /* owned */
+    uint64_t rng;                         /* selection randomness, this thread only */
+    struct downstream *conns;             /* live client connections (list head) */
+    int n_conns;
+    int draining;
+};
+
+/* Starts cfg->workers threads. 0, or a negative errno with <err> filled
+ * ("NEXTUP_LISTEN=...: bind: Address already in use"). */
+int workers_start(const struct config *cfg, struct peers *peers, char *err, size_t errlen);
+/* Asks every worker to drain; returns at once. */
+void workers_drain(void);
+/* 1 when every worker loop has ended. */
+int workers_all_done(void);
+/* Ends every loop (drain deadline), joins the threads and frees the workers. */
+void workers_stop(void);
+int workers_live_connections(void);
+
+/* Called by proxy when a connection closes: keeps counts, ends a drained loop. */
+void worker_connection_closed(struct worker *w);
+
+#endif
