@@ -26,7 +26,7 @@
     "expected comma-separated host:port peers, e.g. 10.0.0.1:8080,[::1]:8080,orders:8080"
 #define ADDR_EXPECTED "expected host:port with a numeric IPv4 address or [IPv6]:port"
 
-enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL };
+enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH };
 
 struct var {
     const char *name;
@@ -68,6 +68,24 @@ static const struct var vars[] = {
       offsetof(struct config, retry_buffer_bytes), "request body bytes kept so the request can be retried" },
     { "NEXTUP_LOG_LEVEL", VAR_LOG_LEVEL, "info", 0, 0, offsetof(struct config, log_level),
       "one of error, warn, info, debug" },
+    { "NEXTUP_RETRY_ON", VAR_RETRY_ON, "connect-failure,refused,gateway-error", 0, 0,
+      offsetof(struct config, retry),
+      "conditions retried: connect-failure, refused, reset, timeout, gateway-error, 5xx, or status codes" },
+    { "NEXTUP_RETRY_METHODS", VAR_METHODS, "GET,HEAD,OPTIONS,TRACE,PUT,DELETE", 0, 0,
+      offsetof(struct config, retry),
+      "methods replayed after the request reached a peer (Idempotency-Key makes any method replayable)" },
+    { "NEXTUP_PER_TRY_TIMEOUT_MS", VAR_INT, "0", 0, MS_MAX,
+      offsetof(struct config, per_try_timeout_ms), "time to the response head for one attempt, ms; 0 = off" },
+    { "NEXTUP_RETRY_BACKOFF_BASE_MS", VAR_INT, "25", 0, 60000,
+      offsetof(struct config, retry_backoff_base_ms), "backoff base before retrying a peer already tried, ms" },
+    { "NEXTUP_RETRY_BACKOFF_MAX_MS", VAR_INT, "250", 0, 60000,
+      offsetof(struct config, retry_backoff_max_ms), "backoff cap, ms" },
+    { "NEXTUP_RETRY_BUDGET_PERCENT", VAR_INT, "20", 0, 1000,
+      offsetof(struct config, retry_budget_percent), "retries may add this % of the last 10 s of requests" },
+    { "NEXTUP_RETRY_BUDGET_MIN_PER_SEC", VAR_INT, "10", 0, 1000000,
+      offsetof(struct config, retry_budget_min_per_sec), "retries always allowed per second on top" },
+    { "NEXTUP_DECISION_PLUGIN", VAR_PATH, "", 0, 0, offsetof(struct config, decision_plugin),
+      "shared object exporting nextup_plugin_hooks (the upstream_response_decision hook); empty = built-in" },
 };
 
 static const char *const level_names[] = {
@@ -423,6 +441,35 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
         *(int *)field = (int)n;
         return 0;
     }
+    case VAR_RETRY_ON: {
+        char bad[64];
+        if (retry_parse_on(&cfg->retry, value, bad, sizeof(bad)) < 0) {
+            set_err(err, errlen, "%s=\"%s\": unknown condition \"%s\": expected a comma list of "
+                    "connect-failure, refused, reset, timeout, gateway-error, 5xx or status codes 100-599",
+                    v->name, value, bad);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    case VAR_METHODS: {
+        char bad[64];
+        if (retry_parse_methods(&cfg->retry, value, bad, sizeof(bad)) < 0) {
+            set_err(err, errlen, "%s=\"%s\": unknown method \"%s\": expected a comma list of "
+                    "HTTP methods in upper case, e.g. GET,HEAD,PUT", v->name, value, bad);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    case VAR_PATH: {
+        char *dst = field;
+        if (strlen(value) >= sizeof(cfg->decision_plugin)) {
+            set_err(err, errlen, "%s=\"%s\": expected a path shorter than %zu bytes", v->name, value,
+                    sizeof(cfg->decision_plugin));
+            return -EINVAL;
+        }
+        snprintf(dst, sizeof(cfg->decision_plugin), "%s", value);
+        return 0;
+    }
     case VAR_LOG_LEVEL:
         for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
             if (strcmp(value, level_names[i]) == 0) {
@@ -463,6 +510,8 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
                 continue;
             }
             value = v->def;
+            if (v->kind == VAR_PATH && !*value)
+                continue;
         }
         rc = parse_var(cfg, v, value, err, errlen);
         if (rc < 0)
@@ -472,6 +521,11 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
             upstreams_name = v->name;
         }
     }
+    cfg->retry.max_retries = cfg->max_retries;
+    cfg->retry.budget_percent = cfg->retry_budget_percent;
+    cfg->retry.budget_min_per_sec = cfg->retry_budget_min_per_sec;
+    cfg->retry.backoff_base_ms = cfg->retry_backoff_base_ms;
+    cfg->retry.backoff_max_ms = cfg->retry_backoff_max_ms;
     cfg->n_upstreams = 0;
     return scan_upstreams(cfg, upstreams_name, upstreams, false, err, errlen);
 }
@@ -479,12 +533,14 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
 void config_print_help(FILE *out)
 {
     fprintf(out, "usage: nextup [--help]  (configured by environment variables only)\n\n");
-    fprintf(out, "  %-26s %-16s %s\n", "VARIABLE", "DEFAULT", "MEANING");
+    fprintf(out, "  %-32s %-16s %s\n", "VARIABLE", "DEFAULT", "MEANING");
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
         const struct var *v = &vars[i];
-        char def[32];
+        char def[64];
 
-        if (v->def)
+        if (v->def && !*v->def)
+            snprintf(def, sizeof(def), "(none)");
+        else if (v->def)
             snprintf(def, sizeof(def), "%s", v->def);
         else if (v->kind == VAR_UPSTREAMS)
             snprintf(def, sizeof(def), "(required)");
@@ -492,8 +548,8 @@ void config_print_help(FILE *out)
             snprintf(def, sizeof(def), "online CPUs (%d)", default_workers());
 
         if (v->kind == VAR_INT)
-            fprintf(out, "  %-26s %-16s %s (%ld..%ld)\n", v->name, def, v->help, v->min, v->max);
+            fprintf(out, "  %-32s %-16s %s (%ld..%ld)\n", v->name, def, v->help, v->min, v->max);
         else
-            fprintf(out, "  %-26s %-16s %s\n", v->name, def, v->help);
+            fprintf(out, "  %-32s %-16s %s\n", v->name, def, v->help);
     }
 }

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "retry.h"
+
 #define CONFIG_MAX_UPSTREAMS 256
 
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
@@ -46,6 +48,14 @@ struct config {
     int pool_max_idle;                    /* NEXTUP_POOL_MAX_IDLE per peer per worker, default 64, 0..10000 */
     int retry_buffer_bytes;               /* NEXTUP_RETRY_BUFFER_BYTES, default 65536, 0..67108864 */
     enum log_level log_level;             /* NEXTUP_LOG_LEVEL error|warn|info|debug, default info */
+    int per_try_timeout_ms;               /* NEXTUP_PER_TRY_TIMEOUT_MS, default 0 = off */
+    int retry_backoff_base_ms;            /* NEXTUP_RETRY_BACKOFF_BASE_MS, default 25 */
+    int retry_backoff_max_ms;             /* NEXTUP_RETRY_BACKOFF_MAX_MS, default 250 */
+    int retry_budget_percent;             /* NEXTUP_RETRY_BUDGET_PERCENT, default 20 */
+    int retry_budget_min_per_sec;         /* NEXTUP_RETRY_BUDGET_MIN_PER_SEC, default 10 */
+    char decision_plugin[512];            /* NEXTUP_DECISION_PLUGIN, default none */
+    /* NEXTUP_RETRY_ON and NEXTUP_RETRY_METHODS, with the numbers above copied in. */
+    struct retry_policy retry;
 };
 
 /* Fills <cfg> from the NEXTUP_* environment; unset variables take their defaults.

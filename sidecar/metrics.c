@@ -23,8 +23,12 @@ void metrics_write_prometheus(struct evbuffer *out)
         { "4xx", M_RESP_4XX }, { "5xx", M_RESP_5XX },
     };
     static const struct { const char *label; enum metric_id id; } reasons[] = {
-        { "refused", M_RETRY_REFUSED }, { "connect_timeout", M_RETRY_CONNECT_TIMEOUT },
-        { "connect_error", M_RETRY_CONNECT_ERROR }, { "reset_unsent", M_RETRY_RESET_UNSENT },
+        { "refused", M_RETRY_REFUSED }, { "connect_failure", M_RETRY_CONNECT_FAILURE },
+        { "reset", M_RETRY_RESET }, { "timeout", M_RETRY_TIMEOUT }, { "status", M_RETRY_STATUS },
+    };
+    static const struct { const char *label; enum metric_id id; } refusals[] = {
+        { "policy", M_NORETRY_POLICY }, { "exhausted", M_NORETRY_EXHAUSTED }, { "method", M_NORETRY_METHOD },
+        { "buffer", M_NORETRY_BUFFER }, { "budget", M_NORETRY_BUDGET },
     };
     size_t i;
 
@@ -48,6 +52,14 @@ void metrics_write_prometheus(struct evbuffer *out)
     for (i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
         evbuffer_add_printf(out, "nextup_retries_total{reason=\"%s\"} %" PRIu64 "\n", reasons[i].label,
                             get(reasons[i].id));
+    evbuffer_add_printf(out, "# HELP nextup_retries_refused_total Retries wanted but not made, by reason.\n"
+                             "# TYPE nextup_retries_refused_total counter\n");
+    for (i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++)
+        evbuffer_add_printf(out, "nextup_retries_refused_total{reason=\"%s\"} %" PRIu64 "\n", refusals[i].label,
+                            get(refusals[i].id));
+    counter(out, "nextup_unsent_proofs_total",
+            "Failed requests the kernel proved never reached the peer (no byte acknowledged), so replayable.",
+            M_UNSENT_PROOFS);
     counter(out, "nextup_keepalive_race_resends_total",
             "Requests resent on a fresh connection after a pooled one was found closed.",
             M_KEEPALIVE_RACE_RESENDS);

@@ -17,9 +17,16 @@ enum metric_id {
     M_UPSTREAM_CONNECTS,           /* fresh upstream connections opened */
     M_UPSTREAM_REUSED,             /* tries on a pooled keep-alive connection */
     M_RETRY_REFUSED,               /* retries after ECONNREFUSED */
-    M_RETRY_CONNECT_TIMEOUT,       /* retries after connect timeout */
-    M_RETRY_CONNECT_ERROR,         /* retries after other connect errors (unreachable, ...) */
-    M_RETRY_RESET_UNSENT,          /* retries after a reset with no request byte acknowledged */
+    M_RETRY_CONNECT_FAILURE,       /* retries after connect timeout/error, or a close with nothing acknowledged */
+    M_RETRY_RESET,                 /* retries after a reset once the peer had the request */
+    M_RETRY_TIMEOUT,               /* retries after NEXTUP_PER_TRY_TIMEOUT_MS */
+    M_RETRY_STATUS,                /* retries after the decision hook aborted a response */
+    M_NORETRY_POLICY,              /* retries not made: condition not in NEXTUP_RETRY_ON */
+    M_NORETRY_EXHAUSTED,           /* ... NEXTUP_MAX_RETRIES reached */
+    M_NORETRY_METHOD,              /* ... method not replayable */
+    M_NORETRY_BUFFER,              /* ... body larger than NEXTUP_RETRY_BUFFER_BYTES */
+    M_NORETRY_BUDGET,              /* ... retry budget spent */
+    M_UNSENT_PROOFS,               /* TCP_INFO proved a failed request never reached the peer */
     M_KEEPALIVE_RACE_RESENDS,      /* pooled connection found closed: request resent on a fresh one */
     M_REQUEST_TIMEOUTS,            /* 504 after NEXTUP_REQUEST_TIMEOUT_MS */
     M_BAD_REQUESTS,                /* 4xx answered by nextup itself */

@@ -22,6 +22,9 @@ struct peers *peers_new(const struct config_upstream *ups, int n)
         snprintf(p->name, sizeof(p->name), "%s", ups[i].name);
         snprintf(p->addr_text, sizeof(p->addr_text), "%s", ups[i].addr_text);
         atomic_init(&p->outstanding, 0);
+        atomic_init(&p->consecutive_failures, 0);
+        atomic_init(&p->ejections, 0);
+        atomic_init(&p->ejected_until_ms, 0);
         set->peer[i] = p;
         set->n = i + 1;
     }
@@ -50,7 +53,7 @@ uint64_t peers_rand(uint64_t *state)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
-struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, uint64_t *rng)
+struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, int64_t now_ms, uint64_t *rng)
 {
     int candidates[PEERS_MAX];
     int n = 0, i, a, b;
@@ -58,8 +61,13 @@ struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, ui
     if (!set || set->n == 0)
         return NULL;
     for (i = 0; i < set->n; i++)
-        if (!exclude || !peer_mask_has(exclude, i))
+        if ((!exclude || !peer_mask_has(exclude, i)) && !peer_is_ejected(set->peer[i], now_ms))
             candidates[n++] = i;
+    /* Panic mode: every untried peer is ejected, so health is ignored rather than fail. */
+    if (n == 0)
+        for (i = 0; i < set->n; i++)
+            if (!exclude || !peer_mask_has(exclude, i))
+                candidates[n++] = i;
     /* Every peer excluded: a request must still get a peer, so all are candidates. */
     if (n == 0)
         for (i = 0; i < set->n; i++)
@@ -75,4 +83,51 @@ struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, ui
         atomic_load_explicit(&set->peer[a]->outstanding, memory_order_relaxed))
         return set->peer[b];
     return set->peer[a];
+}
+
+static int ejected_count(const struct peers *set, int64_t now_ms)
+{
+    int i, n = 0;
+
+    for (i = 0; i < set->n; i++)
+        n += peer_is_ejected(set->peer[i], now_ms);
+    return n;
+}
+
+void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms)
+{
+    int failures, threshold, times;
+    int64_t ms;
+
+    if (outcome == PEER_OK) {
+        atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
+        if (!peer_is_ejected(p, now_ms))
+            atomic_store_explicit(&p->ejections, 0, memory_order_relaxed);
+        return;
+    }
+    failures = atomic_fetch_add_explicit(&p->consecutive_failures, 1, memory_order_relaxed) + 1;
+    threshold = outcome == PEER_CONNECT_FAILED ? 1 : PEERS_GATEWAY_ERRORS_TO_EJECT;
+    if (failures < threshold || peer_is_ejected(p, now_ms))
+        return;
+    /* Never eject past the cap: with too few peers left, load would pile on them. */
+    if ((ejected_count(set, now_ms) + 1) * 100 > set->n * PEERS_MAX_EJECT_PERCENT)
+        return;
+    times = atomic_fetch_add_explicit(&p->ejections, 1, memory_order_relaxed);
+    ms = PEERS_EJECT_BASE_MS;
+    while (times-- > 0 && ms < PEERS_EJECT_MAX_MS)
+        ms *= 2;
+    if (ms > PEERS_EJECT_MAX_MS)
+        ms = PEERS_EJECT_MAX_MS;
+    atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->ejected_until_ms, now_ms + ms, memory_order_relaxed);
+}
+
+int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms)
+{
+    int i;
+
+    for (i = 0; i < set->n; i++)
+        if ((!exclude || !peer_mask_has(exclude, i)) && !peer_is_ejected(set->peer[i], now_ms))
+            return 1;
+    return 0;
 }

@@ -5,6 +5,8 @@
  *   peers_select()               least outstanding requests, power of two choices,
  *                                skipping excluded peers; NULL only when the set is empty
  *   peer_mask_*()                a small bit set of peer indexes ("tried for this request")
+ *   peers_report()               an outcome nextup saw; enough failures eject the peer for a while
+ *   peer_is_ejected()            the verdict selection reads
  * Peers are shared by all workers: only <outstanding> changes, atomically. */
 #ifndef NEXTUP_PEERS_H
 #define NEXTUP_PEERS_H
@@ -24,7 +26,26 @@ struct peer {
     char name[128];                  /* as configured, e.g. "orders:8080" */
     char addr_text[64];              /* numeric, e.g. "10.0.0.7:8080" */
     _Atomic int outstanding;         /* requests in flight to this peer, all workers */
+    _Atomic int consecutive_failures; /* connect failures and gateway errors since the last success */
+    _Atomic int ejections;           /* times ejected in a row: the ejection time doubles with each */
+    _Atomic int64_t ejected_until_ms; /* monotonic ms; ejected while now is before it */
 };
+
+/* Outcomes that feed the health view. */
+enum peer_outcome {
+    PEER_OK,              /* a response that is not a gateway error */
+    PEER_CONNECT_FAILED,  /* refused, connect timeout, unreachable */
+    PEER_GATEWAY_ERROR,   /* 502/503/504, reset before the response head, per-try timeout */
+};
+
+/* Ejection rules (user-space view; the BPF counters join later):
+ * one connect failure, or PEERS_GATEWAY_ERRORS_TO_EJECT gateway errors in a row,
+ * eject a peer for PEERS_EJECT_BASE_MS doubled per repeated ejection up to
+ * PEERS_EJECT_MAX_MS; never more than PEERS_MAX_EJECT_PERCENT of the set at once. */
+#define PEERS_GATEWAY_ERRORS_TO_EJECT 2
+#define PEERS_EJECT_BASE_MS 1000
+#define PEERS_EJECT_MAX_MS 8000
+#define PEERS_MAX_EJECT_PERCENT 50
 
 struct peers {
     int n;
@@ -49,11 +70,23 @@ static inline int peer_mask_has(const struct peer_mask *m, int i)
 struct peers *peers_new(const struct config_upstream *ups, int n);
 void peers_free(struct peers *set);
 
-/* Picks a peer whose bit in <exclude> is clear (<exclude> may be NULL): of two
- * random candidates, the one with fewer outstanding requests. When every peer is
- * excluded, picks among all peers rather than none. <rng> is the caller's
- * xorshift state (per worker, no sharing). NULL only when the set is empty. */
-struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, uint64_t *rng);
+/* Picks a peer whose bit in <exclude> is clear (<exclude> may be NULL) and that
+ * is not ejected at <now_ms>: of two random candidates, the one with fewer
+ * outstanding requests. With no such peer, ejected ones are considered again
+ * (panic mode), then excluded ones: a request always gets a peer. <rng> is the
+ * caller's xorshift state (per worker). NULL only when the set is empty. */
+struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, int64_t now_ms, uint64_t *rng);
+
+/* 1 if some peer is neither excluded nor ejected at <now_ms>. */
+int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms);
+
+/* Records an outcome of <p> at <now_ms>; may eject or reinstate it. */
+void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms);
+
+static inline int peer_is_ejected(const struct peer *p, int64_t now_ms)
+{
+    return atomic_load_explicit(&p->ejected_until_ms, memory_order_relaxed) > now_ms;
+}
 
 /* xorshift64*: the per-worker random source for selection and jitter. */
 uint64_t peers_rand(uint64_t *state);

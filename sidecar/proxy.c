@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -13,10 +14,13 @@
 #include <llhttp.h>
 
 #include "config.h"
+#include "hook.h"
 #include "http1.h"
 #include "log.h"
 #include "metrics.h"
+#include "nextup.h"
 #include "peers.h"
+#include "retry.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -43,6 +47,7 @@ enum fail_class {
     FAIL_CONNECT_ERROR,    /* unreachable, no route, ... */
     FAIL_CLOSED,           /* reset or closed after connect, before any response byte */
     FAIL_BAD_RESPONSE,     /* malformed or truncated response head */
+    FAIL_TRY_TIMEOUT,      /* no head within NEXTUP_PER_TRY_TIMEOUT_MS */
 };
 
 struct downstream {
@@ -83,7 +88,24 @@ struct downstream {
     int resp_complete;
     enum resp_framing framing;
     struct event *req_timer;              /* owned: NEXTUP_REQUEST_TIMEOUT_MS until the response head */
+    struct event *try_timer;              /* owned: NEXTUP_PER_TRY_TIMEOUT_MS for one attempt */
+    struct event *backoff_timer;          /* owned: delay before a retry to a peer already tried */
+    int has_idempotency_key;
+    int retry_after_abort;                /* the hook aborted this response: retry once the parser returns */
+    const struct nextup_error *hook_error; /* the hook ended the request with this error */
+    void *user_ctx;                       /* the hook's per-request pointer, freed by request_done */
 };
+
+/* Shared by every worker: requests and retries of the last 10 s. */
+static struct retry_budget budget;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static llhttp_settings_t req_settings;
 static llhttp_settings_t resp_settings;
@@ -130,6 +152,24 @@ static void up_detach(struct downstream *ds, int reusable)
     ds->up_paused = 0;
 }
 
+/* The request is over: the hook's context goes back to its owner. */
+static void request_end(struct downstream *ds)
+{
+    const struct nextup_hooks *h = hook_active();
+
+    if (ds->user_ctx && h->request_done)
+        h->request_done(ds->user_ctx);
+    ds->user_ctx = NULL;
+}
+
+static void stop_timers(struct downstream *ds)
+{
+    event_del(ds->timer);
+    event_del(ds->req_timer);
+    event_del(ds->try_timer);
+    event_del(ds->backoff_timer);
+}
+
 static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct downstream *ds = arg;
@@ -137,6 +177,7 @@ static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    request_end(ds);
     up_detach(ds, 0);
     if (ds->prev)
         ds->prev->next = ds->next;
@@ -147,6 +188,8 @@ static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
     bufferevent_free(ds->bev);
     event_free(ds->timer);
     event_free(ds->req_timer);
+    event_free(ds->try_timer);
+    event_free(ds->backoff_timer);
     event_free(ds->free_ev);
     evbuffer_free(ds->tosend);
     evbuffer_free(ds->replay);
@@ -162,8 +205,7 @@ static void ds_abort(struct downstream *ds)
     up_detach(ds, 0);
     bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
     bufferevent_disable(ds->bev, EV_READ | EV_WRITE);
-    event_del(ds->timer);
-    event_del(ds->req_timer);
+    stop_timers(ds);
     ds->state = DS_CLOSING;
     event_active(ds->free_ev, 0, 0);
 }
@@ -173,8 +215,7 @@ static void ds_close_after_write(struct downstream *ds)
 {
     up_detach(ds, 0);
     ds->state = DS_CLOSING;
-    event_del(ds->timer);
-    event_del(ds->req_timer);
+    stop_timers(ds);
     bufferevent_disable(ds->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0) {
         ds_abort(ds);
@@ -437,6 +478,8 @@ static void start_request(struct downstream *ds)
     const char *host_fallback = ds->w->peers->n > 0 ? ds->w->peers->peer[0]->name : "localhost";
 
     ds->start_pending = 0;
+    retry_budget_note_request(&budget, now_ms() / 1000);
+    ds->has_idempotency_key = http_head_get(&ds->req, "idempotency-key", &(size_t){ 0 }) != NULL;
     if (!head || http1_write_request_head(head, &ds->req, ds->client_ip, host_fallback) < 0) {
         if (head)
             evbuffer_free(head);
@@ -488,6 +531,7 @@ static const char *fail_text(enum fail_class c)
     case FAIL_CONNECT_ERROR: return "connect failed";
     case FAIL_CLOSED: return "connection closed before a response";
     case FAIL_BAD_RESPONSE: return "malformed response";
+    case FAIL_TRY_TIMEOUT: return "no response head within NEXTUP_PER_TRY_TIMEOUT_MS";
     }
     return "failed";
 }
@@ -501,19 +545,90 @@ static int rewind_request(struct downstream *ds)
     return evbuffer_copy_all(ds->tosend, ds->replay);
 }
 
+static void backoff_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct downstream *ds = arg;
+
+    (void)fd;
+    (void)what;
+    ex_attempt(ds, 0);
+}
+
+/* Whether this failed attempt may be retried: retry_decide() on its facts,
+ * then the budget. A refusal is counted by reason. */
+static enum retry_verdict retry_verdict_for(struct downstream *ds, enum retry_cause cause)
+{
+    static const enum metric_id refused_metric[] = {
+        [RETRY_NO_POLICY] = M_NORETRY_POLICY, [RETRY_NO_EXHAUSTED] = M_NORETRY_EXHAUSTED,
+        [RETRY_NO_METHOD] = M_NORETRY_METHOD, [RETRY_NO_BUFFER] = M_NORETRY_BUFFER,
+        [RETRY_NO_BUDGET] = M_NORETRY_BUDGET,
+    };
+    struct attempt a = {
+        .cause = cause,
+        .method = ds->req.method,
+        .has_idempotency_key = ds->has_idempotency_key,
+        .buffer_whole = request_replayable(ds),
+        .retries_done = ds->retries,
+        .budget_ok = 1,
+    };
+    const struct retry_policy *pol = &ds->w->cfg->retry;
+    enum retry_verdict v = retry_decide(pol, &a);
+
+    /* The budget is only spent on retries that are otherwise allowed. */
+    if (v == RETRY_GO && retry_cause_reached_peer(cause) && !retry_budget_try_take(&budget, pol, now_ms() / 1000)) {
+        a.budget_ok = 0;
+        v = retry_decide(pol, &a);
+    }
+    if (v != RETRY_GO) {
+        metrics_inc(refused_metric[v]);
+        LOG_INFO("%s: %s %.*s: no retry (%s)", ds->client_ip, nextup_request_method((struct nextup_session *)ds),
+                 (int)ds->req.first_len, ds->req.buf + ds->req.first_off, retry_verdict_name(v));
+    }
+    return v;
+}
+
+/* Starts the next attempt on another peer: at once when an untried healthy
+ * peer is left (the failure was that replica's), else after a jittered backoff. */
+static void retry_go(struct downstream *ds, enum retry_cause cause)
+{
+    static const enum metric_id retry_metric[] = {
+        [CAUSE_REFUSED] = M_RETRY_REFUSED, [CAUSE_CONNECT_FAILURE] = M_RETRY_CONNECT_FAILURE,
+        [CAUSE_RESET] = M_RETRY_RESET, [CAUSE_TIMEOUT] = M_RETRY_TIMEOUT, [CAUSE_STATUS] = M_RETRY_STATUS,
+    };
+    struct worker *w = ds->w;
+    int delay = 0;
+
+    ds->retries++;
+    metrics_inc(retry_metric[cause]);
+    if (rewind_request(ds) < 0) {
+        ds_reply_error(ds, 503, "out of memory");
+        return;
+    }
+    if (retry_cause_reached_peer(cause) && !peers_has_fresh(w->peers, &ds->tried, now_ms()))
+        delay = retry_backoff_ms(&w->cfg->retry, ds->retries, peers_rand(&w->rng));
+    if (delay > 0) {
+        struct timeval tv = ms_tv(delay);
+        evtimer_add(ds->backoff_timer, &tv);
+        return;
+    }
+    ex_attempt(ds, 0);
+}
+
 /* An attempt failed before any response byte went downstream: retry on another
- * peer when allowed, else answer 502/504 naming the last failure. */
+ * peer when the policy allows, else answer 502/504 naming the last failure. */
 static void ex_fail(struct downstream *ds, enum fail_class cls)
 {
     struct upconn *c = ds->up;
     int reused = c && c->reused;
     int connected = c && ds->up_connected;
     int64_t acked = c && connected ? upstream_bytes_acked(c) : -1;
+    /* The kernel's word that the peer never got a byte of this request. */
     int none_acked = !connected || (acked >= 0 && ds->acked_base >= 0 && acked == ds->acked_base);
     const char *peer_text = ds->peer ? ds->peer->addr_text : "?";
-    enum metric_id reason_metric;
+    enum retry_cause cause;
 
     up_detach(ds, 0);
+    event_del(ds->try_timer);
     if (cls == FAIL_CLOSED && reused && !ds->resp_any && !ds->race_resent && request_replayable(ds) &&
         (none_acked || request_is_idempotent(&ds->req))) {
         /* The keep-alive race: the peer closed the pooled connection as we reused it.
@@ -529,31 +644,44 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
         return;
     }
     switch (cls) {
-    case FAIL_REFUSED: reason_metric = M_RETRY_REFUSED; break;
-    case FAIL_CONNECT_TIMEOUT: reason_metric = M_RETRY_CONNECT_TIMEOUT; break;
-    case FAIL_CONNECT_ERROR: reason_metric = M_RETRY_CONNECT_ERROR; break;
-    default: reason_metric = M_RETRY_RESET_UNSENT; break;
+    case FAIL_REFUSED:
+        cause = CAUSE_REFUSED;
+        break;
+    case FAIL_CONNECT_TIMEOUT:
+    case FAIL_CONNECT_ERROR:
+        cause = CAUSE_CONNECT_FAILURE;
+        break;
+    case FAIL_CLOSED:
+        /* Nothing acknowledged: as safe to replay as a connect failure, whatever the method. */
+        cause = none_acked && !ds->resp_any ? CAUSE_CONNECT_FAILURE : CAUSE_RESET;
+        if (cause == CAUSE_CONNECT_FAILURE && connected)
+            metrics_inc(M_UNSENT_PROOFS);
+        break;
+    case FAIL_TRY_TIMEOUT:
+        cause = CAUSE_TIMEOUT;
+        break;
+    default:
+        cause = CAUSE_RESET;
+        break;
     }
-    /* Connect-time failures are safe for every method: the peer never saw the
-     * request. A reset after connect is too, when the kernel says none of our
-     * bytes were acknowledged. */
-    if ((cls == FAIL_REFUSED || cls == FAIL_CONNECT_TIMEOUT || cls == FAIL_CONNECT_ERROR ||
-         (cls == FAIL_CLOSED && !ds->resp_any && none_acked)) &&
-        ds->retries < ds->w->cfg->max_retries && request_replayable(ds)) {
+    if (ds->peer)
+        peers_report(ds->w->peers, ds->peer,
+                     cls == FAIL_REFUSED || cls == FAIL_CONNECT_TIMEOUT || cls == FAIL_CONNECT_ERROR
+                         ? PEER_CONNECT_FAILED
+                         : PEER_GATEWAY_ERROR,
+                     now_ms());
+    if (cls != FAIL_BAD_RESPONSE && retry_verdict_for(ds, cause) == RETRY_GO) {
         LOG_INFO("%s: %s: %s; retrying on another peer", ds->client_ip, peer_text, fail_text(cls));
-        ds->retries++;
-        metrics_inc(reason_metric);
-        if (rewind_request(ds) < 0) {
-            ds_reply_error(ds, 503, "out of memory");
-            return;
-        }
-        ex_attempt(ds, 0);
+        retry_go(ds, cause);
         return;
     }
     LOG_WARN("%s: %s: %s after %d attempt(s)", ds->client_ip, peer_text, fail_text(cls), ds->attempts);
     switch (cls) {
     case FAIL_CONNECT_TIMEOUT:
         ds_reply_error(ds, 504, "upstream connect timed out");
+        break;
+    case FAIL_TRY_TIMEOUT:
+        ds_reply_error(ds, 504, "upstream did not answer within NEXTUP_PER_TRY_TIMEOUT_MS");
         break;
     case FAIL_REFUSED:
         ds_reply_error(ds, 502, "upstream refused the connection");
@@ -570,6 +698,17 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
     }
 }
 
+static void try_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct downstream *ds = arg;
+
+    (void)fd;
+    (void)what;
+    if (ds->resp_head_done || ds->state == DS_CLOSING || !ds->up)
+        return;
+    ex_fail(ds, FAIL_TRY_TIMEOUT);
+}
+
 static enum fail_class classify_connect_errno(int err)
 {
     if (err == ECONNREFUSED)
@@ -582,7 +721,7 @@ static enum fail_class classify_connect_errno(int err)
 static void ex_attempt(struct downstream *ds, int fresh_same_peer)
 {
     struct worker *w = ds->w;
-    struct peer *p = fresh_same_peer && ds->peer ? ds->peer : peers_select(w->peers, &ds->tried, &w->rng);
+    struct peer *p = fresh_same_peer && ds->peer ? ds->peer : peers_select(w->peers, &ds->tried, now_ms(), &w->rng);
     struct upconn *c;
 
     if (!p) {
@@ -606,6 +745,10 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
     http_head_reset(&ds->resp);
     bufferevent_setcb(c->bev, up_read_cb, up_write_cb, up_event_cb, ds);
     bufferevent_setwatermark(c->bev, EV_READ, 0, HIGH_WATER);
+    if (w->cfg->per_try_timeout_ms > 0) {
+        struct timeval tv = ms_tv(w->cfg->per_try_timeout_ms);
+        evtimer_add(ds->try_timer, &tv);
+    }
     if (c->reused)
         ex_connected(ds);
     else
@@ -659,6 +802,25 @@ static int on_resp_headers_complete(llhttp_t *p)
      * client's 100-continue itself, and the final head is what the decision is about. */
     if (ds->resp.status < 200 && ds->resp.status != 101)
         return 0;
+    event_del(ds->try_timer);
+    peers_report(ds->w->peers, ds->peer,
+                 ds->resp.status >= 502 && ds->resp.status <= 504 ? PEER_GATEWAY_ERROR : PEER_OK, now_ms());
+    if (ds->resp.status != 101) {
+        /* The decision point: nothing of this response has gone downstream yet. */
+        const struct nextup_error *e = hook_active()->upstream_response_decision(
+            (struct nextup_session *)ds, (const struct nextup_response *)&ds->resp, &ds->user_ctx);
+        if (e && !e->retryable) {
+            ds->hook_error = e;
+            return -1;
+        }
+        if (e && retry_verdict_for(ds, CAUSE_STATUS) == RETRY_GO) {
+            LOG_INFO("%s: %s answered %d (%s); retrying on another peer", ds->client_ip, ds->peer->addr_text,
+                     ds->resp.status, e->reason ? e->reason : "hook");
+            ds->retry_after_abort = 1;
+            return -1;
+        }
+        /* No retry possible: the client gets this response unchanged. */
+    }
     event_del(ds->req_timer);
     ds->framing = http1_response_framing(&ds->resp, is_head, ds->req.major, ds->req.minor);
     if (ds->resp.status == 101 && !ds->req.upgrade)
@@ -735,7 +897,9 @@ static void ex_finish(struct downstream *ds)
                    evbuffer_get_length(bufferevent_get_output(ds->up->bev)) == 0;
 
     event_del(ds->req_timer);
+    event_del(ds->try_timer);
     up_detach(ds, reusable);
+    request_end(ds);
     if (!ds->keep_alive || ds->client_eof || !ds->req_complete || ds->req.upgrade) {
         ds_close_after_write(ds);
         return;
@@ -775,6 +939,19 @@ static void parse_response(struct downstream *ds)
     if (evbuffer_get_length(in) > 0)
         ds->resp_any = 1;
     err = parse_evbuffer(&ds->resp_parser, in);
+    if (ds->retry_after_abort) {
+        /* An aborted response is never pooled: its body is unread. */
+        ds->retry_after_abort = 0;
+        up_detach(ds, 0);
+        retry_go(ds, CAUSE_STATUS);
+        return;
+    }
+    if (ds->hook_error) {
+        const struct nextup_error *e = ds->hook_error;
+        ds->hook_error = NULL;
+        ds_reply_error(ds, e->status ? e->status : 502, e->reason ? e->reason : "refused by the decision hook");
+        return;
+    }
     if (parse_failed(err)) {
         LOG_WARN("%s: %s: bad response: %s", ds->client_ip, ds->peer->addr_text,
                  llhttp_get_error_reason(&ds->resp_parser));
@@ -985,6 +1162,7 @@ static void ds_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 void proxy_init(void)
 {
+    retry_budget_init(&budget);
     llhttp_settings_init(&req_settings);
     req_settings.on_message_begin = on_req_begin;
     req_settings.on_url = on_req_url;
@@ -1017,17 +1195,23 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
     ds->w = w;
     ds->timer = evtimer_new(w->base, ds_timer_cb, ds);
     ds->req_timer = evtimer_new(w->base, req_timer_cb, ds);
+    ds->try_timer = evtimer_new(w->base, try_timer_cb, ds);
+    ds->backoff_timer = evtimer_new(w->base, backoff_cb, ds);
     ds->free_ev = event_new(w->base, -1, 0, ds_free_cb, ds);
     ds->tosend = evbuffer_new();
     ds->replay = evbuffer_new();
     /* Created last: from here on the bufferevent closes <fd> when freed. */
-    if (ds->timer && ds->req_timer && ds->free_ev && ds->tosend && ds->replay)
+    if (ds->timer && ds->req_timer && ds->try_timer && ds->backoff_timer && ds->free_ev && ds->tosend && ds->replay)
         ds->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!ds->bev) {
         if (ds->timer)
             event_free(ds->timer);
         if (ds->req_timer)
             event_free(ds->req_timer);
+        if (ds->try_timer)
+            event_free(ds->try_timer);
+        if (ds->backoff_timer)
+            event_free(ds->backoff_timer);
         if (ds->free_ev)
             event_free(ds->free_ev);
         if (ds->tosend)
@@ -1074,4 +1258,59 @@ void downstream_drain(struct downstream *ds)
 struct downstream *downstream_next(struct downstream *ds)
 {
     return ds->next;
+}
+
+/* ---- the public accessors (nextup.h) ------------------------------------ */
+
+const struct nextup_error *nextup_builtin_decision(struct nextup_session *session,
+                                                   const struct nextup_response *response, void **ctx)
+{
+    static const struct nextup_error retry_status = { 1, 0, "status in NEXTUP_RETRY_ON" };
+    const struct downstream *ds = (const struct downstream *)session;
+
+    (void)ctx;
+    return retry_status_matches(&ds->w->cfg->retry, nextup_response_status(response)) ? &retry_status : NULL;
+}
+
+int nextup_response_status(const struct nextup_response *response)
+{
+    return ((const struct http_head *)response)->status;
+}
+
+const char *nextup_response_header(const struct nextup_response *response, const char *name, size_t *len)
+{
+    size_t dummy;
+    return http_head_get((const struct http_head *)response, name, len ? len : &dummy);
+}
+
+const char *nextup_request_method(const struct nextup_session *session)
+{
+    const struct downstream *ds = (const struct downstream *)session;
+    return llhttp_method_name((llhttp_method_t)ds->req.method);
+}
+
+const char *nextup_request_target(const struct nextup_session *session, size_t *len)
+{
+    const struct downstream *ds = (const struct downstream *)session;
+    if (len)
+        *len = ds->req.first_len;
+    return ds->req.buf + ds->req.first_off;
+}
+
+const char *nextup_request_header(const struct nextup_session *session, const char *name, size_t *len)
+{
+    const struct downstream *ds = (const struct downstream *)session;
+    size_t dummy;
+    return http_head_get(&ds->req, name, len ? len : &dummy);
+}
+
+const char *nextup_peer_address(const struct nextup_session *session)
+{
+    const struct downstream *ds = (const struct downstream *)session;
+    return ds->peer ? ds->peer->addr_text : "";
+}
+
+int nextup_attempt(const struct nextup_session *session)
+{
+    return ((const struct downstream *)session)->attempts;
 }

@@ -1,0 +1,129 @@
+/* app: nextup_main(), wire-up only: config -> hooks -> peers -> workers (listeners) -> admin -> signals. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "admin.h"
+#include "config.h"
+#include "hook.h"
+#include "nextup.h"
+#include "log.h"
+#include "peers.h"
+#include "proxy.h"
+#include "worker.h"
+
+static struct config cfg;
+static struct event *drain_deadline;
+static struct event *drain_poll;
+
+static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct event_base *base = arg;
+
+    (void)fd;
+    (void)what;
+    if (workers_all_done())
+        event_base_loopexit(base, NULL);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct event_base *base = arg;
+
+    (void)fd;
+    (void)what;
+    LOG_WARN("drain: NEXTUP_DRAIN_TIMEOUT_MS reached with %d connection(s) open; closing them",
+             workers_live_connections());
+    event_base_loopexit(base, NULL);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct event_base *base = arg;
+    struct timeval deadline = { cfg.drain_timeout_ms / 1000, (cfg.drain_timeout_ms % 1000) * 1000 };
+    struct timeval poll = { 0, 20 * 1000 };
+
+    (void)what;
+    if (drain_deadline)
+        return;
+    LOG_INFO("%s: draining (up to %d ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg.drain_timeout_ms);
+    admin_set_draining();
+    workers_drain();
+    drain_deadline = evtimer_new(base, deadline_cb, base);
+    drain_poll = event_new(base, -1, EV_PERSIST, drain_poll_cb, base);
+    if (!drain_deadline || !drain_poll) {
+        event_base_loopexit(base, NULL);
+        return;
+    }
+    evtimer_add(drain_deadline, &deadline);
+    event_add(drain_poll, &poll);
+}
+
+int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
+{
+    char err[512];
+    struct event_base *base;
+    struct event *sigterm, *sigint;
+    struct peers *peers;
+
+    if (argc > 1) {
+        if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+            config_print_help(stdout);
+            return 0;
+        }
+        fprintf(stderr, "nextup: unknown argument \"%s\": nextup takes only --help; it is configured by NEXTUP_* "
+                        "environment variables\n", argv[1]);
+        return 2;
+    }
+    if (config_from_env(&cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nextup: %s\n", err);
+        return 2;
+    }
+    if (hook_setup(&cfg, hooks, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nextup: %s\n", err);
+        return 2;
+    }
+    log_set_level(cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() < 0) {
+        fprintf(stderr, "nextup: libevent has no pthread support\n");
+        return 1;
+    }
+    peers = peers_new(cfg.upstreams, cfg.n_upstreams);
+    base = event_base_new();
+    if (!peers || !base) {
+        fprintf(stderr, "nextup: out of memory at startup\n");
+        return 1;
+    }
+    proxy_init();
+    if (admin_start(base, &cfg, peers, err, sizeof(err)) < 0 || workers_start(&cfg, peers, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nextup: %s\n", err);
+        return 2;
+    }
+    sigterm = evsignal_new(base, SIGTERM, signal_cb, base);
+    sigint = evsignal_new(base, SIGINT, signal_cb, base);
+    if (!sigterm || !sigint || evsignal_add(sigterm, NULL) < 0 || evsignal_add(sigint, NULL) < 0) {
+        fprintf(stderr, "nextup: cannot install signal handlers\n");
+        return 1;
+    }
+    LOG_INFO("listening on %s (admin %s), %d worker(s), %d peer(s)", cfg.listen.text, cfg.admin.text, cfg.workers,
+             peers->n);
+    event_base_dispatch(base);
+    workers_stop();
+    LOG_INFO("stopped");
+    admin_stop();
+    event_free(sigterm);
+    event_free(sigint);
+    if (drain_deadline)
+        event_free(drain_deadline);
+    if (drain_poll)
+        event_free(drain_poll);
+    event_base_free(base);
+    peers_free(peers);
+    return 0;
+}
