@@ -31,13 +31,31 @@ LLHTTP_OBJS  := $(BUILD)/obj/llhttp/llhttp.o $(BUILD)/obj/llhttp/api.o $(BUILD)/
 UNIT_SRCS    := $(wildcard tests/unit/test_*.c)
 UNIT_BINS    := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test unit e2e asan demo bench clean
+.PHONY: all test unit e2e asan demo bench clean examples
 
-all: $(BUILD)/nextup
+all: $(BUILD)/nextup examples
 
-$(BUILD)/nextup: $(BUILD)/obj/main.o $(SIDECAR_OBJS) $(LLHTTP_OBJS)
+# -rdynamic: decision plugins (NEXTUP_DECISION_PLUGIN) call the nextup_* accessors in the binary.
+$(BUILD)/nextup: $(BUILD)/obj/main.o $(BUILD)/libnextup.a
 	@echo "  LD      $@"
-	$(Q)$(CC) $(SAN_FLAGS) -pthread -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(SAN_FLAGS) -pthread -rdynamic -o $@ $< $(BUILD)/libnextup.a $(LDLIBS)
+
+# libnextup: everything but main(), for programs that bring their own hooks (sidecar/nextup.h).
+$(BUILD)/libnextup.a: $(SIDECAR_OBJS) $(LLHTTP_OBJS)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/examples/retry_gateway_plugin.so: examples/retry_gateway_plugin.c sidecar/nextup.h | $(BUILD)/.deps-build
+	@mkdir -p $(dir $@)
+	@echo "  CC      $< (plugin)"
+	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) -shared -fPIC -o $@ $<
+
+$(BUILD)/examples/embedded: examples/embedded.c $(BUILD)/libnextup.a
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) -rdynamic -o $@ $< $(BUILD)/libnextup.a $(LDLIBS)
+
+examples: $(BUILD)/examples/retry_gateway_plugin.so $(BUILD)/examples/embedded
 
 $(BUILD)/obj/%.o: sidecar/%.c $(wildcard sidecar/*.h) | $(BUILD)/.deps-build
 	@mkdir -p $(dir $@)
@@ -68,8 +86,8 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $(SIDECAR_OBJS) $(LLHTTP_OBJS)
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-e2e: $(BUILD)/nextup
-	NEXTUP_BIN=$(abspath $(BUILD)/nextup) python3 -m unittest discover -s tests/e2e -p 'test_*.py' -v
+e2e: $(BUILD)/nextup examples
+	NEXTUP_BIN=$(abspath $(BUILD)/nextup) NEXTUP_EXAMPLES=$(abspath $(BUILD)/examples) python3 -m unittest discover -s tests/e2e -p 'test_*.py' -v
 
 test:
 	$(Q)scripts/deps.sh test

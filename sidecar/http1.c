@@ -13,10 +13,14 @@ void http_head_reset(struct http_head *h)
 {
     char *buf = h->buf;
     size_t cap = h->cap;
+    const char *chunk_start = h->chunk_start;
+    uint64_t chunk_offset = h->chunk_offset;
 
     memset(h, 0, sizeof(*h));
     h->buf = buf;
     h->cap = cap;
+    h->chunk_start = chunk_start;
+    h->chunk_offset = chunk_offset;
 }
 
 void http_head_free(struct http_head *h)
@@ -67,6 +71,7 @@ int http_head_add_field(struct http_head *h, const char *at, size_t len, size_t 
         h->hdr[h->n_hdr].value_len = 0;
         h->n_hdr++;
         h->in_value = 0;
+        h->value_done = 0;
     }
     h->hdr[h->n_hdr - 1].name_len += (uint32_t)len;
     return head_append(h, at, len, limit);
@@ -79,6 +84,16 @@ int http_head_add_value(struct http_head *h, const char *at, size_t len, size_t 
     if (h->n_hdr == 0)
         return -EINVAL;
     hd = &h->hdr[h->n_hdr - 1];
+    if (h->value_done)
+        return -EPROTO;
+    /* A piece that does not start where the last one ended: llhttp skipped a
+     * line break inside the value, i.e. obs-fold. */
+    {
+        uint64_t off = h->chunk_offset + (uint64_t)(at - h->chunk_start);
+        if (h->in_value && off != h->value_end)
+            return -EPROTO;
+        h->value_end = off + len;
+    }
     if (!h->in_value) {
         hd->value_off = (uint32_t)h->len;
         hd->value_len = 0;
@@ -86,6 +101,11 @@ int http_head_add_value(struct http_head *h, const char *at, size_t len, size_t 
     }
     hd->value_len += (uint32_t)len;
     return head_append(h, at, len, limit);
+}
+
+void http_head_value_complete(struct http_head *h)
+{
+    h->value_done = 1;
 }
 
 size_t http_head_size(const struct http_head *h)
@@ -221,6 +241,41 @@ static int count_headers(const struct http_head *h, const char *name)
     return n;
 }
 
+static int is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+int http1_check_fields(const struct http_head *h, const char **reason)
+{
+    int i;
+    uint32_t k;
+
+    for (i = 0; i < h->n_hdr; i++) {
+        const struct http_header *hd = &h->hdr[i];
+        if (hd->name_len == 0) {
+            *reason = "empty header name";
+            return -EINVAL;
+        }
+        /* A space before the colon, for one, makes a name that is not a token (RFC 9112 5.1). */
+        for (k = 0; k < hd->name_len; k++)
+            if (!is_tchar((unsigned char)h->buf[hd->name_off + k])) {
+                *reason = "invalid character in a header name";
+                return -EINVAL;
+            }
+        /* CR or LF left in a value means obs-fold or a bare line break; NUL is never valid. */
+        for (k = 0; k < hd->value_len; k++) {
+            unsigned char c = (unsigned char)h->buf[hd->value_off + k];
+            if (c == '\r' || c == '\n' || c == 0) {
+                *reason = "invalid character in a header value (obs-fold, bare CR/LF or NUL)";
+                return -EINVAL;
+            }
+        }
+    }
+    return 0;
+}
+
 int http1_check_request(const struct http_head *req, const char **reason)
 {
     const char *target = req->buf + req->first_off;
@@ -228,6 +283,12 @@ int http1_check_request(const struct http_head *req, const char **reason)
     const char *expect;
     size_t elen;
 
+    if (req->major != 1) {
+        *reason = "only HTTP/1.0 and HTTP/1.1 are accepted";
+        return 400;
+    }
+    if (http1_check_fields(req, reason) < 0)
+        return 400;
     if (req->method == HTTP_CONNECT) {
         *reason = "CONNECT is not allowed: nextup only forwards to its configured peers";
         return 405;

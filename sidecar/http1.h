@@ -33,6 +33,12 @@ struct http_head {
     struct http_header hdr[HTTP_MAX_HEADERS];
     int n_hdr;
     int in_value;                     /* last data callback was a header value */
+    int value_done;                   /* llhttp said the current value is complete */
+    /* obs-fold detection: llhttp hands a folded line over as a second piece of
+     * the same value, separated from the first by the CRLF it skipped. */
+    uint64_t value_end;               /* stream offset just past the last value piece */
+    const char *chunk_start;          /* the input chunk being parsed ... */
+    uint64_t chunk_offset;            /* ... and its offset in the stream */
     int too_many;                     /* more than HTTP_MAX_HEADERS */
     /* Filled at headers-complete from the parser. */
     int method;                       /* llhttp_method_t, requests */
@@ -48,10 +54,21 @@ struct http_head {
 void http_head_reset(struct http_head *h);
 void http_head_free(struct http_head *h);
 
-/* Feeders; each returns 0 or -ENOMEM / -E2BIG (more than <limit> bytes held). */
+/* Feeders; each returns 0 or -ENOMEM / -E2BIG (more than <limit> bytes held) / -EPROTO (obs-fold). */
 int http_head_add_first(struct http_head *h, const char *at, size_t len, size_t limit);
 int http_head_add_field(struct http_head *h, const char *at, size_t len, size_t limit);
 int http_head_add_value(struct http_head *h, const char *at, size_t len, size_t limit);
+
+/* The parser moves to the chunk at <start>, <offset> bytes into the stream. */
+static inline void http_head_chunk(struct http_head *h, const char *start, uint64_t offset)
+{
+    h->chunk_start = start;
+    h->chunk_offset = offset;
+}
+
+/* llhttp's on_header_value_complete: more value bytes after it mean obs-fold,
+ * which http_head_add_value then refuses with -EPROTO. */
+void http_head_value_complete(struct http_head *h);
 
 /* Bytes the head holds, counting line overhead: compared with NEXTUP_MAX_HEADER_BYTES. */
 size_t http_head_size(const struct http_head *h);
@@ -64,6 +81,9 @@ int http_head_has_token(const struct http_head *h, const char *name, const char 
 /* 1 if <name> must not be forwarded: RFC 9110 7.6.1 hop-by-hop fields and
  * Proxy-* plus any field named in a Connection header of <h>. */
 int http1_is_hop_by_hop(const struct http_head *h, const char *name, size_t len);
+
+/* Header names must be tokens; values hold no CR, LF or NUL. 0, or -EINVAL with <*reason>. */
+int http1_check_fields(const struct http_head *h, const char **reason);
 
 /* Checks a parsed request head. 0 if it may be forwarded, else the status to
  * answer (400, 405, 417, 431) with a constant reason in <*reason>. */

@@ -66,6 +66,7 @@ struct downstream {
     int req_complete;
     int keep_alive;                       /* client connection stays open after this response */
     int client_eof;
+    uint64_t req_offset, resp_offset;     /* bytes parsed so far on each side (obs-fold check) */
     int client_paused;                    /* client reads stopped: upstream output is full */
     int up_paused;                        /* upstream reads stopped: client output is full */
 
@@ -308,7 +309,8 @@ static void check_client_backpressure(struct downstream *ds)
 
 /* Runs <parser> over everything in <in>, draining what it consumed; stops at
  * a pause or an error. Returns llhttp's last errno. */
-static llhttp_errno_t parse_evbuffer(llhttp_t *parser, struct evbuffer *in)
+static llhttp_errno_t parse_evbuffer(llhttp_t *parser, struct evbuffer *in, struct http_head *head,
+                                     uint64_t *stream_offset)
 {
     struct evbuffer_iovec vec[8];
     llhttp_errno_t err = HPE_OK;
@@ -319,6 +321,7 @@ static llhttp_errno_t parse_evbuffer(llhttp_t *parser, struct evbuffer *in)
         if (n <= 0)
             break;
         for (i = 0; i < n && i < 8 && err == HPE_OK; i++) {
+            http_head_chunk(head, vec[i].iov_base, *stream_offset + consumed);
             err = llhttp_execute(parser, vec[i].iov_base, vec[i].iov_len);
             if (err == HPE_OK)
                 consumed += vec[i].iov_len;
@@ -326,6 +329,7 @@ static llhttp_errno_t parse_evbuffer(llhttp_t *parser, struct evbuffer *in)
                 consumed += (size_t)(llhttp_get_error_pos(parser) - (const char *)vec[i].iov_base);
         }
         evbuffer_drain(in, consumed);
+        *stream_offset += consumed;
     }
     return err;
 }
@@ -368,6 +372,8 @@ static int head_feed_result(struct downstream *ds, int r)
         return 0;
     if (r == -ENOMEM)
         return parser_fail(ds, 503, "out of memory");
+    if (r == -EPROTO)
+        return parser_fail(ds, 400, "obs-fold (a header line continued on the next line) is not accepted");
     return parser_fail(ds, 431, "request head larger than NEXTUP_MAX_HEADER_BYTES");
 }
 
@@ -387,6 +393,18 @@ static int on_req_value(llhttp_t *p, const char *at, size_t len)
 {
     struct downstream *ds = req_ds(p);
     return head_feed_result(ds, http_head_add_value(&ds->req, at, len, (size_t)ds->w->cfg->max_header_bytes));
+}
+
+static int on_req_value_complete(llhttp_t *p)
+{
+    http_head_value_complete(&req_ds(p)->req);
+    return 0;
+}
+
+static int on_resp_value_complete(llhttp_t *p)
+{
+    http_head_value_complete(&((struct downstream *)p->data)->resp);
+    return 0;
 }
 
 static void head_take_parser_facts(struct http_head *h, llhttp_t *p)
@@ -798,6 +816,13 @@ static int on_resp_headers_complete(llhttp_t *p)
     int close;
 
     head_take_parser_facts(&ds->resp, p);
+    {
+        const char *reason;
+        if (http1_check_fields(&ds->resp, &reason) < 0) {
+            LOG_WARN("%s: %s: bad response head: %s", ds->client_ip, ds->peer->addr_text, reason);
+            return -1;
+        }
+    }
     /* Interim responses (100, 103) are not forwarded: nextup answered the
      * client's 100-continue itself, and the final head is what the decision is about. */
     if (ds->resp.status < 200 && ds->resp.status != 101)
@@ -938,7 +963,7 @@ static void parse_response(struct downstream *ds)
 
     if (evbuffer_get_length(in) > 0)
         ds->resp_any = 1;
-    err = parse_evbuffer(&ds->resp_parser, in);
+    err = parse_evbuffer(&ds->resp_parser, in, &ds->resp, &ds->resp_offset);
     if (ds->retry_after_abort) {
         /* An aborted response is never pooled: its body is unread. */
         ds->retry_after_abort = 0;
@@ -1081,7 +1106,7 @@ static void ds_parse_input(struct downstream *ds)
 
     if (ds->state == DS_WAIT || ds->state == DS_CLOSING)
         return;
-    err = parse_evbuffer(&ds->parser, bufferevent_get_input(ds->bev));
+    err = parse_evbuffer(&ds->parser, bufferevent_get_input(ds->bev), &ds->req, &ds->req_offset);
     if (ds->error_status || parse_failed(err)) {
         int status = ds->error_status ? ds->error_status : 400;
         const char *reason = ds->error_reason ? ds->error_reason : llhttp_get_error_reason(&ds->parser);
@@ -1168,6 +1193,7 @@ void proxy_init(void)
     req_settings.on_url = on_req_url;
     req_settings.on_header_field = on_req_field;
     req_settings.on_header_value = on_req_value;
+    req_settings.on_header_value_complete = on_req_value_complete;
     req_settings.on_headers_complete = on_req_headers_complete;
     req_settings.on_body = on_req_body;
     req_settings.on_message_complete = on_req_complete;
@@ -1177,6 +1203,7 @@ void proxy_init(void)
     resp_settings.on_status = on_resp_status;
     resp_settings.on_header_field = on_resp_field;
     resp_settings.on_header_value = on_resp_value;
+    resp_settings.on_header_value_complete = on_resp_value_complete;
     resp_settings.on_headers_complete = on_resp_headers_complete;
     resp_settings.on_body = on_resp_body;
     resp_settings.on_message_complete = on_resp_complete;
