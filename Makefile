@@ -19,17 +19,21 @@ LLHTTP_INC_DIR := /usr/share/include/llhttp
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror
 CFLAGS  ?= -O2 -g
-BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -I$(LLHTTP_INC_DIR) -Isidecar
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -I$(LLHTTP_INC_DIR) -Isidecar -Ibpf -I$(BUILD)/bpf
 ifneq ($(SAN),)
 SAN_FLAGS := -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif
-LDLIBS  := -levent_pthreads -levent -lssl -lcrypto -ldl -lpthread
+LDLIBS  := -levent_pthreads -levent -lbpf -lelf -lz -lssl -lcrypto -ldl -lpthread
 
 SIDECAR_SRCS := $(filter-out sidecar/main.c,$(wildcard sidecar/*.c))
 SIDECAR_OBJS := $(SIDECAR_SRCS:sidecar/%.c=$(BUILD)/obj/%.o)
 LLHTTP_OBJS  := $(BUILD)/obj/llhttp/llhttp.o $(BUILD)/obj/llhttp/api.o $(BUILD)/obj/llhttp/http.o
 UNIT_SRCS    := $(wildcard tests/unit/test_*.c)
 UNIT_BINS    := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+# BPF: vmlinux.h, the CO-RE object and its skeleton (rules in bpf/bpf.mk; BPF_SKELS lists the headers).
+BPF_SKELS :=
+-include bpf/bpf.mk
 
 .PHONY: all test unit e2e asan demo bench clean examples
 
@@ -57,7 +61,7 @@ $(BUILD)/examples/embedded: examples/embedded.c $(BUILD)/libnextup.a
 
 examples: $(BUILD)/examples/retry_gateway_plugin.so $(BUILD)/examples/embedded
 
-$(BUILD)/obj/%.o: sidecar/%.c $(wildcard sidecar/*.h) | $(BUILD)/.deps-build
+$(BUILD)/obj/%.o: sidecar/%.c $(wildcard sidecar/*.h) $(wildcard bpf/*.h) | $(BUILD)/.deps-build $(BPF_SKELS)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) -MMD -c -o $@ $<

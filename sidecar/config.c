@@ -26,7 +26,7 @@
     "expected comma-separated host:port peers, e.g. 10.0.0.1:8080,[::1]:8080,orders:8080"
 #define ADDR_EXPECTED "expected host:port with a numeric IPv4 address or [IPv6]:port"
 
-enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH };
+enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE };
 
 struct var {
     const char *name;
@@ -84,8 +84,15 @@ static const struct var vars[] = {
       offsetof(struct config, retry_budget_percent), "retries may add this % of the last 10 s of requests" },
     { "NEXTUP_RETRY_BUDGET_MIN_PER_SEC", VAR_INT, "10", 0, 1000000,
       offsetof(struct config, retry_budget_min_per_sec), "retries always allowed per second on top" },
-    { "NEXTUP_DECISION_PLUGIN", VAR_PATH, "", 0, 0, offsetof(struct config, decision_plugin),
+    { "NEXTUP_DECISION_PLUGIN", VAR_PATH, "", sizeof(((struct config *)0)->decision_plugin), 0,
+      offsetof(struct config, decision_plugin),
       "shared object exporting nextup_plugin_hooks (the upstream_response_decision hook); empty = built-in" },
+    { "NEXTUP_BPF", VAR_BPF_MODE, "auto", 0, 0, offsetof(struct config, bpf_mode),
+      "auto: load the BPF programs if possible, else user-space signals; on: failure to load is fatal; off" },
+    { "NEXTUP_BPF_PIN_DIR", VAR_PATH, "/sys/fs/bpf/nextup", sizeof(((struct config *)0)->bpf_pin_dir), 0,
+      offsetof(struct config, bpf_pin_dir), "where the BPF maps are pinned (on a bpffs mount)" },
+    { "NEXTUP_BPF_MAX_PEERS", VAR_INT, "4096", 16, 1048576, offsetof(struct config, bpf_max_peers),
+      "entries of the LRU map of per-peer kernel counters" },
 };
 
 static const char *const level_names[] = {
@@ -461,14 +468,25 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
         return 0;
     }
     case VAR_PATH: {
+        /* For paths, <min> holds the size of the field. */
         char *dst = field;
-        if (strlen(value) >= sizeof(cfg->decision_plugin)) {
-            set_err(err, errlen, "%s=\"%s\": expected a path shorter than %zu bytes", v->name, value,
-                    sizeof(cfg->decision_plugin));
+        if (strlen(value) >= (size_t)v->min) {
+            set_err(err, errlen, "%s=\"%s\": expected a path shorter than %ld bytes", v->name, value, v->min);
             return -EINVAL;
         }
-        snprintf(dst, sizeof(cfg->decision_plugin), "%s", value);
+        snprintf(dst, (size_t)v->min, "%s", value);
         return 0;
+    }
+    case VAR_BPF_MODE: {
+        static const char *const modes[] = { [CONFIG_BPF_AUTO] = "auto", [CONFIG_BPF_ON] = "on",
+                                             [CONFIG_BPF_OFF] = "off" };
+        for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+            if (strcmp(value, modes[i]) == 0) {
+                *(int *)field = (int)i;
+                return 0;
+            }
+        set_err(err, errlen, "%s=\"%s\": expected one of auto, on, off", v->name, value);
+        return -EINVAL;
     }
     case VAR_LOG_LEVEL:
         for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {

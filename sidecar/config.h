@@ -16,6 +16,8 @@
 
 #define CONFIG_MAX_UPSTREAMS 256
 
+enum { CONFIG_BPF_AUTO, CONFIG_BPF_ON, CONFIG_BPF_OFF };
+
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
 
 struct config_addr {
@@ -54,6 +56,9 @@ struct config {
     int retry_budget_percent;             /* NEXTUP_RETRY_BUDGET_PERCENT, default 20 */
     int retry_budget_min_per_sec;         /* NEXTUP_RETRY_BUDGET_MIN_PER_SEC, default 10 */
     char decision_plugin[512];            /* NEXTUP_DECISION_PLUGIN, default none */
+    int bpf_mode;                         /* NEXTUP_BPF auto|on|off (CONFIG_BPF_*), default auto */
+    char bpf_pin_dir[256];                /* NEXTUP_BPF_PIN_DIR, default /sys/fs/bpf/nextup */
+    int bpf_max_peers;                    /* NEXTUP_BPF_MAX_PEERS, default 4096, 16..1048576 */
     /* NEXTUP_RETRY_ON and NEXTUP_RETRY_METHODS, with the numbers above copied in. */
     struct retry_policy retry;
 };
