@@ -85,9 +85,9 @@ $(LLHTTP_SRC_DIR)/%.c: | $(BUILD)/.deps-build
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(SIDECAR_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) -rdynamic -o $@ $^ $(LDLIBS) -lcmocka
 
-unit: $(UNIT_BINS)
+unit: $(UNIT_BINS) examples
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 e2e: $(BUILD)/nextup examples

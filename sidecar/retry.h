@@ -71,7 +71,9 @@ int retry_status_matches(const struct retry_policy *pol, int status);
 
 /* Pure: whether the attempt described by <a> may be retried under <pol>. A
  * cause that never reached the peer (refused, connect failure) is allowed for
- * every method; the others need a replayable method or an Idempotency-Key. */
+ * every method and costs no budget; the others need a replayable method or an
+ * Idempotency-Key, and budget. CAUSE_STATUS is not checked against
+ * NEXTUP_RETRY_ON: the decision hook already chose to retry. */
 enum retry_verdict retry_decide(const struct retry_policy *pol, const struct attempt *a);
 /* Constant text for a verdict, for logs and metric labels. */
 const char *retry_verdict_name(enum retry_verdict v);
