@@ -220,6 +220,9 @@ int http1_is_hop_by_hop(const struct http_head *h, const char *name, size_t len)
     for (i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
         if (strlen(fixed[i]) == len && strncasecmp(fixed[i], name, len) == 0)
             return 1;
+    /* Connection may not take Host away: a request without Host is not HTTP/1.1. */
+    if (len == 4 && strncasecmp(name, "host", 4) == 0)
+        return 0;
     for (k = 0; k < h->n_hdr; k++) {
         const char *v;
         size_t vlen;
@@ -230,6 +233,28 @@ int http1_is_hop_by_hop(const struct http_head *h, const char *name, size_t len)
             return 1;
     }
     return 0;
+}
+
+static int token_not_chunked(const char *tok, size_t n, const void *arg)
+{
+    (void)arg;
+    return !(n == 7 && strncasecmp(tok, "chunked", 7) == 0);
+}
+
+int http1_only_chunked(const struct http_head *h)
+{
+    int i;
+
+    for (i = 0; i < h->n_hdr; i++) {
+        const char *v;
+        size_t vlen;
+        if (!name_is(h, &h->hdr[i], "transfer-encoding"))
+            continue;
+        trimmed(h, &h->hdr[i], &v, &vlen);
+        if (each_token(v, vlen, token_not_chunked, NULL))
+            return 0;
+    }
+    return 1;
 }
 
 static int count_headers(const struct http_head *h, const char *name)
@@ -319,6 +344,11 @@ int http1_check_request(const struct http_head *req, const char **reason)
         if (!req->chunked) {
             *reason = "Transfer-Encoding must end with chunked";
             return 400;
+        }
+        /* nextup re-chunks bodies; another coding under chunked would be lost on the way. */
+        if (!http1_only_chunked(req)) {
+            *reason = "only the chunked transfer coding is supported";
+            return 501;
         }
     }
     if (count_headers(req, "content-length") > 1) {

@@ -67,7 +67,10 @@ static inline void http_head_chunk(struct http_head *h, const char *start, uint6
 }
 
 /* llhttp's on_header_value_complete: more value bytes after it mean obs-fold,
- * which http_head_add_value then refuses with -EPROTO. */
+ * which http_head_add_value then refuses with -EPROTO. One fold is not seen:
+ * an empty first line continued on the next ("X:\r\n v"), which llhttp hands
+ * over as a plain value; it reaches the peer on one line, the replacement of
+ * obs-fold by a space that RFC 9112 5.2 allows. */
 void http_head_value_complete(struct http_head *h);
 
 /* Bytes the head holds, counting line overhead: compared with NEXTUP_MAX_HEADER_BYTES. */
@@ -85,8 +88,11 @@ int http1_is_hop_by_hop(const struct http_head *h, const char *name, size_t len)
 /* Header names must be tokens; values hold no CR, LF or NUL. 0, or -EINVAL with <*reason>. */
 int http1_check_fields(const struct http_head *h, const char **reason);
 
+/* 1 if every Transfer-Encoding coding of <h> is chunked (or there is none). */
+int http1_only_chunked(const struct http_head *h);
+
 /* Checks a parsed request head. 0 if it may be forwarded, else the status to
- * answer (400, 405, 417, 431) with a constant reason in <*reason>. */
+ * answer (400, 405, 417, 501) with a constant reason in <*reason>. */
 int http1_check_request(const struct http_head *req, const char **reason);
 
 /* Appends the head sent to a peer: HTTP/1.1, hop-by-hop fields removed,

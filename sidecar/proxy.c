@@ -818,7 +818,8 @@ static int on_resp_headers_complete(llhttp_t *p)
     head_take_parser_facts(&ds->resp, p);
     {
         const char *reason;
-        if (http1_check_fields(&ds->resp, &reason) < 0) {
+        if (http1_check_fields(&ds->resp, &reason) < 0 ||
+            (!http1_only_chunked(&ds->resp) && (reason = "unsupported transfer coding"))) {
             LOG_WARN("%s: %s: bad response head: %s", ds->client_ip, ds->peer->addr_text, reason);
             return -1;
         }
