@@ -125,5 +125,6 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         event_free(drain_poll);
     event_base_free(base);
     peers_free(peers);
+    libevent_global_shutdown();
     return 0;
 }

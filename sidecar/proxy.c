@@ -1283,6 +1283,12 @@ void downstream_drain(struct downstream *ds)
     ds->keep_alive = 0;
 }
 
+void proxy_free_all(struct worker *w)
+{
+    while (w->conns)
+        ds_free_cb(-1, 0, w->conns);
+}
+
 struct downstream *downstream_next(struct downstream *ds)
 {
     return ds->next;

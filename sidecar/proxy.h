@@ -23,6 +23,9 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
 /* For drain: closes an idle connection now, else closes it after the response. */
 void downstream_drain(struct downstream *ds);
 
+/* Frees every connection of <w> at once; only once its loop has stopped. */
+void proxy_free_all(struct worker *w);
+
 /* Next connection in the worker's list (drain walks it). */
 struct downstream *downstream_next(struct downstream *ds);
 

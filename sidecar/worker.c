@@ -176,8 +176,11 @@ void workers_stop(void)
         struct worker *w = &workers[i];
         if (w->listener)
             evconnlistener_free(w->listener);
-        /* Connections still open at the drain deadline are closed by exit. */
+        /* Connections still open at the drain deadline are closed here. */
+        proxy_free_all(w);
+        upstream_pool_free(w->pool);
         event_free(w->drain_ev);
+        event_base_free(w->base);
     }
     free(workers);
     workers = NULL;

@@ -1,0 +1,76 @@
+"""Connection limits and idle timeouts."""
+
+import time
+import unittest
+
+import harness as H
+
+
+class MaxConnectionsTest(H.NextupCase):
+
+    def test_third_connection_refused(self):
+        b = self.start_backend("alpha")
+        nx = self.start_nextup(b, env={"NEXTUP_MAX_CONNECTIONS": "2"})
+        held = []
+        for i in range(2):
+            c = self.connect(nx)
+            c.send(H.request_bytes("GET", "/held/%d" % i))
+            self.assertEqual(c.read_response().status, 200, "connection %d under the limit" % i)
+            held.append(c)
+        time.sleep(0.2)
+
+        third_status = None
+        try:
+            c3 = self.connect(nx, timeout=3)
+            c3.send(H.request_bytes("GET", "/third"))
+            r = c3.read_response()
+            third_status = r.status
+            if r.status == 503:
+                self.assertPlainError(r, 503)
+        except (H.ConnectionClosed, ConnectionError) as e:
+            third_status = "closed (%s)" % e.__class__.__name__
+        except TimeoutError:
+            third_status = "no answer within 3 s"
+        self.assertTrue(third_status == 503 or str(third_status).startswith("closed"),
+                        "third connection over NEXTUP_MAX_CONNECTIONS=2 got %r, want 503 or a close"
+                        % third_status)
+
+        for i, c in enumerate(held):
+            c.send(H.request_bytes("GET", "/again/%d" % i))
+            r = c.read_response()
+            self.assertEqual((r.status, r.body), (200, b"alpha\n"), "held connection %d after the refusal" % i)
+
+        # Once one is closed, a new connection is accepted again.
+        held[0].close()
+        deadline = time.monotonic() + 3
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                c = self.connect(nx, timeout=2)
+                c.send(H.request_bytes("GET", "/later"))
+                last = c.read_response().status
+                if last == 200:
+                    break
+            except (H.ConnectionClosed, ConnectionError, TimeoutError) as e:
+                last = repr(e)
+            time.sleep(0.2)
+        self.assertEqual(last, 200, "no new connection accepted after one of two was closed")
+
+
+class IdleTimeoutTest(H.NextupCase):
+
+    def test_idle_client_connection_closed(self):
+        b = self.start_backend("alpha")
+        nx = self.start_nextup(b, env={"NEXTUP_IDLE_TIMEOUT_MS": "500"})
+        c = self.connect(nx)
+        c.send(H.request_bytes("GET", "/"))
+        self.assertEqual(c.read_response().status, 200)
+        t0 = time.monotonic()
+        self.assertTrue(c.wait_closed(3), "idle keep-alive connection still open 3 s later "
+                        "(NEXTUP_IDLE_TIMEOUT_MS=500)")
+        took = time.monotonic() - t0
+        self.assertGreater(took, 0.3, "idle connection closed after only %.2f s" % took)
+
+
+if __name__ == "__main__":
+    unittest.main()
