@@ -81,7 +81,9 @@ struct downstream {
     struct upconn *up;                    /* owned while set */
     struct peer *peer;                    /* outstanding counted while up is set */
     int up_connected;
-    int64_t acked_base;                   /* tcpi_bytes_acked when this attempt's bytes began */
+    int64_t acked_base;                   /* tcpi_bytes_acked value before this attempt's first byte */
+    uint64_t attempt_bytes;               /* request bytes handed to this attempt's connection */
+    int aborted;                          /* ds_abort ran: no more I/O */
     llhttp_t resp_parser;
     struct http_head resp;
     int resp_any;                         /* a response byte arrived on this attempt */
@@ -135,6 +137,27 @@ static void count_response(int status)
         metrics_inc(M_RESP_4XX);
     else
         metrics_inc(M_RESP_5XX);
+}
+
+/* Writes what <bev> has queued now, from the callback that queued it, rather
+ * than a loop turn later through EV_WRITE: no epoll_ctl pair per response on a
+ * socket that takes the bytes at once. EV_WRITE goes on only for what is left
+ * (or for an error, which libevent's own write then reports). */
+static void flush_now(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+
+    int n;
+
+    if (evbuffer_get_length(out) == 0)
+        return;
+    /* A socket bufferevent keeps the start of its output frozen so that only
+     * its own write callback drains it; thawed for this one write, as it does. */
+    evbuffer_unfreeze(out, 1);
+    n = evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (n < 0 || evbuffer_get_length(out) > 0)
+        bufferevent_enable(bev, EV_WRITE);
 }
 
 /* ---- lifetime ---------------------------------------------------------- */
@@ -203,6 +226,7 @@ static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
 /* Ends the connection now: no callback reaches <ds> again; freed on the next loop turn. */
 static void ds_abort(struct downstream *ds)
 {
+    ds->aborted = 1;
     up_detach(ds, 0);
     bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
     bufferevent_disable(ds->bev, EV_READ | EV_WRITE);
@@ -218,6 +242,7 @@ static void ds_close_after_write(struct downstream *ds)
     ds->state = DS_CLOSING;
     stop_timers(ds);
     bufferevent_disable(ds->bev, EV_READ);
+    flush_now(ds->bev);
     if (evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0) {
         ds_abort(ds);
         return;
@@ -271,8 +296,10 @@ static int produce(struct downstream *ds, const void *data, size_t len)
     struct evbuffer *sink = request_sink(ds);
 
     replay_keep(ds, data, len);
-    if (sink != ds->tosend)
+    if (sink != ds->tosend) {
         ds->sent_any = 1;
+        ds->attempt_bytes += len;
+    }
     return evbuffer_add(sink, data, len);
 }
 
@@ -530,15 +557,23 @@ static void start_request(struct downstream *ds)
 
 static void ex_connected(struct downstream *ds)
 {
-    struct bufferevent *ub = ds->up->bev;
+    struct upconn *c = ds->up;
+    struct bufferevent *ub = c->bev;
 
     bufferevent_set_timeouts(ub, NULL, NULL);
     ds->up_connected = 1;
-    ds->acked_base = upstream_bytes_acked(ds->up);
-    if (evbuffer_get_length(ds->tosend) > 0)
+    /* The baseline for the "nothing acknowledged" proof: one getsockopt per
+     * connection; after that, every byte of the requests it completed. */
+    if (!c->reused)
+        c->acked_at_open = upstream_bytes_acked(c);
+    ds->acked_base = c->acked_at_open >= 0 ? c->acked_at_open + (int64_t)c->bytes_done : -1;
+    ds->attempt_bytes = evbuffer_get_length(ds->tosend);
+    if (ds->attempt_bytes > 0)
         ds->sent_any = 1;
+    bufferevent_disable(ub, EV_WRITE);
     evbuffer_add_buffer(bufferevent_get_output(ub), ds->tosend);
-    bufferevent_enable(ub, EV_READ | EV_WRITE);
+    bufferevent_enable(ub, EV_READ);
+    flush_now(ub);
 }
 
 static const char *fail_text(enum fail_class c)
@@ -641,7 +676,7 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
     int connected = c && ds->up_connected;
     int64_t acked = c && connected ? upstream_bytes_acked(c) : -1;
     /* The kernel's word that the peer never got a byte of this request. */
-    int none_acked = !connected || (acked >= 0 && ds->acked_base >= 0 && acked == ds->acked_base);
+    int none_acked = !connected || (acked >= 0 && ds->acked_base >= 0 && acked <= ds->acked_base);
     const char *peer_text = ds->peer ? ds->peer->addr_text : "?";
     enum retry_cause cause;
 
@@ -901,8 +936,10 @@ static void start_tunnel(struct downstream *ds)
     bufferevent_setwatermark(ds->bev, EV_READ, 0, HIGH_WATER);
     evbuffer_add_buffer(bufferevent_get_output(ub), bufferevent_get_input(ds->bev));
     evbuffer_add_buffer(bufferevent_get_output(ds->bev), bufferevent_get_input(ub));
-    bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
-    bufferevent_enable(ub, EV_READ | EV_WRITE);
+    bufferevent_enable(ds->bev, EV_READ);
+    bufferevent_enable(ub, EV_READ);
+    flush_now(ds->bev);
+    flush_now(ub);
 }
 
 static void tunnel_move(struct bufferevent *from, struct bufferevent *to, int *paused_flag)
@@ -924,6 +961,8 @@ static void ex_finish(struct downstream *ds)
 
     event_del(ds->req_timer);
     event_del(ds->try_timer);
+    if (reusable)
+        ds->up->bytes_done += ds->attempt_bytes;
     up_detach(ds, reusable);
     request_end(ds);
     if (!ds->keep_alive || ds->client_eof || !ds->req_complete || ds->req.upgrade) {
@@ -1002,22 +1041,33 @@ static void parse_response(struct downstream *ds)
     }
 }
 
+/* Sends what a callback queued on either side, unless <ds> was torn down. */
+static void ds_flush(struct downstream *ds)
+{
+    if (ds->aborted)
+        return;
+    flush_now(ds->bev);
+    if (ds->up && ds->up_connected)
+        flush_now(ds->up->bev);
+}
+
 static void up_read_cb(struct bufferevent *bev, void *arg)
 {
     struct downstream *ds = arg;
 
-    if (ds->state == DS_TUNNEL) {
+    if (ds->state == DS_TUNNEL)
         tunnel_move(bev, ds->bev, &ds->up_paused);
-        return;
-    }
-    parse_response(ds);
+    else
+        parse_response(ds);
+    ds_flush(ds);
 }
 
 static void up_write_cb(struct bufferevent *bev, void *arg)
 {
     struct downstream *ds = arg;
 
-    (void)bev;
+    /* Drained: back to writing from the callbacks (flush_now). */
+    bufferevent_disable(bev, EV_WRITE);
     /* The upstream took what was queued: the client may send more. */
     if (ds->client_paused && ds->state != DS_CLOSING) {
         ds->client_paused = 0;
@@ -1025,10 +1075,8 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
     }
 }
 
-static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
 {
-    struct downstream *ds = arg;
-
     if (what & BEV_EVENT_CONNECTED) {
         ex_connected(ds);
         return;
@@ -1085,6 +1133,14 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
     ex_fail(ds, ds->resp_any ? FAIL_BAD_RESPONSE : FAIL_CLOSED);
 }
 
+static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct downstream *ds = arg;
+
+    up_event(bev, what, ds);
+    ds_flush(ds);
+}
+
 static void req_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct downstream *ds = arg;
@@ -1130,16 +1186,18 @@ static void ds_read_cb(struct bufferevent *bev, void *arg)
     if (ds->state == DS_TUNNEL) {
         if (ds->up)
             tunnel_move(bev, ds->up->bev, &ds->client_paused);
-        return;
+    } else {
+        ds_parse_input(ds);
     }
-    ds_parse_input(ds);
+    ds_flush(ds);
 }
 
 static void ds_write_cb(struct bufferevent *bev, void *arg)
 {
     struct downstream *ds = arg;
 
-    (void)bev;
+    /* Drained: back to writing from the callbacks (flush_now). */
+    bufferevent_disable(bev, EV_WRITE);
     if (ds->state == DS_CLOSING) {
         ds_abort(ds);
         return;
@@ -1268,7 +1326,9 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
     bufferevent_setcb(ds->bev, ds_read_cb, ds_write_cb, ds_event_cb, ds);
     bufferevent_setwatermark(ds->bev, EV_READ, 0, CLIENT_READ_HIGH);
     bufferevent_set_timeouts(ds->bev, NULL, &idle);
-    bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
+    /* A new bufferevent starts with EV_WRITE on; nextup writes from its callbacks (flush_now). */
+    bufferevent_disable(ds->bev, EV_WRITE);
+    bufferevent_enable(ds->bev, EV_READ);
     /* A new connection must send its first head within the header timeout. */
     evtimer_add(ds->timer, &header_tv);
     return 0;

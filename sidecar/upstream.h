@@ -25,6 +25,8 @@ struct upconn {
     struct peer *peer;
     struct upstream_pool *pool;
     int reused;                     /* served a request before this one */
+    int64_t acked_at_open;          /* tcpi_bytes_acked once connected; -1 unknown */
+    uint64_t bytes_done;            /* request bytes of the requests it completed */
     struct upconn *next_idle;       /* pool list link while idle */
     struct upconn *prev_idle;
 };
