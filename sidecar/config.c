@@ -49,11 +49,12 @@ static const struct var vars[] = {
     { "NEXTUP_CONNECT_TIMEOUT_MS", VAR_INT, "1000", 1, MS_MAX,
       offsetof(struct config, connect_timeout_ms), "upstream connect timeout, ms" },
     { "NEXTUP_REQUEST_TIMEOUT_MS", VAR_INT, "30000", 1, MS_MAX,
-      offsetof(struct config, request_timeout_ms), "request timeout, ms" },
+      offsetof(struct config, request_timeout_ms),
+      "time from the request head to the upstream response head, all attempts included, ms; then 504" },
     { "NEXTUP_IDLE_TIMEOUT_MS", VAR_INT, "60000", 1, MS_MAX,
-      offsetof(struct config, idle_timeout_ms), "idle keep-alive connection timeout, ms" },
+      offsetof(struct config, idle_timeout_ms), "idle time allowed on a connection (keep-alive, stalled body), ms" },
     { "NEXTUP_HEADER_TIMEOUT_MS", VAR_INT, "10000", 1, MS_MAX,
-      offsetof(struct config, header_timeout_ms), "time allowed to receive request headers, ms" },
+      offsetof(struct config, header_timeout_ms), "time allowed to receive a request head, ms; then 408" },
     { "NEXTUP_MAX_HEADER_BYTES", VAR_INT, "65536", 1024, 1048576,
       offsetof(struct config, max_header_bytes), "largest accepted header block, bytes" },
     { "NEXTUP_MAX_CONNECTIONS", VAR_INT, "10000", 1, 1000000,
@@ -550,8 +551,8 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
 
 void config_print_help(FILE *out)
 {
-    fprintf(out, "usage: nextup [--help]  (configured by environment variables only)\n\n");
-    fprintf(out, "  %-32s %-16s %s\n", "VARIABLE", "DEFAULT", "MEANING");
+    fprintf(out, "usage: nextup [--help]\n\n"
+                 "nextup is configured by environment variables only; each is read once at start.\n\n");
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
         const struct var *v = &vars[i];
         char def[64];
@@ -565,9 +566,9 @@ void config_print_help(FILE *out)
         else
             snprintf(def, sizeof(def), "online CPUs (%d)", default_workers());
 
+        fprintf(out, "  %s  default: %s\n      %s", v->name, def, v->help);
         if (v->kind == VAR_INT)
-            fprintf(out, "  %-32s %-16s %s (%ld..%ld)\n", v->name, def, v->help, v->min, v->max);
-        else
-            fprintf(out, "  %-32s %-16s %s\n", v->name, def, v->help);
+            fprintf(out, " (%ld..%ld)", v->min, v->max);
+        fputc('\n', out);
     }
 }

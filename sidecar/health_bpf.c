@@ -136,8 +136,8 @@ static int pin_dir_prepare(const char *dir, char *why, size_t whylen)
     return 0;
 }
 
-/* 1 when the kernel's tcp_retransmit_skb tracepoint passes err (sk, skb, err: 6.15 and later),
- * 0 when it passes (sk, skb) or (sk, skb) only; negative errno with <why> when BTF cannot tell. */
+/* 1 when the kernel's tcp_retransmit_skb tracepoint passes (sk, skb, err) (newer kernels, 6.18 among
+ * them), 0 when it passes (sk, skb); negative errno with <why> when BTF cannot tell. */
 static int retransmit_tp_has_err(char *why, size_t whylen)
 {
     const struct btf_type *t;

@@ -43,7 +43,10 @@ static const char *const all_names[] = {
     "NEXTUP_CONNECT_TIMEOUT_MS", "NEXTUP_REQUEST_TIMEOUT_MS", "NEXTUP_IDLE_TIMEOUT_MS",
     "NEXTUP_HEADER_TIMEOUT_MS", "NEXTUP_MAX_HEADER_BYTES", "NEXTUP_MAX_CONNECTIONS",
     "NEXTUP_MAX_RETRIES", "NEXTUP_DRAIN_TIMEOUT_MS", "NEXTUP_POOL_MAX_IDLE",
-    "NEXTUP_RETRY_BUFFER_BYTES", "NEXTUP_LOG_LEVEL",
+    "NEXTUP_RETRY_BUFFER_BYTES", "NEXTUP_LOG_LEVEL", "NEXTUP_RETRY_ON", "NEXTUP_RETRY_METHODS",
+    "NEXTUP_PER_TRY_TIMEOUT_MS", "NEXTUP_RETRY_BACKOFF_BASE_MS", "NEXTUP_RETRY_BACKOFF_MAX_MS",
+    "NEXTUP_RETRY_BUDGET_PERCENT", "NEXTUP_RETRY_BUDGET_MIN_PER_SEC", "NEXTUP_DECISION_PLUGIN",
+    "NEXTUP_BPF", "NEXTUP_BPF_PIN_DIR", "NEXTUP_BPF_MAX_PEERS",
 };
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -573,17 +576,21 @@ static char *help_text(void)
 }
 
 /* The line in <help> that documents <name>, copied into <line>. */
+/* The help entry of <name>: "  NAME  default: X\n      meaning (range)", both lines. */
 static void help_line(const char *help, const char *name, char *line, size_t linelen)
 {
     char key[64];
     const char *p, *end;
 
-    snprintf(key, sizeof(key), " %s ", name);
+    snprintf(key, sizeof(key), "\n  %s  default: ", name);
     p = strstr(help, key);
     if (!p)
         print_error("help lacks %s:\n%s", name, help);
     assert_non_null(p);
+    p++;
     end = strchr(p, '\n');
+    assert_non_null(end);
+    end = strchr(end + 1, '\n');
     assert_non_null(end);
     assert_true((size_t)(end - p) < linelen);
     memcpy(line, p, (size_t)(end - p));
@@ -593,29 +600,39 @@ static void help_line(const char *help, const char *name, char *line, size_t lin
 static void test_help(void **state)
 {
     static const struct { const char *name, *def; } defaults[] = {
-        { "NEXTUP_LISTEN", " 127.0.0.1:15001 " },
-        { "NEXTUP_ADMIN", " 127.0.0.1:15000 " },
-        { "NEXTUP_UPSTREAMS", "required" },
-        { "NEXTUP_CONNECT_TIMEOUT_MS", " 1000 " },
-        { "NEXTUP_REQUEST_TIMEOUT_MS", " 30000 " },
-        { "NEXTUP_IDLE_TIMEOUT_MS", " 60000 " },
-        { "NEXTUP_HEADER_TIMEOUT_MS", " 10000 " },
-        { "NEXTUP_MAX_HEADER_BYTES", " 65536 " },
-        { "NEXTUP_MAX_CONNECTIONS", " 10000 " },
-        { "NEXTUP_MAX_RETRIES", " 2 " },
-        { "NEXTUP_DRAIN_TIMEOUT_MS", " 10000 " },
-        { "NEXTUP_POOL_MAX_IDLE", " 64 " },
-        { "NEXTUP_RETRY_BUFFER_BYTES", " 65536 " },
-        { "NEXTUP_LOG_LEVEL", " info " },
-        { "NEXTUP_WORKERS", "CPUs" },
+        { "NEXTUP_LISTEN", "default: 127.0.0.1:15001\n" },
+        { "NEXTUP_ADMIN", "default: 127.0.0.1:15000\n" },
+        { "NEXTUP_UPSTREAMS", "default: (required)\n" },
+        { "NEXTUP_CONNECT_TIMEOUT_MS", "default: 1000\n" },
+        { "NEXTUP_REQUEST_TIMEOUT_MS", "default: 30000\n" },
+        { "NEXTUP_IDLE_TIMEOUT_MS", "default: 60000\n" },
+        { "NEXTUP_HEADER_TIMEOUT_MS", "default: 10000\n" },
+        { "NEXTUP_MAX_HEADER_BYTES", "default: 65536\n" },
+        { "NEXTUP_MAX_CONNECTIONS", "default: 10000\n" },
+        { "NEXTUP_MAX_RETRIES", "default: 2\n" },
+        { "NEXTUP_DRAIN_TIMEOUT_MS", "default: 10000\n" },
+        { "NEXTUP_POOL_MAX_IDLE", "default: 64\n" },
+        { "NEXTUP_RETRY_BUFFER_BYTES", "default: 65536\n" },
+        { "NEXTUP_LOG_LEVEL", "default: info\n" },
+        { "NEXTUP_WORKERS", "default: online CPUs (" },
+        { "NEXTUP_RETRY_ON", "default: connect-failure,refused,gateway-error\n" },
+        { "NEXTUP_RETRY_METHODS", "default: GET,HEAD,OPTIONS,TRACE,PUT,DELETE\n" },
+        { "NEXTUP_PER_TRY_TIMEOUT_MS", "default: 0\n" },
+        { "NEXTUP_RETRY_BACKOFF_BASE_MS", "default: 25\n" },
+        { "NEXTUP_RETRY_BACKOFF_MAX_MS", "default: 250\n" },
+        { "NEXTUP_RETRY_BUDGET_PERCENT", "default: 20\n" },
+        { "NEXTUP_RETRY_BUDGET_MIN_PER_SEC", "default: 10\n" },
+        { "NEXTUP_DECISION_PLUGIN", "default: (none)\n" },
+        { "NEXTUP_BPF", "default: auto\n" },
+        { "NEXTUP_BPF_PIN_DIR", "default: /sys/fs/bpf/nextup\n" },
+        { "NEXTUP_BPF_MAX_PEERS", "default: 4096\n" },
     };
     char *help = help_text();
     char line[512];
     (void)state;
 
-    assert_true(strncmp(help, "usage: nextup [--help]  (configured by environment variables only)\n",
-                        strlen("usage: nextup [--help]  (configured by environment variables only)\n"))
-                == 0);
+    assert_true(strncmp(help, "usage: nextup [--help]\n", strlen("usage: nextup [--help]\n")) == 0);
+    assert_non_null(strstr(help, "environment variables only"));
     for (size_t i = 0; i < N(all_names); i++)
         help_line(help, all_names[i], line, sizeof(line));
     assert_int_equal(N(defaults), N(all_names));
@@ -643,10 +660,10 @@ static void test_help_matches_parser(void **state)
     snprintf(want, sizeof(want), "(%d)", cfg.workers);
     assert_non_null(strstr(line, want));
     help_line(help, "NEXTUP_MAX_RETRIES", line, sizeof(line));
-    snprintf(want, sizeof(want), " %d ", cfg.max_retries);
+    snprintf(want, sizeof(want), "default: %d\n", cfg.max_retries);
     assert_non_null(strstr(line, want));
     help_line(help, "NEXTUP_LISTEN", line, sizeof(line));
-    snprintf(want, sizeof(want), " %s ", cfg.listen.text);
+    snprintf(want, sizeof(want), "default: %s\n", cfg.listen.text);
     assert_non_null(strstr(line, want));
     free(help);
 }
