@@ -8,12 +8,14 @@
 #include <event2/http.h>
 
 #include "config.h"
+#include "health.h"
 #include "metrics.h"
 #include "net.h"
 #include "peers.h"
 
 static struct evhttp *http;
 static const struct peers *known_peers;
+static struct health *health;
 static int draining;
 
 void admin_set_draining(void)
@@ -55,20 +57,26 @@ static void admin_cb(struct evhttp_request *req, void *arg)
         }
     } else if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
         metrics_write_prometheus(body);
+        if (health)
+            health_write_metrics(health, body);
         reply(req, 200, "OK", "text/plain; version=0.0.4", body);
+    } else if (plen == 12 && strncmp(uri, "/debug/peers", 12) == 0 && health) {
+        health_write_debug_json(health, body);
+        reply(req, 200, "OK", "application/json", body);
     } else {
-        evbuffer_add_printf(body, "not found: try /healthz, /readyz or /metrics\n");
+        evbuffer_add_printf(body, "not found: try /healthz, /readyz, /metrics or /debug/peers\n");
         reply(req, 404, "Not Found", "text/plain", body);
     }
     evbuffer_free(body);
 }
 
-int admin_start(struct event_base *base, const struct config *cfg, const struct peers *peers, char *err,
-                size_t errlen)
+int admin_start(struct event_base *base, const struct config *cfg, const struct peers *peers, struct health *h,
+                char *err, size_t errlen)
 {
     int fd;
 
     known_peers = peers;
+    health = h;
     http = evhttp_new(base);
     if (!http) {
         snprintf(err, errlen, "out of memory");

@@ -1,5 +1,6 @@
 /* admin: the admin listener (NEXTUP_ADMIN) on the main thread's loop:
- * /healthz (alive), /readyz (serving and a peer known; 503 while draining), /metrics. */
+ * /healthz (alive), /readyz (serving and a peer known; 503 while draining), /metrics,
+ * /debug/peers (JSON: each peer's verdict, reason, L7 and kernel counters). */
 #ifndef NEXTUP_ADMIN_H
 #define NEXTUP_ADMIN_H
 
@@ -8,10 +9,12 @@
 struct event_base;
 struct config;
 struct peers;
+struct health;
 
-/* Binds NEXTUP_ADMIN. 0, or a negative errno with <err> naming the variable. */
-int admin_start(struct event_base *base, const struct config *cfg, const struct peers *peers, char *err,
-                size_t errlen);
+/* Binds NEXTUP_ADMIN; <h> serves /debug/peers and the per-peer metrics. 0, or a
+ * negative errno with <err> naming the variable. */
+int admin_start(struct event_base *base, const struct config *cfg, const struct peers *peers, struct health *h,
+                char *err, size_t errlen);
 /* /readyz answers 503 from now on. */
 void admin_set_draining(void);
 void admin_stop(void);

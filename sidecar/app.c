@@ -10,6 +10,8 @@
 
 #include "admin.h"
 #include "config.h"
+#include "health.h"
+#include "health_bpf.h"
 #include "hook.h"
 #include "nextup.h"
 #include "log.h"
@@ -70,6 +72,8 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     struct event_base *base;
     struct event *sigterm, *sigint;
     struct peers *peers;
+    struct health_bpf *bpf = NULL;
+    struct health *health;
 
     if (argc > 1) {
         if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -100,8 +104,26 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         fprintf(stderr, "nextup: out of memory at startup\n");
         return 1;
     }
+    peers->policy.connect_failures_to_eject = cfg.eject_connect_failures;
+    peers->policy.gateway_errors_to_eject = cfg.eject_gateway_errors;
+    peers->policy.eject_base_ms = cfg.eject_base_ms;
+    peers->policy.eject_max_ms = cfg.eject_max_ms;
+    peers->policy.max_eject_percent = cfg.max_ejection_percent;
+    {
+        struct health_bpf_opts bo = { cfg.bpf_mode, cfg.bpf_pin_dir, cfg.bpf_max_peers, 0 };
+        if (health_bpf_open(&bo, &bpf, err, sizeof(err)) < 0) {
+            fprintf(stderr, "nextup: %s\n", err);
+            return 2;
+        }
+    }
+    health = health_new(base, &cfg, peers, bpf);
+    if (!health) {
+        fprintf(stderr, "nextup: out of memory at startup\n");
+        return 1;
+    }
     proxy_init();
-    if (admin_start(base, &cfg, peers, err, sizeof(err)) < 0 || workers_start(&cfg, peers, err, sizeof(err)) < 0) {
+    if (admin_start(base, &cfg, peers, health, err, sizeof(err)) < 0 ||
+        workers_start(&cfg, peers, err, sizeof(err)) < 0) {
         fprintf(stderr, "nextup: %s\n", err);
         return 2;
     }
@@ -111,12 +133,14 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         fprintf(stderr, "nextup: cannot install signal handlers\n");
         return 1;
     }
-    LOG_INFO("listening on %s (admin %s), %d worker(s), %d peer(s)", cfg.listen.text, cfg.admin.text, cfg.workers,
-             peers->n);
+    LOG_INFO("listening on %s (admin %s), %d worker(s), %d peer(s), kernel health view %s", cfg.listen.text,
+             cfg.admin.text, cfg.workers, peers->n, bpf ? "on" : "off");
     event_base_dispatch(base);
     workers_stop();
     LOG_INFO("stopped");
     admin_stop();
+    health_free(health);
+    health_bpf_close(bpf);
     event_free(sigterm);
     event_free(sigint);
     if (drain_deadline)

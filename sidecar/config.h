@@ -59,6 +59,13 @@ struct config {
     int bpf_mode;                         /* NEXTUP_BPF auto|on|off (CONFIG_BPF_*), default auto */
     char bpf_pin_dir[256];                /* NEXTUP_BPF_PIN_DIR, default /sys/fs/bpf/nextup */
     int bpf_max_peers;                    /* NEXTUP_BPF_MAX_PEERS, default 4096, 16..1048576 */
+    int health_interval_ms;               /* NEXTUP_HEALTH_INTERVAL_MS, default 250 */
+    int eject_connect_failures;           /* NEXTUP_EJECT_CONNECT_FAILURES, default 1 */
+    int eject_gateway_errors;             /* NEXTUP_EJECT_GATEWAY_ERRORS, default 2 */
+    int eject_kernel_failures;            /* NEXTUP_EJECT_KERNEL_FAILURES, default 1 */
+    int eject_base_ms;                    /* NEXTUP_EJECT_BASE_MS, default 1000 */
+    int eject_max_ms;                     /* NEXTUP_EJECT_MAX_MS, default 8000 */
+    int max_ejection_percent;             /* NEXTUP_MAX_EJECTION_PERCENT, default 50 */
     /* NEXTUP_RETRY_ON and NEXTUP_RETRY_METHODS, with the numbers above copied in. */
     struct retry_policy retry;
 };

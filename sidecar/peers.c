@@ -10,6 +10,11 @@ struct peers *peers_new(const struct config_upstream *ups, int n)
 
     if (!set)
         return NULL;
+    set->policy.connect_failures_to_eject = 1;
+    set->policy.gateway_errors_to_eject = PEERS_GATEWAY_ERRORS_TO_EJECT;
+    set->policy.eject_base_ms = PEERS_EJECT_BASE_MS;
+    set->policy.eject_max_ms = PEERS_EJECT_MAX_MS;
+    set->policy.max_eject_percent = PEERS_MAX_EJECT_PERCENT;
     for (i = 0; i < n && i < PEERS_MAX; i++) {
         struct peer *p = calloc(1, sizeof(*p));
         if (!p) {
@@ -25,6 +30,11 @@ struct peers *peers_new(const struct config_upstream *ups, int n)
         atomic_init(&p->consecutive_failures, 0);
         atomic_init(&p->ejections, 0);
         atomic_init(&p->ejected_until_ms, 0);
+        atomic_init(&p->eject_reason, EJECT_NONE);
+        atomic_init(&p->ejections_total, 0);
+        atomic_init(&p->responses, 0);
+        atomic_init(&p->gateway_errors, 0);
+        atomic_init(&p->connect_failures, 0);
         set->peer[i] = p;
         set->n = i + 1;
     }
@@ -94,32 +104,65 @@ static int ejected_count(const struct peers *set, int64_t now_ms)
     return n;
 }
 
-void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms)
+int peers_eject(struct peers *set, struct peer *p, enum peer_eject_reason reason, int64_t now_ms)
 {
-    int failures, threshold, times;
+    const struct peer_policy *pol = &set->policy;
+    int times;
     int64_t ms;
 
+    if (peer_is_ejected(p, now_ms))
+        return 0;
+    /* Never eject past the cap: with too few peers left, load would pile on them. */
+    if ((ejected_count(set, now_ms) + 1) * 100 > set->n * pol->max_eject_percent)
+        return 0;
+    times = atomic_fetch_add_explicit(&p->ejections, 1, memory_order_relaxed);
+    ms = pol->eject_base_ms;
+    while (times-- > 0 && ms < pol->eject_max_ms)
+        ms *= 2;
+    if (ms > pol->eject_max_ms)
+        ms = pol->eject_max_ms;
+    atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->eject_reason, (int)reason, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->ejections_total, 1, memory_order_relaxed);
+    atomic_store_explicit(&p->ejected_until_ms, now_ms + ms, memory_order_relaxed);
+    return 1;
+}
+
+void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms)
+{
+    int failures, threshold;
+
     if (outcome == PEER_OK) {
+        atomic_fetch_add_explicit(&p->responses, 1, memory_order_relaxed);
         atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
         if (!peer_is_ejected(p, now_ms))
             atomic_store_explicit(&p->ejections, 0, memory_order_relaxed);
         return;
     }
+    if (outcome == PEER_CONNECT_FAILED) {
+        atomic_fetch_add_explicit(&p->connect_failures, 1, memory_order_relaxed);
+        threshold = set->policy.connect_failures_to_eject;
+    } else {
+        atomic_fetch_add_explicit(&p->gateway_errors, 1, memory_order_relaxed);
+        threshold = set->policy.gateway_errors_to_eject;
+    }
     failures = atomic_fetch_add_explicit(&p->consecutive_failures, 1, memory_order_relaxed) + 1;
-    threshold = outcome == PEER_CONNECT_FAILED ? 1 : PEERS_GATEWAY_ERRORS_TO_EJECT;
-    if (failures < threshold || peer_is_ejected(p, now_ms))
-        return;
-    /* Never eject past the cap: with too few peers left, load would pile on them. */
-    if ((ejected_count(set, now_ms) + 1) * 100 > set->n * PEERS_MAX_EJECT_PERCENT)
-        return;
-    times = atomic_fetch_add_explicit(&p->ejections, 1, memory_order_relaxed);
-    ms = PEERS_EJECT_BASE_MS;
-    while (times-- > 0 && ms < PEERS_EJECT_MAX_MS)
-        ms *= 2;
-    if (ms > PEERS_EJECT_MAX_MS)
-        ms = PEERS_EJECT_MAX_MS;
-    atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->ejected_until_ms, now_ms + ms, memory_order_relaxed);
+    if (threshold > 0 && failures >= threshold)
+        peers_eject(set, p, outcome == PEER_CONNECT_FAILED ? EJECT_CONNECT_FAILURES : EJECT_GATEWAY_ERRORS,
+                    now_ms);
+}
+
+const char *peers_eject_reason_text(enum peer_eject_reason reason)
+{
+    switch (reason) {
+    case EJECT_NONE: return "";
+    case EJECT_CONNECT_FAILURES: return "connect failures seen by nextup";
+    case EJECT_GATEWAY_ERRORS: return "consecutive gateway errors seen by nextup";
+    case EJECT_KERNEL_CONNECT: return "kernel: connects refused, timed out or unreachable";
+    case EJECT_KERNEL_SYN: return "kernel: SYN retransmitted with no SYN-ACK";
+    case EJECT_KERNEL_RESETS: return "kernel: connections reset by the peer";
+    }
+    return "unknown";
 }
 
 int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms)

@@ -29,6 +29,27 @@ struct peer {
     _Atomic int consecutive_failures; /* connect failures and gateway errors since the last success */
     _Atomic int ejections;           /* times ejected in a row: the ejection time doubles with each */
     _Atomic int64_t ejected_until_ms; /* monotonic ms; ejected while now is before it */
+    _Atomic int eject_reason;        /* enum peer_eject_reason of the last ejection */
+    /* What nextup saw of this peer (L7), for /debug/peers and /metrics. */
+    _Atomic uint64_t ejections_total;
+    _Atomic uint64_t responses, gateway_errors, connect_failures;
+};
+
+enum peer_eject_reason {
+    EJECT_NONE,
+    EJECT_CONNECT_FAILURES,   /* nextup's own connects failed */
+    EJECT_GATEWAY_ERRORS,     /* consecutive 502/503/504, resets, per-try timeouts */
+    EJECT_KERNEL_CONNECT,     /* the kernel saw connects to it refused, timed out or unreachable */
+    EJECT_KERNEL_SYN,         /* the kernel saw SYNs to it retransmitted with no SYN-ACK */
+    EJECT_KERNEL_RESETS,      /* the kernel saw it reset connections */
+};
+
+/* Ejection thresholds (NEXTUP_EJECT_*, NEXTUP_MAX_EJECTION_PERCENT). */
+struct peer_policy {
+    int connect_failures_to_eject;   /* consecutive connect failures seen by nextup */
+    int gateway_errors_to_eject;     /* consecutive gateway errors seen by nextup */
+    int eject_base_ms, eject_max_ms; /* first ejection; doubled per repeated ejection up to max */
+    int max_eject_percent;           /* never more than this share of the set ejected at once */
 };
 
 /* Outcomes that feed the health view. */
@@ -38,10 +59,10 @@ enum peer_outcome {
     PEER_GATEWAY_ERROR,   /* 502/503/504, reset before the response head, per-try timeout */
 };
 
-/* Ejection rules (user-space view; the BPF counters join later):
- * one connect failure, or PEERS_GATEWAY_ERRORS_TO_EJECT gateway errors in a row,
- * eject a peer for PEERS_EJECT_BASE_MS doubled per repeated ejection up to
- * PEERS_EJECT_MAX_MS; never more than PEERS_MAX_EJECT_PERCENT of the set at once. */
+/* The default policy: one connect failure, or PEERS_GATEWAY_ERRORS_TO_EJECT
+ * gateway errors in a row, eject a peer for PEERS_EJECT_BASE_MS doubled per
+ * repeated ejection up to PEERS_EJECT_MAX_MS; never more than
+ * PEERS_MAX_EJECT_PERCENT of the set at once. */
 #define PEERS_GATEWAY_ERRORS_TO_EJECT 2
 #define PEERS_EJECT_BASE_MS 1000
 #define PEERS_EJECT_MAX_MS 8000
@@ -50,6 +71,7 @@ enum peer_outcome {
 struct peers {
     int n;
     struct peer *peer[PEERS_MAX];    /* owned */
+    struct peer_policy policy;       /* set before workers start, read-only after */
 };
 
 struct peer_mask {
@@ -76,6 +98,13 @@ void peers_free(struct peers *set);
  * (panic mode), then excluded ones: a request always gets a peer. <rng> is the
  * caller's xorshift state (per worker). NULL only when the set is empty. */
 struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, int64_t now_ms, uint64_t *rng);
+
+/* Ejects <p> at <now_ms> for <reason> unless it is ejected already or the cap
+ * (max_eject_percent) is reached. 1 if it was ejected. */
+int peers_eject(struct peers *set, struct peer *p, enum peer_eject_reason reason, int64_t now_ms);
+
+/* Constant text for a reason, for logs and /debug/peers. */
+const char *peers_eject_reason_text(enum peer_eject_reason reason);
 
 /* 1 if some peer is neither excluded nor ejected at <now_ms>. */
 int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms);

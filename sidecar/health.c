@@ -1,0 +1,253 @@
+#include "health.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "health_bpf.h"
+#include "log.h"
+#include "peers.h"
+
+/* The last kernel counters read for one peer (main thread only). */
+struct peer_view {
+    int have;                       /* the map has (had) an entry for this peer */
+    struct peer_stats last;         /* zeros until one appears, so its first counts are news */
+};
+
+struct health {
+    const struct config *cfg;
+    struct peers *peers;
+    struct health_bpf *bpf;         /* not owned; NULL without BPF */
+    struct event *timer;            /* owned */
+    struct peer_view view[PEERS_MAX];
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Connect failures of every kind the kernel tells apart. */
+static uint64_t kernel_connect_failures(const struct peer_stats *s)
+{
+    return s->refused + s->connect_timeouts + s->unreachable + s->connect_failures;
+}
+
+/* Growth of a counter; an entry the LRU evicted and made again starts from 0. */
+static uint64_t delta(uint64_t cur, uint64_t prev)
+{
+    return cur >= prev ? cur - prev : cur;
+}
+
+/* Turns one interval's kernel deltas into a verdict. The most recent event must
+ * be a failure (last_failure after last_success): a peer that failed and then
+ * accepted a connection within the interval is not ejected for the old failure. */
+static void judge(struct health *h, struct peer *p, const struct peer_stats *prev, const struct peer_stats *cur,
+                  int64_t now)
+{
+    uint64_t threshold = (uint64_t)h->cfg->eject_kernel_failures;
+    uint64_t d_connect = delta(kernel_connect_failures(cur), kernel_connect_failures(prev));
+    uint64_t d_syn = delta(cur->syn_retransmits, prev->syn_retransmits);
+    uint64_t d_rst = delta(cur->resets_received, prev->resets_received);
+    uint64_t d_ok = delta(cur->connects_established, prev->connects_established);
+    int failing_last = cur->last_failure_ns > cur->last_success_ns;
+    enum peer_eject_reason reason = EJECT_NONE;
+
+    if (threshold == 0)
+        return;
+    if (d_connect >= threshold && failing_last)
+        reason = EJECT_KERNEL_CONNECT;
+    else if (d_syn >= threshold && d_ok == 0)
+        reason = EJECT_KERNEL_SYN;
+    else if (d_rst >= threshold && failing_last)
+        reason = EJECT_KERNEL_RESETS;
+    if (reason != EJECT_NONE && peers_eject(h->peers, p, reason, now))
+        LOG_INFO("peer %s ejected: %s (+%llu failed connects, +%llu SYN retransmits, +%llu resets in %d ms)",
+                 p->addr_text, peers_eject_reason_text(reason), (unsigned long long)d_connect,
+                 (unsigned long long)d_syn, (unsigned long long)d_rst, h->cfg->health_interval_ms);
+}
+
+void health_poll(struct health *h)
+{
+    int64_t now = now_ms();
+    int i;
+
+    if (!h->bpf)
+        return;
+    for (i = 0; i < h->peers->n; i++) {
+        struct peer *p = h->peers->peer[i];
+        struct peer_view *v = &h->view[i];
+        struct peer_stats cur;
+
+        if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&p->sa, &cur) < 0)
+            continue;
+        judge(h, p, &v->last, &cur, now);
+        v->last = cur;
+        v->have = 1;
+    }
+}
+
+/* What the map holds at start is history (a pinned map outlives nextup): the
+ * baseline. A peer without an entry yet starts from zeros. */
+static void take_baseline(struct health *h)
+{
+    int i;
+
+    for (i = 0; i < h->peers->n; i++)
+        if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&h->peers->peer[i]->sa, &h->view[i].last) == 0)
+            h->view[i].have = 1;
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    health_poll(arg);
+}
+
+struct health *health_new(struct event_base *base, const struct config *cfg, struct peers *peers,
+                          struct health_bpf *bpf)
+{
+    struct health *h = calloc(1, sizeof(*h));
+    struct timeval tv = { cfg->health_interval_ms / 1000, (cfg->health_interval_ms % 1000) * 1000 };
+
+    if (!h)
+        return NULL;
+    h->cfg = cfg;
+    h->peers = peers;
+    h->bpf = bpf;
+    if (bpf) {
+        take_baseline(h);
+        h->timer = event_new(base, -1, EV_PERSIST, timer_cb, h);
+        if (!h->timer || event_add(h->timer, &tv) < 0) {
+            health_free(h);
+            return NULL;
+        }
+    }
+    return h;
+}
+
+void health_free(struct health *h)
+{
+    if (!h)
+        return;
+    if (h->timer)
+        event_free(h->timer);
+    free(h);
+}
+
+/* Peer names come from configuration (host:port); escaped anyway. */
+static void json_string(struct evbuffer *out, const char *s)
+{
+    evbuffer_add(out, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            evbuffer_add_printf(out, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            evbuffer_add_printf(out, "\\u%04x", (unsigned char)*s);
+        else
+            evbuffer_add(out, s, 1);
+    }
+    evbuffer_add(out, "\"", 1);
+}
+
+#define U(x) ((unsigned long long)(x))
+
+void health_write_debug_json(struct health *h, struct evbuffer *out)
+{
+    int64_t now = now_ms();
+    int i;
+
+    evbuffer_add_printf(out, "{\"bpf\": %s, \"peers\": [", h->bpf ? "true" : "false");
+    for (i = 0; i < h->peers->n; i++) {
+        struct peer *p = h->peers->peer[i];
+        const struct peer_view *v = &h->view[i];
+        int ejected = peer_is_ejected(p, now);
+        int64_t until = atomic_load(&p->ejected_until_ms);
+
+        evbuffer_add_printf(out, "%s\n  {\"address\": ", i ? "," : "");
+        json_string(out, p->addr_text);
+        evbuffer_add(out, ", \"name\": ", 10);
+        json_string(out, p->name);
+        evbuffer_add_printf(out, ", \"verdict\": \"%s\", \"reason\": ", ejected ? "ejected" : "healthy");
+        json_string(out, ejected ? peers_eject_reason_text((enum peer_eject_reason)atomic_load(&p->eject_reason))
+                                 : "");
+        evbuffer_add_printf(out,
+                            ", \"ejected_for_ms\": %lld, \"ejections\": %llu, \"outstanding\": %d,"
+                            " \"l7\": {\"responses\": %llu, \"gateway_errors\": %llu, \"connect_failures\": %llu,"
+                            " \"consecutive_failures\": %d}",
+                            (long long)(ejected ? until - now : 0), U(atomic_load(&p->ejections_total)),
+                            atomic_load(&p->outstanding), U(atomic_load(&p->responses)),
+                            U(atomic_load(&p->gateway_errors)), U(atomic_load(&p->connect_failures)),
+                            atomic_load(&p->consecutive_failures));
+        if (v->have)
+            evbuffer_add_printf(out,
+                                ", \"kernel\": {\"connect_attempts\": %llu, \"connects_established\": %llu,"
+                                " \"connect_failures\": %llu, \"refused\": %llu, \"connect_timeouts\": %llu,"
+                                " \"unreachable\": %llu, \"syn_retransmits\": %llu, \"resets_received\": %llu,"
+                                " \"resets_sent\": %llu, \"data_retransmits\": %llu, \"srtt_us\": %llu}}",
+                                U(v->last.connect_attempts), U(v->last.connects_established),
+                                U(v->last.connect_failures), U(v->last.refused), U(v->last.connect_timeouts),
+                                U(v->last.unreachable), U(v->last.syn_retransmits), U(v->last.resets_received),
+                                U(v->last.resets_sent), U(v->last.data_retransmits), U(v->last.srtt_us));
+        else
+            evbuffer_add(out, ", \"kernel\": null}", 17);
+    }
+    evbuffer_add(out, "\n]}\n", 4);
+}
+
+static void family(struct evbuffer *out, const char *name, const char *type, const char *help)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void health_write_metrics(struct health *h, struct evbuffer *out)
+{
+    int64_t now = now_ms();
+    int i;
+
+    family(out, "nextup_bpf_loaded", "gauge", "1 if the BPF programs feed the health view.");
+    evbuffer_add_printf(out, "nextup_bpf_loaded %d\n", h->bpf ? 1 : 0);
+    family(out, "nextup_peer_healthy", "gauge", "1 if the peer takes first tries, 0 while ejected.");
+    for (i = 0; i < h->peers->n; i++)
+        evbuffer_add_printf(out, "nextup_peer_healthy{peer=\"%s\"} %d\n", h->peers->peer[i]->addr_text,
+                            !peer_is_ejected(h->peers->peer[i], now));
+    family(out, "nextup_peer_ejections_total", "counter", "Times the peer was ejected.");
+    for (i = 0; i < h->peers->n; i++)
+        evbuffer_add_printf(out, "nextup_peer_ejections_total{peer=\"%s\"} %llu\n", h->peers->peer[i]->addr_text,
+                            U(atomic_load(&h->peers->peer[i]->ejections_total)));
+    family(out, "nextup_peer_outstanding_requests", "gauge", "Requests in flight to the peer.");
+    for (i = 0; i < h->peers->n; i++)
+        evbuffer_add_printf(out, "nextup_peer_outstanding_requests{peer=\"%s\"} %d\n",
+                            h->peers->peer[i]->addr_text, atomic_load(&h->peers->peer[i]->outstanding));
+    if (!h->bpf)
+        return;
+    family(out, "nextup_peer_kernel_connect_failures_total", "counter",
+           "Connects to the peer the kernel saw fail (refused, timed out, unreachable), from every socket of the pod.");
+    for (i = 0; i < h->peers->n; i++)
+        if (h->view[i].have)
+            evbuffer_add_printf(out, "nextup_peer_kernel_connect_failures_total{peer=\"%s\"} %llu\n",
+                                h->peers->peer[i]->addr_text, U(kernel_connect_failures(&h->view[i].last)));
+    family(out, "nextup_peer_kernel_resets_received_total", "counter", "Resets the kernel received from the peer.");
+    for (i = 0; i < h->peers->n; i++)
+        if (h->view[i].have)
+            evbuffer_add_printf(out, "nextup_peer_kernel_resets_received_total{peer=\"%s\"} %llu\n",
+                                h->peers->peer[i]->addr_text, U(h->view[i].last.resets_received));
+    family(out, "nextup_peer_kernel_syn_retransmits_total", "counter", "SYNs to the peer the kernel retransmitted.");
+    for (i = 0; i < h->peers->n; i++)
+        if (h->view[i].have)
+            evbuffer_add_printf(out, "nextup_peer_kernel_syn_retransmits_total{peer=\"%s\"} %llu\n",
+                                h->peers->peer[i]->addr_text, U(h->view[i].last.syn_retransmits));
+    family(out, "nextup_peer_kernel_srtt_seconds", "gauge", "Last smoothed RTT the kernel measured to the peer.");
+    for (i = 0; i < h->peers->n; i++)
+        if (h->view[i].have)
+            evbuffer_add_printf(out, "nextup_peer_kernel_srtt_seconds{peer=\"%s\"} %.6f\n",
+                                h->peers->peer[i]->addr_text, (double)h->view[i].last.srtt_us / 1e6);
+}
