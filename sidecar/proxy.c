@@ -97,7 +97,16 @@ struct downstream {
     int retry_after_abort;                /* the hook aborted this response: retry once the parser returns */
     const struct nextup_error *hook_error; /* the hook ended the request with this error */
     void *user_ctx;                       /* the hook's per-request pointer, freed by request_done */
+    /* The last response aborted for a retry, kept whole when it arrived whole,
+     * so that if no later attempt gets a response the client still gets a real
+     * one (DESIGN invariant 3), not a made-up 502. */
+    struct http_head held;                /* owned buffer */
+    struct evbuffer *held_body;           /* owned */
+    enum { HELD_NONE, HELD_COLLECTING, HELD_WHOLE } held_state;
 };
+
+/* A held response larger than this is dropped rather than kept in memory. */
+#define HELD_BODY_MAX (64 * 1024)
 
 /* Shared by every worker: requests and retries of the last 10 s. */
 static struct retry_budget budget;
@@ -217,6 +226,8 @@ static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
     event_free(ds->free_ev);
     evbuffer_free(ds->tosend);
     evbuffer_free(ds->replay);
+    evbuffer_free(ds->held_body);
+    http_head_free(&ds->held);
     http_head_free(&ds->req);
     http_head_free(&ds->resp);
     free(ds);
@@ -251,6 +262,29 @@ static void ds_close_after_write(struct downstream *ds)
     bufferevent_enable(ds->bev, EV_WRITE);
 }
 
+/* Sends the held response (the last real one) instead of a made-up error. */
+static void reply_held(struct downstream *ds, const char *why_not_later)
+{
+    struct evbuffer *out = bufferevent_get_output(ds->bev);
+    int is_head = ds->req.method == HTTP_HEAD;
+
+    LOG_INFO("%s: later attempts failed (%s); forwarding the %d held from an earlier attempt", ds->client_ip,
+             why_not_later, ds->held.status);
+    /* Its body is whole in memory now: a Content-Length says so, whatever the peer's framing was. */
+    ds->held.chunked = 0;
+    ds->held.has_content_length = 1;
+    ds->held.content_length = evbuffer_get_length(ds->held_body);
+    count_response(ds->held.status);
+    if (http1_write_response_head(out, &ds->held, is_head ? RESP_NO_BODY : RESP_CONTENT_LENGTH, 1,
+                                  ds->req.major == 1 && ds->req.minor == 0) < 0 ||
+        (!is_head && evbuffer_add_buffer(out, ds->held_body) < 0)) {
+        ds_abort(ds);
+        return;
+    }
+    ds->resp_head_done = 1;
+    ds_close_after_write(ds);
+}
+
 /* Answers with a response made by nextup and closes. Only while no byte of an
  * upstream response has gone downstream: after that, an abort is all that is left. */
 static void ds_reply_error(struct downstream *ds, int status, const char *reason)
@@ -259,8 +293,12 @@ static void ds_reply_error(struct downstream *ds, int status, const char *reason
         ds_abort(ds);
         return;
     }
-    LOG_INFO("%s: %d %s", ds->client_ip, status, reason);
     up_detach(ds, 0);
+    if (status >= 500 && ds->held_state == HELD_WHOLE) {
+        reply_held(ds, reason);
+        return;
+    }
+    LOG_INFO("%s: %d %s", ds->client_ip, status, reason);
     count_response(status);
     if (status < 500)
         metrics_inc(M_BAD_REQUESTS);
@@ -875,10 +913,17 @@ static int on_resp_headers_complete(llhttp_t *p)
             return -1;
         }
         if (e && retry_verdict_for(ds, CAUSE_STATUS) == RETRY_GO) {
+            struct http_head swap = ds->held;
             LOG_INFO("%s: %s answered %d (%s); retrying on another peer", ds->client_ip, ds->peer->addr_text,
                      ds->resp.status, e->reason ? e->reason : "hook");
             ds->retry_after_abort = 1;
-            return -1;
+            /* Keep this response (head now, body as far as it has come) in case no later attempt gets one. */
+            ds->held = ds->resp;
+            ds->resp = swap;
+            http_head_reset(&ds->resp);
+            evbuffer_drain(ds->held_body, evbuffer_get_length(ds->held_body));
+            ds->held_state = HELD_COLLECTING;
+            return is_head ? 1 : 0;
         }
         /* No retry possible: the client gets this response unchanged. */
     }
@@ -903,6 +948,13 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     struct downstream *ds = p->data;
     struct evbuffer *out = bufferevent_get_output(ds->bev);
 
+    if (ds->held_state == HELD_COLLECTING) {
+        if (evbuffer_get_length(ds->held_body) + len > HELD_BODY_MAX || evbuffer_add(ds->held_body, at, len) < 0) {
+            ds->held_state = HELD_NONE;
+            return -1;
+        }
+        return 0;
+    }
     if (ds->framing == RESP_CHUNKED)
         return evbuffer_add_printf(out, "%zx\r\n", len) < 0 || evbuffer_add(out, at, len) < 0 ||
                        evbuffer_add(out, "\r\n", 2) < 0
@@ -915,6 +967,10 @@ static int on_resp_complete(llhttp_t *p)
 {
     struct downstream *ds = p->data;
 
+    if (ds->held_state == HELD_COLLECTING) {
+        ds->held_state = HELD_WHOLE;
+        return HPE_PAUSED;
+    }
     if (ds->resp.status < 200 && ds->resp.status != 101) {
         http_head_reset(&ds->resp);
         return 0;
@@ -977,6 +1033,7 @@ static void ex_finish(struct downstream *ds)
     ds->sent_any = 0;
     ds->replay_whole = 1;
     ds->attempts = ds->retries = ds->race_resent = 0;
+    ds->held_state = HELD_NONE;
     ds->peer = NULL;
     memset(&ds->tried, 0, sizeof(ds->tried));
     evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));
@@ -1005,8 +1062,11 @@ static void parse_response(struct downstream *ds)
         ds->resp_any = 1;
     err = parse_evbuffer(&ds->resp_parser, in, &ds->resp, &ds->resp_offset);
     if (ds->retry_after_abort) {
-        /* An aborted response is never pooled: its body is unread. */
+        /* An aborted response is never pooled: its body may be unread. A body
+         * still on its way is not waited for: the held copy is kept only if whole. */
         ds->retry_after_abort = 0;
+        if (ds->held_state != HELD_WHOLE)
+            ds->held_state = HELD_NONE;
         up_detach(ds, 0);
         retry_go(ds, CAUSE_STATUS);
         return;
@@ -1286,8 +1346,10 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
     ds->free_ev = event_new(w->base, -1, 0, ds_free_cb, ds);
     ds->tosend = evbuffer_new();
     ds->replay = evbuffer_new();
+    ds->held_body = evbuffer_new();
     /* Created last: from here on the bufferevent closes <fd> when freed. */
-    if (ds->timer && ds->req_timer && ds->try_timer && ds->backoff_timer && ds->free_ev && ds->tosend && ds->replay)
+    if (ds->timer && ds->req_timer && ds->try_timer && ds->backoff_timer && ds->free_ev && ds->tosend && ds->replay &&
+        ds->held_body)
         ds->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!ds->bev) {
         if (ds->timer)
@@ -1304,6 +1366,8 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
             evbuffer_free(ds->tosend);
         if (ds->replay)
             evbuffer_free(ds->replay);
+        if (ds->held_body)
+            evbuffer_free(ds->held_body);
         free(ds);
         return -ENOMEM;
     }
