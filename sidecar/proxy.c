@@ -538,16 +538,6 @@ static int on_req_complete(llhttp_t *p)
 
 /* ---- the attempt loop --------------------------------------------------- */
 
-static int request_is_idempotent(const struct http_head *req)
-{
-    switch (req->method) {
-    case HTTP_GET: case HTTP_HEAD: case HTTP_OPTIONS: case HTTP_TRACE: case HTTP_PUT: case HTTP_DELETE:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
 static int request_replayable(const struct downstream *ds)
 {
     return !ds->sent_any || ds->replay_whole;
@@ -720,10 +710,11 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
 
     up_detach(ds, 0);
     event_del(ds->try_timer);
-    if (cls == FAIL_CLOSED && reused && !ds->resp_any && !ds->race_resent && request_replayable(ds) &&
-        (none_acked || request_is_idempotent(&ds->req))) {
-        /* The keep-alive race: the peer closed the pooled connection as we reused it.
-         * Same peer, fresh connection, and it does not count as a retry. */
+    if (cls == FAIL_CLOSED && reused && !ds->resp_any && !ds->race_resent && request_replayable(ds) && none_acked) {
+        /* The keep-alive race: the peer closed the pooled connection as we reused it,
+         * and its kernel acknowledged none of the request (a peer that got the bytes
+         * and then reset is a `reset`, for NEXTUP_RETRY_ON to decide). Same peer,
+         * fresh connection, and it does not count as a retry. */
         LOG_DEBUG("%s: pooled connection to %s was closed; resending on a fresh one", ds->client_ip, peer_text);
         ds->race_resent = 1;
         metrics_inc(M_KEEPALIVE_RACE_RESENDS);
