@@ -26,7 +26,7 @@
     "expected comma-separated host:port peers, e.g. 10.0.0.1:8080,[::1]:8080,orders:8080"
 #define ADDR_EXPECTED "expected host:port with a numeric IPv4 address or [IPv6]:port"
 
-enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE };
+enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE, VAR_ONOFF };
 
 struct var {
     const char *name;
@@ -69,6 +69,8 @@ static const struct var vars[] = {
       offsetof(struct config, retry_buffer_bytes), "request body bytes kept so the request can be retried" },
     { "NEXTUP_LOG_LEVEL", VAR_LOG_LEVEL, "info", 0, 0, offsetof(struct config, log_level),
       "one of error, warn, info, debug" },
+    { "NEXTUP_ACCESS_LOG", VAR_ONOFF, "on", 0, 0, offsetof(struct config, access_log),
+      "on: one JSON line per request on stdout (diagnostics go to stderr); off" },
     { "NEXTUP_RETRY_ON", VAR_RETRY_ON, "connect-failure,refused,gateway-error", 0, 0,
       offsetof(struct config, retry),
       "conditions retried: connect-failure, refused, reset, timeout, gateway-error, 5xx, or status codes" },
@@ -492,6 +494,13 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
         snprintf(dst, (size_t)v->min, "%s", value);
         return 0;
     }
+    case VAR_ONOFF:
+        if (strcmp(value, "on") == 0 || strcmp(value, "off") == 0) {
+            *(int *)field = strcmp(value, "on") == 0;
+            return 0;
+        }
+        set_err(err, errlen, "%s=\"%s\": expected on or off", v->name, value);
+        return -EINVAL;
     case VAR_BPF_MODE: {
         static const char *const modes[] = { [CONFIG_BPF_AUTO] = "auto", [CONFIG_BPF_ON] = "on",
                                              [CONFIG_BPF_OFF] = "off" };

@@ -59,6 +59,7 @@ struct config {
     int bpf_mode;                         /* NEXTUP_BPF auto|on|off (CONFIG_BPF_*), default auto */
     char bpf_pin_dir[256];                /* NEXTUP_BPF_PIN_DIR, default /sys/fs/bpf/nextup */
     int bpf_max_peers;                    /* NEXTUP_BPF_MAX_PEERS, default 4096, 16..1048576 */
+    int access_log;                       /* NEXTUP_ACCESS_LOG on|off, default on */
     int health_interval_ms;               /* NEXTUP_HEALTH_INTERVAL_MS, default 250 */
     int eject_connect_failures;           /* NEXTUP_EJECT_CONNECT_FAILURES, default 1 */
     int eject_gateway_errors;             /* NEXTUP_EJECT_GATEWAY_ERRORS, default 2 */

@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <llhttp.h>
 
+#include "accesslog.h"
 #include "config.h"
 #include "hook.h"
 #include "http1.h"
@@ -103,7 +104,16 @@ struct downstream {
     struct http_head held;                /* owned buffer */
     struct evbuffer *held_body;           /* owned */
     enum { HELD_NONE, HELD_COLLECTING, HELD_WHOLE } held_state;
+    /* For the access log. */
+    int64_t start_mono_ms, start_unix_ms;
+    uint64_t resp_bytes;                  /* body bytes sent to the client */
+    struct { uint8_t cause; uint16_t status; } retry_log[18];
+    int n_retry_log;
+    int logged;                           /* this request's line is written */
+    int aborted_status;                   /* status of the response the hook last aborted */
 };
+
+#define RETRY_LOG_KEEPALIVE_RACE 255      /* retry_log cause for a keep-alive race resend */
 
 /* A held response larger than this is dropped rather than kept in memory. */
 #define HELD_BODY_MAX (64 * 1024)
@@ -146,6 +156,65 @@ static void count_response(int status)
         metrics_inc(M_RESP_4XX);
     else
         metrics_inc(M_RESP_5XX);
+}
+
+static int64_t unix_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void retry_log_add(struct downstream *ds, int cause, int status)
+{
+    if (ds->n_retry_log < (int)(sizeof(ds->retry_log) / sizeof(ds->retry_log[0]))) {
+        ds->retry_log[ds->n_retry_log].cause = (uint8_t)cause;
+        ds->retry_log[ds->n_retry_log].status = (uint16_t)status;
+        ds->n_retry_log++;
+    }
+}
+
+/* The request's access log line, once: at its end, however it ended. */
+static void log_request(struct downstream *ds, int status)
+{
+    static const char *const cause_names[] = {
+        [CAUSE_REFUSED] = "refused", [CAUSE_CONNECT_FAILURE] = "connect_failure", [CAUSE_RESET] = "reset",
+        [CAUSE_TIMEOUT] = "timeout", [CAUSE_STATUS] = "status",
+    };
+    char texts[18][24];
+    const char *reasons[18];
+    struct access_entry e;
+    int i;
+
+    /* Nothing to say about a connection that sent nothing; a bad request line is logged as "-". */
+    if (ds->logged || (ds->req.first_len == 0 && ds->state == DS_IDLE))
+        return;
+    ds->logged = 1;
+    for (i = 0; i < ds->n_retry_log; i++) {
+        int c = ds->retry_log[i].cause;
+        if (c == RETRY_LOG_KEEPALIVE_RACE)
+            snprintf(texts[i], sizeof(texts[i]), "keepalive_race");
+        else if (c == CAUSE_STATUS)
+            snprintf(texts[i], sizeof(texts[i]), "status_%d", ds->retry_log[i].status);
+        else
+            snprintf(texts[i], sizeof(texts[i]), "%s", cause_names[c]);
+        reasons[i] = texts[i];
+    }
+    e.start_unix_ms = ds->start_unix_ms ? ds->start_unix_ms : unix_ms();
+    e.duration_ms = ds->start_mono_ms ? now_ms() - ds->start_mono_ms : 0;
+    e.client = ds->client_ip;
+    /* llhttp has the method once the target began (the method comes first). */
+    e.method = ds->req.first_len ? llhttp_method_name((llhttp_method_t)llhttp_get_method(&ds->parser)) : "-";
+    e.path = ds->req.first_len ? ds->req.buf + ds->req.first_off : "-";
+    e.path_len = ds->req.first_len ? ds->req.first_len : 1;
+    e.status = status;
+    e.bytes = ds->resp_bytes;
+    e.upstream = ds->peer && ds->attempts ? ds->peer->addr_text : "";
+    e.attempts = ds->attempts;
+    e.retries = reasons;
+    e.n_retries = ds->n_retry_log;
+    access_log_write(ds->w->alog, &e);
 }
 
 /* Writes what <bev> has queued now, from the callback that queued it, rather
@@ -237,6 +306,9 @@ static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
 /* Ends the connection now: no callback reaches <ds> again; freed on the next loop turn. */
 static void ds_abort(struct downstream *ds)
 {
+    /* A request cut short: 499 (client gone) unless a response head already went out. */
+    if (ds->state != DS_IDLE && ds->state != DS_CLOSING && ds->state != DS_TUNNEL)
+        log_request(ds, ds->resp_head_done ? ds->resp.status : 499);
     ds->aborted = 1;
     up_detach(ds, 0);
     bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
@@ -275,6 +347,8 @@ static void reply_held(struct downstream *ds, const char *why_not_later)
     ds->held.has_content_length = 1;
     ds->held.content_length = evbuffer_get_length(ds->held_body);
     count_response(ds->held.status);
+    ds->resp_bytes = is_head ? 0 : evbuffer_get_length(ds->held_body);
+    log_request(ds, ds->held.status);
     if (http1_write_response_head(out, &ds->held, is_head ? RESP_NO_BODY : RESP_CONTENT_LENGTH, 1,
                                   ds->req.major == 1 && ds->req.minor == 0) < 0 ||
         (!is_head && evbuffer_add_buffer(out, ds->held_body) < 0)) {
@@ -300,6 +374,8 @@ static void ds_reply_error(struct downstream *ds, int status, const char *reason
     }
     LOG_INFO("%s: %d %s", ds->client_ip, status, reason);
     count_response(status);
+    ds->resp_bytes = 9 + strlen(reason);
+    log_request(ds, status);
     if (status < 500)
         metrics_inc(M_BAD_REQUESTS);
     if (http1_write_error(bufferevent_get_output(ds->bev), status, reason) < 0) {
@@ -551,7 +627,9 @@ static void start_request(struct downstream *ds)
     const char *host_fallback = ds->w->peers->n > 0 ? ds->w->peers->peer[0]->name : "localhost";
 
     ds->start_pending = 0;
-    retry_budget_note_request(&budget, now_ms() / 1000);
+    ds->start_mono_ms = now_ms();
+    ds->start_unix_ms = unix_ms();
+    retry_budget_note_request(&budget, ds->start_mono_ms / 1000);
     ds->has_idempotency_key = http_head_get(&ds->req, "idempotency-key", &(size_t){ 0 }) != NULL;
     if (!head || http1_write_request_head(head, &ds->req, ds->client_ip, host_fallback) < 0) {
         if (head)
@@ -681,6 +759,7 @@ static void retry_go(struct downstream *ds, enum retry_cause cause)
 
     ds->retries++;
     metrics_inc(retry_metric[cause]);
+    retry_log_add(ds, cause, cause == CAUSE_STATUS ? ds->aborted_status : 0);
     if (rewind_request(ds) < 0) {
         ds_reply_error(ds, 503, "out of memory");
         return;
@@ -718,6 +797,7 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
         LOG_DEBUG("%s: pooled connection to %s was closed; resending on a fresh one", ds->client_ip, peer_text);
         ds->race_resent = 1;
         metrics_inc(M_KEEPALIVE_RACE_RESENDS);
+        retry_log_add(ds, RETRY_LOG_KEEPALIVE_RACE, 0);
         if (rewind_request(ds) < 0) {
             ds_reply_error(ds, 503, "out of memory");
             return;
@@ -908,6 +988,7 @@ static int on_resp_headers_complete(llhttp_t *p)
             LOG_INFO("%s: %s answered %d (%s); retrying on another peer", ds->client_ip, ds->peer->addr_text,
                      ds->resp.status, e->reason ? e->reason : "hook");
             ds->retry_after_abort = 1;
+            ds->aborted_status = ds->resp.status;
             /* Keep this response (head now, body as far as it has come) in case no later attempt gets one. */
             ds->held = ds->resp;
             ds->resp = swap;
@@ -946,6 +1027,7 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
         }
         return 0;
     }
+    ds->resp_bytes += len;
     if (ds->framing == RESP_CHUNKED)
         return evbuffer_add_printf(out, "%zx\r\n", len) < 0 || evbuffer_add(out, at, len) < 0 ||
                        evbuffer_add(out, "\r\n", 2) < 0
@@ -977,6 +1059,7 @@ static void start_tunnel(struct downstream *ds)
 {
     struct bufferevent *ub = ds->up->bev;
 
+    log_request(ds, 101);
     ds->state = DS_TUNNEL;
     bufferevent_set_timeouts(ub, NULL, NULL);
     bufferevent_set_timeouts(ds->bev, NULL, NULL);
@@ -1012,6 +1095,7 @@ static void ex_finish(struct downstream *ds)
         ds->up->bytes_done += ds->attempt_bytes;
     up_detach(ds, reusable);
     request_end(ds);
+    log_request(ds, ds->resp.status);
     if (!ds->keep_alive || ds->client_eof || !ds->req_complete || ds->req.upgrade) {
         ds_close_after_write(ds);
         return;
@@ -1025,6 +1109,10 @@ static void ex_finish(struct downstream *ds)
     ds->replay_whole = 1;
     ds->attempts = ds->retries = ds->race_resent = 0;
     ds->held_state = HELD_NONE;
+    ds->n_retry_log = 0;
+    ds->logged = 0;
+    ds->resp_bytes = 0;
+    ds->start_mono_ms = ds->start_unix_ms = 0;
     ds->peer = NULL;
     memset(&ds->tried, 0, sizeof(ds->tried));
     evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));

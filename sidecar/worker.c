@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "accesslog.h"
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
@@ -141,7 +142,8 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
         w->pool = upstream_pool_new(w->base, peers->n, cfg->pool_max_idle, cfg->connect_timeout_ms,
                                     cfg->idle_timeout_ms);
         w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
-        if (!w->listener || !w->pool || !w->drain_ev) {
+        w->alog = access_log_new(w->base, cfg->access_log);
+        if (!w->listener || !w->pool || !w->drain_ev || !w->alog) {
             snprintf(err, errlen, "out of memory");
             return -ENOMEM;
         }
@@ -179,6 +181,7 @@ void workers_stop(void)
         /* Connections still open at the drain deadline are closed here. */
         proxy_free_all(w);
         upstream_pool_free(w->pool);
+        access_log_free(w->alog);
         event_free(w->drain_ev);
         event_base_free(w->base);
     }

@@ -19,6 +19,7 @@ struct event;
 struct evconnlistener;
 struct upstream_pool;
 struct downstream;
+struct access_log;
 
 struct worker {
     int id;
@@ -29,6 +30,7 @@ struct worker {
     const struct config *cfg;
     struct peers *peers;                  /* shared, read-mostly */
     struct upstream_pool *pool;           /* owned */
+    struct access_log *alog;              /* owned */
     uint64_t rng;                         /* selection randomness, this thread only */
     struct downstream *conns;             /* live client connections (list head) */
     int n_conns;

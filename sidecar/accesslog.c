@@ -1,0 +1,118 @@
+#include "accesslog.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#define FLUSH_BYTES (32 * 1024)
+
+struct access_log {
+    int enabled;
+    struct evbuffer *buf;           /* owned: whole lines only */
+    struct event *timer;            /* owned */
+};
+
+static void flush(struct access_log *l)
+{
+    /* stdout may be a pipe or a file: write until taken, dropping only on a hard error. */
+    while (evbuffer_get_length(l->buf) > 0)
+        if (evbuffer_write(l->buf, STDOUT_FILENO) <= 0)
+            break;
+    evbuffer_drain(l->buf, evbuffer_get_length(l->buf));
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    flush(arg);
+}
+
+struct access_log *access_log_new(struct event_base *base, int enabled)
+{
+    struct access_log *l = calloc(1, sizeof(*l));
+    struct timeval tv = { 0, 200 * 1000 };
+
+    if (!l)
+        return NULL;
+    l->enabled = enabled;
+    if (!enabled)
+        return l;
+    l->buf = evbuffer_new();
+    l->timer = event_new(base, -1, EV_PERSIST, timer_cb, l);
+    if (!l->buf || !l->timer || event_add(l->timer, &tv) < 0) {
+        access_log_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void access_log_free(struct access_log *l)
+{
+    if (!l)
+        return;
+    if (l->buf) {
+        flush(l);
+        evbuffer_free(l->buf);
+    }
+    if (l->timer)
+        event_free(l->timer);
+    free(l);
+}
+
+/* JSON string body of <s> (<n> bytes): quotes, backslashes and control bytes escaped. */
+static void json_str(struct evbuffer *out, const char *s, size_t n)
+{
+    size_t i, run = 0;
+
+    evbuffer_add(out, "\"", 1);
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
+            continue;
+        evbuffer_add(out, s + run, i - run);
+        if (c == '"' || c == '\\')
+            evbuffer_add_printf(out, "\\%c", c);
+        else
+            evbuffer_add_printf(out, "\\u%04x", c);
+        run = i + 1;
+    }
+    evbuffer_add(out, s + run, n - run);
+    evbuffer_add(out, "\"", 1);
+}
+
+void access_log_write(struct access_log *l, const struct access_entry *e)
+{
+    struct tm tm;
+    time_t secs;
+    char when[40];
+    int i;
+
+    if (!l || !l->enabled)
+        return;
+    secs = (time_t)(e->start_unix_ms / 1000);
+    gmtime_r(&secs, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    evbuffer_add_printf(l->buf, "{\"time\":\"%s.%03dZ\",\"client\":", when, (int)(e->start_unix_ms % 1000));
+    json_str(l->buf, e->client, strlen(e->client));
+    evbuffer_add(l->buf, ",\"method\":", 10);
+    json_str(l->buf, e->method, strlen(e->method));
+    evbuffer_add(l->buf, ",\"path\":", 8);
+    json_str(l->buf, e->path, e->path_len);
+    evbuffer_add_printf(l->buf, ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%lld,\"upstream\":", e->status,
+                        (unsigned long long)e->bytes, (long long)e->duration_ms);
+    json_str(l->buf, e->upstream, strlen(e->upstream));
+    evbuffer_add_printf(l->buf, ",\"attempts\":%d,\"retries\":[", e->attempts);
+    for (i = 0; i < e->n_retries; i++) {
+        if (i)
+            evbuffer_add(l->buf, ",", 1);
+        json_str(l->buf, e->retries[i], strlen(e->retries[i]));
+    }
+    evbuffer_add(l->buf, "]}\n", 3);
+    if (evbuffer_get_length(l->buf) >= FLUSH_BYTES)
+        flush(l);
+}
