@@ -48,7 +48,7 @@ static void admin_cb(struct evhttp_request *req, void *arg)
         if (draining) {
             evbuffer_add_printf(body, "draining\n");
             reply(req, 503, "Service Unavailable", "text/plain", body);
-        } else if (!known_peers || known_peers->n == 0) {
+        } else if (!known_peers || peers_active_count(known_peers) == 0) {
             evbuffer_add_printf(body, "no upstream peer known\n");
             reply(req, 503, "Service Unavailable", "text/plain", body);
         } else {

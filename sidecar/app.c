@@ -10,6 +10,7 @@
 
 #include "admin.h"
 #include "config.h"
+#include "discovery.h"
 #include "health.h"
 #include "health_bpf.h"
 #include "hook.h"
@@ -74,6 +75,7 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     struct peers *peers;
     struct health_bpf *bpf = NULL;
     struct health *health;
+    struct discovery *discovery;
 
     if (argc > 1) {
         if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -121,6 +123,11 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         fprintf(stderr, "nextup: out of memory at startup\n");
         return 1;
     }
+    discovery = discovery_new(base, &cfg, peers, err, sizeof(err));
+    if (!discovery) {
+        fprintf(stderr, "nextup: %s\n", err);
+        return 2;
+    }
     proxy_init();
     if (admin_start(base, &cfg, peers, health, err, sizeof(err)) < 0 ||
         workers_start(&cfg, peers, err, sizeof(err)) < 0) {
@@ -139,6 +146,7 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     workers_stop();
     LOG_INFO("stopped");
     admin_stop();
+    discovery_free(discovery);
     health_free(health);
     health_bpf_close(bpf);
     event_free(sigterm);

@@ -69,6 +69,10 @@ static const struct var vars[] = {
       offsetof(struct config, retry_buffer_bytes), "request body bytes kept so the request can be retried" },
     { "NEXTUP_LOG_LEVEL", VAR_LOG_LEVEL, "info", 0, 0, offsetof(struct config, log_level),
       "one of error, warn, info, debug" },
+    { "NEXTUP_DNS_REFRESH_MS", VAR_INT, "5000", 0, MS_MAX, offsetof(struct config, dns_refresh_ms),
+      "how often host names in NEXTUP_UPSTREAMS are resolved again (every A and AAAA record a peer), ms; 0 = never" },
+    { "NEXTUP_RESOLV_CONF", VAR_PATH, "/etc/resolv.conf", sizeof(((struct config *)0)->resolv_conf), 0,
+      offsetof(struct config, resolv_conf), "resolver configuration for re-resolution (nameservers, search, ndots)" },
     { "NEXTUP_ACCESS_LOG", VAR_ONOFF, "on", 0, 0, offsetof(struct config, access_log),
       "on: one JSON line per request on stdout (diagnostics go to stderr); off" },
     { "NEXTUP_RETRY_ON", VAR_RETRY_ON, "connect-failure,refused,gateway-error", 0, 0,
@@ -367,7 +371,17 @@ static int parse_upstream_entry(struct config *cfg, const char *name, const char
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
+    if (cfg->n_upstream_names < CONFIG_MAX_UPSTREAMS) {
+        snprintf(cfg->upstream_names[cfg->n_upstream_names], sizeof(cfg->upstream_names[0]), "%s", entry);
+        cfg->n_upstream_names++;
+    }
     rc = getaddrinfo(host, colon + 1, &hints, &res);
+    /* A name with no answer yet (a headless Service with no ready replica) is not
+     * fatal when discovery will ask again; only with re-resolution off is it an error. */
+    if (rc != 0 && cfg->dns_refresh_ms > 0) {
+        cfg->n_unresolved++;
+        return 0;
+    }
     if (rc != 0) {
         if (rc == EAI_SYSTEM)
             set_err(err, errlen, "%s=\"%s\": cannot resolve \"%s\": %s: %s",
@@ -569,6 +583,8 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
     cfg->retry.backoff_base_ms = cfg->retry_backoff_base_ms;
     cfg->retry.backoff_max_ms = cfg->retry_backoff_max_ms;
     cfg->n_upstreams = 0;
+    cfg->n_upstream_names = 0;
+    cfg->n_unresolved = 0;
     return scan_upstreams(cfg, upstreams_name, upstreams, false, err, errlen);
 }
 

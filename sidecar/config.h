@@ -38,6 +38,11 @@ struct config {
     struct config_addr admin;             /* NEXTUP_ADMIN, default 127.0.0.1:15000 */
     struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS]; /* NEXTUP_UPSTREAMS (required) */
     int n_upstreams;
+    /* The NEXTUP_UPSTREAMS entries that are host names (re-resolved by discovery). */
+    char upstream_names[CONFIG_MAX_UPSTREAMS][128];
+    int n_upstream_names;
+    int n_unresolved;                     /* names that did not resolve at start (allowed when
+                                             NEXTUP_DNS_REFRESH_MS > 0: discovery keeps trying) */
     int workers;                          /* NEXTUP_WORKERS, default: online CPUs, 1..64 */
     int connect_timeout_ms;               /* NEXTUP_CONNECT_TIMEOUT_MS, default 1000 */
     int request_timeout_ms;               /* NEXTUP_REQUEST_TIMEOUT_MS, default 30000 */
@@ -60,6 +65,8 @@ struct config {
     char bpf_pin_dir[256];                /* NEXTUP_BPF_PIN_DIR, default /sys/fs/bpf/nextup */
     int bpf_max_peers;                    /* NEXTUP_BPF_MAX_PEERS, default 4096, 16..1048576 */
     int access_log;                       /* NEXTUP_ACCESS_LOG on|off, default on */
+    int dns_refresh_ms;                   /* NEXTUP_DNS_REFRESH_MS, default 5000, 0 = never */
+    char resolv_conf[256];                /* NEXTUP_RESOLV_CONF, default /etc/resolv.conf */
     int health_interval_ms;               /* NEXTUP_HEALTH_INTERVAL_MS, default 250 */
     int eject_connect_failures;           /* NEXTUP_EJECT_CONNECT_FAILURES, default 1 */
     int eject_gateway_errors;             /* NEXTUP_EJECT_GATEWAY_ERRORS, default 2 */

@@ -16,6 +16,7 @@
 struct peer_view {
     int have;                       /* the map has (had) an entry for this peer */
     struct peer_stats last;         /* zeros until one appears, so its first counts are news */
+    uint32_t generation;            /* the slot's generation these counters belong to */
 };
 
 struct health {
@@ -85,10 +86,17 @@ void health_poll(struct health *h)
         struct peer *p = h->peers->peer[i];
         struct peer_view *v = &h->view[i];
         struct peer_stats cur;
+        uint32_t gen = atomic_load(&p->generation);
 
+        if (v->generation != gen) {
+            /* The slot now holds another address: its history is not this one's. */
+            memset(v, 0, sizeof(*v));
+            v->generation = gen;
+        }
         if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&p->sa, &cur) < 0)
             continue;
-        judge(h, p, &v->last, &cur, now);
+        if (peer_is_active(p))
+            judge(h, p, &v->last, &cur, now);
         v->last = cur;
         v->have = 1;
     }
@@ -176,7 +184,8 @@ void health_write_debug_json(struct health *h, struct evbuffer *out)
         json_string(out, p->addr_text);
         evbuffer_add(out, ", \"name\": ", 10);
         json_string(out, p->name);
-        evbuffer_add_printf(out, ", \"verdict\": \"%s\", \"reason\": ", ejected ? "ejected" : "healthy");
+        evbuffer_add_printf(out, ", \"verdict\": \"%s\", \"reason\": ",
+                            !peer_is_active(p) ? "removed" : ejected ? "ejected" : "healthy");
         json_string(out, ejected ? peers_eject_reason_text((enum peer_eject_reason)atomic_load(&p->eject_reason))
                                  : "");
         evbuffer_add_printf(out,
@@ -215,10 +224,12 @@ void health_write_metrics(struct health *h, struct evbuffer *out)
 
     family(out, "nextup_bpf_loaded", "gauge", "1 if the BPF programs feed the health view.");
     evbuffer_add_printf(out, "nextup_bpf_loaded %d\n", h->bpf ? 1 : 0);
-    family(out, "nextup_peer_healthy", "gauge", "1 if the peer takes first tries, 0 while ejected.");
+    family(out, "nextup_peers_active", "gauge", "Peers taking new requests (discovery's current set).");
+    evbuffer_add_printf(out, "nextup_peers_active %d\n", peers_active_count(h->peers));
+    family(out, "nextup_peer_healthy", "gauge", "1 if the peer takes first tries, 0 while ejected or removed.");
     for (i = 0; i < h->peers->n; i++)
         evbuffer_add_printf(out, "nextup_peer_healthy{peer=\"%s\"} %d\n", h->peers->peer[i]->addr_text,
-                            !peer_is_ejected(h->peers->peer[i], now));
+                            peer_is_active(h->peers->peer[i]) && !peer_is_ejected(h->peers->peer[i], now));
     family(out, "nextup_peer_ejections_total", "counter", "Times the peer was ejected.");
     for (i = 0; i < h->peers->n; i++)
         evbuffer_add_printf(out, "nextup_peer_ejections_total{peer=\"%s\"} %llu\n", h->peers->peer[i]->addr_text,

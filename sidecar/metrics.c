@@ -66,4 +66,11 @@ void metrics_write_prometheus(struct evbuffer *out)
     counter(out, "nextup_request_timeouts_total", "Requests answered 504 after NEXTUP_REQUEST_TIMEOUT_MS.",
             M_REQUEST_TIMEOUTS);
     counter(out, "nextup_bad_requests_total", "Requests refused by nextup with a 4xx.", M_BAD_REQUESTS);
+    counter(out, "nextup_dns_refreshes_total", "Re-resolutions of upstream host names that got an answer.",
+            M_DNS_REFRESHES);
+    counter(out, "nextup_dns_failures_total",
+            "Re-resolutions that failed (server error, timeout); the last good set of peers was kept.",
+            M_DNS_FAILURES);
+    counter(out, "nextup_dns_empty_answers_total",
+            "Empty answers; the peers of that name are removed only when it repeats.", M_DNS_EMPTY);
 }

@@ -30,6 +30,9 @@ enum metric_id {
     M_KEEPALIVE_RACE_RESENDS,      /* pooled connection found closed: request resent on a fresh one */
     M_REQUEST_TIMEOUTS,            /* 504 after NEXTUP_REQUEST_TIMEOUT_MS */
     M_BAD_REQUESTS,                /* 4xx answered by nextup itself */
+    M_DNS_REFRESHES,               /* host name resolutions answered */
+    M_DNS_FAILURES,                /* resolutions that failed: the last good set was kept */
+    M_DNS_EMPTY,                   /* empty answers (NXDOMAIN, no records) */
     M_COUNT
 };
 

@@ -1,7 +1,29 @@
 #include "peers.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A removed peer's slot is reused for another address only after this long:
+ * workers have closed its pooled connections by then. */
+#define PEERS_SLOT_REUSE_MS 30000
+
+static void peer_init_state(struct peer *p)
+{
+    atomic_store(&p->active, 1);
+    atomic_store(&p->inactive_since_ms, 0);
+    atomic_store(&p->outstanding, 0);
+    atomic_store(&p->consecutive_failures, 0);
+    atomic_store(&p->ejections, 0);
+    atomic_store(&p->ejected_until_ms, 0);
+    atomic_store(&p->eject_reason, EJECT_NONE);
+    atomic_store(&p->ejections_total, 0);
+    atomic_store(&p->responses, 0);
+    atomic_store(&p->gateway_errors, 0);
+    atomic_store(&p->connect_failures, 0);
+}
 
 struct peers *peers_new(const struct config_upstream *ups, int n)
 {
@@ -26,15 +48,7 @@ struct peers *peers_new(const struct config_upstream *ups, int n)
         p->salen = ups[i].salen;
         snprintf(p->name, sizeof(p->name), "%s", ups[i].name);
         snprintf(p->addr_text, sizeof(p->addr_text), "%s", ups[i].addr_text);
-        atomic_init(&p->outstanding, 0);
-        atomic_init(&p->consecutive_failures, 0);
-        atomic_init(&p->ejections, 0);
-        atomic_init(&p->ejected_until_ms, 0);
-        atomic_init(&p->eject_reason, EJECT_NONE);
-        atomic_init(&p->ejections_total, 0);
-        atomic_init(&p->responses, 0);
-        atomic_init(&p->gateway_errors, 0);
-        atomic_init(&p->connect_failures, 0);
+        peer_init_state(p);
         set->peer[i] = p;
         set->n = i + 1;
     }
@@ -68,20 +82,24 @@ struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, in
     int candidates[PEERS_MAX];
     int n = 0, i, a, b;
 
-    if (!set || set->n == 0)
-        return NULL;
-    for (i = 0; i < set->n; i++)
-        if ((!exclude || !peer_mask_has(exclude, i)) && !peer_is_ejected(set->peer[i], now_ms))
+    int total = set ? atomic_load_explicit(&set->n, memory_order_acquire) : 0;
+
+    for (i = 0; i < total; i++)
+        if (peer_is_active(set->peer[i]) && (!exclude || !peer_mask_has(exclude, i)) &&
+            !peer_is_ejected(set->peer[i], now_ms))
             candidates[n++] = i;
     /* Panic mode: every untried peer is ejected, so health is ignored rather than fail. */
     if (n == 0)
-        for (i = 0; i < set->n; i++)
-            if (!exclude || !peer_mask_has(exclude, i))
+        for (i = 0; i < total; i++)
+            if (peer_is_active(set->peer[i]) && (!exclude || !peer_mask_has(exclude, i)))
                 candidates[n++] = i;
     /* Every peer excluded: a request must still get a peer, so all are candidates. */
     if (n == 0)
-        for (i = 0; i < set->n; i++)
-            candidates[n++] = i;
+        for (i = 0; i < total; i++)
+            if (peer_is_active(set->peer[i]))
+                candidates[n++] = i;
+    if (n == 0)
+        return NULL;
     if (n == 1)
         return set->peer[candidates[0]];
     a = candidates[peers_rand(rng) % (uint64_t)n];
@@ -100,8 +118,100 @@ static int ejected_count(const struct peers *set, int64_t now_ms)
     int i, n = 0;
 
     for (i = 0; i < set->n; i++)
-        n += peer_is_ejected(set->peer[i], now_ms);
+        n += peer_is_active(set->peer[i]) && peer_is_ejected(set->peer[i], now_ms);
     return n;
+}
+
+int peers_active_count(const struct peers *set)
+{
+    int i, n = 0;
+
+    for (i = 0; i < set->n; i++)
+        n += peer_is_active(set->peer[i]);
+    return n;
+}
+
+void peers_format_addr(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+        snprintf(out, outlen, "[%s]:%u", ip, ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+        snprintf(out, outlen, "%s:%u", ip, ntohs(s4->sin_port));
+    }
+}
+
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr *b)
+{
+    if (a->ss_family != b->sa_family)
+        return 0;
+    if (b->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (b->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
+struct peer *peers_add(struct peers *set, const struct sockaddr *sa, socklen_t salen, const char *name,
+                       int64_t now_ms)
+{
+    int i, n = atomic_load(&set->n);
+    struct peer *p;
+
+    for (i = 0; i < n; i++) {
+        p = set->peer[i];
+        if (same_addr(&p->sa, sa)) {
+            /* Back again: same slot, health history kept (per address). */
+            atomic_store_explicit(&p->active, 1, memory_order_release);
+            return p;
+        }
+    }
+    if (n < PEERS_MAX) {
+        p = calloc(1, sizeof(*p));
+        if (!p)
+            return NULL;
+        p->index = n;
+    } else {
+        p = NULL;
+        for (i = 0; i < n && !p; i++) {
+            struct peer *q = set->peer[i];
+            if (!peer_is_active(q) && atomic_load(&q->outstanding) == 0 &&
+                now_ms - atomic_load(&q->inactive_since_ms) > PEERS_SLOT_REUSE_MS)
+                p = q;
+        }
+        if (!p)
+            return NULL;
+        /* Hidden while rewritten: inactive peers are never selected. */
+        atomic_fetch_add(&p->generation, 1);
+    }
+    memset(&p->sa, 0, sizeof(p->sa));
+    memcpy(&p->sa, sa, salen);
+    p->salen = salen;
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    peers_format_addr(sa, p->addr_text, sizeof(p->addr_text));
+    peer_init_state(p);
+    if (p->index == n) {
+        set->peer[n] = p;
+        atomic_store_explicit(&set->n, n + 1, memory_order_release);
+    }
+    return p;
+}
+
+void peers_remove(struct peer *p, int64_t now_ms)
+{
+    if (!peer_is_active(p))
+        return;
+    atomic_store(&p->inactive_since_ms, now_ms);
+    atomic_store_explicit(&p->active, 0, memory_order_release);
 }
 
 int peers_eject(struct peers *set, struct peer *p, enum peer_eject_reason reason, int64_t now_ms)
@@ -113,7 +223,7 @@ int peers_eject(struct peers *set, struct peer *p, enum peer_eject_reason reason
     if (peer_is_ejected(p, now_ms))
         return 0;
     /* Never eject past the cap: with too few peers left, load would pile on them. */
-    if ((ejected_count(set, now_ms) + 1) * 100 > set->n * pol->max_eject_percent)
+    if ((ejected_count(set, now_ms) + 1) * 100 > peers_active_count(set) * pol->max_eject_percent)
         return 0;
     times = atomic_fetch_add_explicit(&p->ejections, 1, memory_order_relaxed);
     ms = pol->eject_base_ms;
@@ -170,7 +280,8 @@ int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, in
     int i;
 
     for (i = 0; i < set->n; i++)
-        if ((!exclude || !peer_mask_has(exclude, i)) && !peer_is_ejected(set->peer[i], now_ms))
+        if (peer_is_active(set->peer[i]) && (!exclude || !peer_mask_has(exclude, i)) &&
+            !peer_is_ejected(set->peer[i], now_ms))
             return 1;
     return 0;
 }

@@ -25,6 +25,9 @@ struct peer {
     socklen_t salen;
     char name[128];                  /* as configured, e.g. "orders:8080" */
     char addr_text[64];              /* numeric, e.g. "10.0.0.7:8080" */
+    _Atomic int active;              /* 1: takes new requests; 0: removed by discovery (in-flight ones finish) */
+    _Atomic int64_t inactive_since_ms; /* when it was removed; a slot is reused only long after */
+    _Atomic uint32_t generation;     /* bumped when the slot is reused for another address */
     _Atomic int outstanding;         /* requests in flight to this peer, all workers */
     _Atomic int consecutive_failures; /* connect failures and gateway errors since the last success */
     _Atomic int ejections;           /* times ejected in a row: the ejection time doubles with each */
@@ -68,8 +71,11 @@ enum peer_outcome {
 #define PEERS_EJECT_MAX_MS 8000
 #define PEERS_MAX_EJECT_PERCENT 50
 
+/* Slots [0, n) hold peers, active or removed. Only the main thread (discovery)
+ * adds peers: it fills a slot, then publishes it by raising n; peers are never
+ * freed while workers run, so a worker may hold a peer pointer without a lock. */
 struct peers {
-    int n;
+    _Atomic int n;
     struct peer *peer[PEERS_MAX];    /* owned */
     struct peer_policy policy;       /* set before workers start, read-only after */
 };
@@ -92,12 +98,30 @@ static inline int peer_mask_has(const struct peer_mask *m, int i)
 struct peers *peers_new(const struct config_upstream *ups, int n);
 void peers_free(struct peers *set);
 
-/* Picks a peer whose bit in <exclude> is clear (<exclude> may be NULL) and that
+/* Picks an active peer whose bit in <exclude> is clear (<exclude> may be NULL) and that
  * is not ejected at <now_ms>: of two random candidates, the one with fewer
  * outstanding requests. With no such peer, ejected ones are considered again
  * (panic mode), then excluded ones: a request always gets a peer. <rng> is the
- * caller's xorshift state (per worker). NULL only when the set is empty. */
+ * caller's xorshift state (per worker). NULL only when no peer is active. */
 struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, int64_t now_ms, uint64_t *rng);
+
+/* Discovery (main thread only). Adds the peer at <sa> named <name>, or makes
+ * the removed peer with that address active again (its health state kept).
+ * When every slot is taken, reuses a removed one idle for a while. The peer,
+ * or NULL when the set is full. */
+struct peer *peers_add(struct peers *set, const struct sockaddr *sa, socklen_t salen, const char *name,
+                       int64_t now_ms);
+/* Takes <p> out of selection; its in-flight requests finish, workers close its pooled connections. */
+void peers_remove(struct peer *p, int64_t now_ms);
+/* Peers taking new requests. */
+int peers_active_count(const struct peers *set);
+/* "1.2.3.4:80" or "[::1]:80" into <out>. */
+void peers_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
+
+static inline int peer_is_active(const struct peer *p)
+{
+    return atomic_load_explicit(&p->active, memory_order_acquire);
+}
 
 /* Ejects <p> at <now_ms> for <reason> unless it is ejected already or the cap
  * (max_eject_percent) is reached. 1 if it was ejected. */

@@ -87,6 +87,18 @@ void upstream_pool_free(struct upstream_pool *pool)
     free(pool);
 }
 
+void upstream_pool_close_inactive(struct upstream_pool *pool)
+{
+    int i;
+
+    for (i = 0; i < pool->n_peers; i++)
+        while (pool->idle[i].head && !peer_is_active(pool->idle[i].head->peer)) {
+            struct upconn *c = pool->idle[i].head;
+            idle_unlink(c);
+            upstream_close(c);
+        }
+}
+
 int upstream_pool_idle_count(const struct upstream_pool *pool)
 {
     int i, n = 0;
@@ -172,7 +184,8 @@ void upstream_release(struct upconn *c)
     struct upstream_pool *pool = c->pool;
     struct idle_list *l = &pool->idle[c->peer->index];
 
-    if (l->count >= pool->max_idle || evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
+    if (l->count >= pool->max_idle || !peer_is_active(c->peer) ||
+        evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
         evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
         upstream_close(c);
         return;

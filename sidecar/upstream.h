@@ -31,7 +31,7 @@ struct upconn {
     struct upconn *prev_idle;
 };
 
-/* <max_idle> connections kept per peer; <connect_timeout_ms> bounds connects and
+/* <n_peers> peer slots (PEERS_MAX: peers come and go); <max_idle> connections kept per peer; <connect_timeout_ms> bounds connects and
  * <idle_timeout_ms> bounds time in the pool. NULL on allocation failure. */
 struct upstream_pool *upstream_pool_new(struct event_base *base, int n_peers, int max_idle, int connect_timeout_ms,
                                         int idle_timeout_ms);
@@ -55,6 +55,9 @@ int64_t upstream_bytes_acked(const struct upconn *c);
 
 /* Idle connections pooled in total (for /debug and tests). */
 int upstream_pool_idle_count(const struct upstream_pool *pool);
+
+/* Closes the pooled connections of peers discovery removed. */
+void upstream_pool_close_inactive(struct upstream_pool *pool);
 
 /* Closes every pooled connection (drain). */
 void upstream_pool_close_idle(struct upstream_pool *pool);

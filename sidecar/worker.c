@@ -99,6 +99,15 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         event_base_loopexit(w->base, NULL);
 }
 
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+
+    (void)fd;
+    (void)what;
+    upstream_pool_close_inactive(w->pool);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -110,6 +119,7 @@ static void *worker_main(void *arg)
 
 int workers_start(const struct config *cfg, struct peers *peers, char *err, size_t errlen)
 {
+    struct timeval sweep_tv = { 1, 0 };
     int i;
 
     workers = calloc((size_t)cfg->workers, sizeof(*workers));
@@ -139,11 +149,13 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
             return fd;
         }
         w->listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-        w->pool = upstream_pool_new(w->base, peers->n, cfg->pool_max_idle, cfg->connect_timeout_ms,
+        w->pool = upstream_pool_new(w->base, PEERS_MAX, cfg->pool_max_idle, cfg->connect_timeout_ms,
                                     cfg->idle_timeout_ms);
         w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
         w->alog = access_log_new(w->base, cfg->access_log);
-        if (!w->listener || !w->pool || !w->drain_ev || !w->alog) {
+        w->sweep_ev = event_new(w->base, -1, EV_PERSIST, sweep_cb, w);
+        if (!w->listener || !w->pool || !w->drain_ev || !w->alog || !w->sweep_ev ||
+            event_add(w->sweep_ev, &sweep_tv) < 0) {
             snprintf(err, errlen, "out of memory");
             return -ENOMEM;
         }
@@ -183,6 +195,7 @@ void workers_stop(void)
         upstream_pool_free(w->pool);
         access_log_free(w->alog);
         event_free(w->drain_ev);
+        event_free(w->sweep_ev);
         event_base_free(w->base);
     }
     free(workers);

@@ -27,6 +27,7 @@ struct worker {
     struct event_base *base;              /* owned */
     struct evconnlistener *listener;      /* owned; NULL once draining */
     struct event *drain_ev;               /* owned; activated by the main thread */
+    struct event *sweep_ev;               /* owned: closes pooled connections of removed peers */
     const struct config *cfg;
     struct peers *peers;                  /* shared, read-mostly */
     struct upstream_pool *pool;           /* owned */

@@ -438,7 +438,15 @@ static void test_other_errors_before_dns(void **state)
 static void test_upstreams_unresolvable(void **state)
 {
     (void)state;
-    /* .invalid is reserved (RFC 6761): it never resolves */
+    /* .invalid is reserved (RFC 6761): it never resolves. With re-resolution off
+     * an unresolvable name is fatal; with it on, discovery keeps asking. */
+    set("NEXTUP_UPSTREAMS", "10.0.0.1:80,badhost.invalid:80");
+    expect_ok();
+    assert_int_equal(cfg.n_unresolved, 1);
+    assert_int_equal(cfg.n_upstreams, 1);
+    assert_int_equal(cfg.n_upstream_names, 1);
+    assert_string_equal(cfg.upstream_names[0], "badhost.invalid:80");
+    set("NEXTUP_DNS_REFRESH_MS", "0");
     set("NEXTUP_UPSTREAMS", "badhost.invalid:80");
     expect_fail("NEXTUP_UPSTREAMS=\"badhost.invalid:80\": cannot resolve \"badhost.invalid\": ",
                 NULL);
