@@ -70,12 +70,13 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
 {
     char err[512];
-    struct event_base *base;
-    struct event *sigterm, *sigint;
-    struct peers *peers;
+    struct event_base *base = NULL;
+    struct event *sigterm = NULL, *sigint = NULL;
+    struct peers *peers = NULL;
     struct health_bpf *bpf = NULL;
-    struct health *health;
-    struct discovery *discovery;
+    struct health *health = NULL;
+    struct discovery *discovery = NULL;
+    int workers_up = 0, rc = 0;
 
     if (argc > 1) {
         if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -86,11 +87,7 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
                         "environment variables\n", argv[1]);
         return 2;
     }
-    if (config_from_env(&cfg, err, sizeof(err)) < 0) {
-        fprintf(stderr, "nextup: %s\n", err);
-        return 2;
-    }
-    if (hook_setup(&cfg, hooks, err, sizeof(err)) < 0) {
+    if (config_from_env(&cfg, err, sizeof(err)) < 0 || hook_setup(&cfg, hooks, err, sizeof(err)) < 0) {
         fprintf(stderr, "nextup: %s\n", err);
         return 2;
     }
@@ -103,8 +100,9 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     peers = peers_new(cfg.upstreams, cfg.n_upstreams);
     base = event_base_new();
     if (!peers || !base) {
-        fprintf(stderr, "nextup: out of memory at startup\n");
-        return 1;
+        snprintf(err, sizeof(err), "out of memory at startup");
+        rc = 1;
+        goto out;
     }
     peers->policy.connect_failures_to_eject = cfg.eject_connect_failures;
     peers->policy.gateway_errors_to_eject = cfg.eject_gateway_errors;
@@ -114,49 +112,65 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     {
         struct health_bpf_opts bo = { cfg.bpf_mode, cfg.bpf_pin_dir, cfg.bpf_max_peers, 0 };
         if (health_bpf_open(&bo, &bpf, err, sizeof(err)) < 0) {
-            fprintf(stderr, "nextup: %s\n", err);
-            return 2;
+            rc = 2;
+            goto out;
         }
     }
     health = health_new(base, &cfg, peers, bpf);
     if (!health) {
-        fprintf(stderr, "nextup: out of memory at startup\n");
-        return 1;
+        snprintf(err, sizeof(err), "out of memory at startup");
+        rc = 1;
+        goto out;
     }
     discovery = discovery_new(base, &cfg, peers, err, sizeof(err));
     if (!discovery) {
-        fprintf(stderr, "nextup: %s\n", err);
-        return 2;
+        rc = 2;
+        goto out;
     }
     proxy_init();
-    if (admin_start(base, &cfg, peers, health, err, sizeof(err)) < 0 ||
-        workers_start(&cfg, peers, err, sizeof(err)) < 0) {
-        fprintf(stderr, "nextup: %s\n", err);
-        return 2;
+    if (admin_start(base, &cfg, peers, health, err, sizeof(err)) < 0) {
+        rc = 2;
+        goto out;
+    }
+    workers_up = 1;
+    if (workers_start(&cfg, peers, err, sizeof(err)) < 0) {
+        rc = 2;
+        goto out;
     }
     sigterm = evsignal_new(base, SIGTERM, signal_cb, base);
     sigint = evsignal_new(base, SIGINT, signal_cb, base);
     if (!sigterm || !sigint || evsignal_add(sigterm, NULL) < 0 || evsignal_add(sigint, NULL) < 0) {
-        fprintf(stderr, "nextup: cannot install signal handlers\n");
-        return 1;
+        snprintf(err, sizeof(err), "cannot install signal handlers");
+        rc = 1;
+        goto out;
     }
     LOG_INFO("listening on %s (admin %s), %d worker(s), %d peer(s), kernel health view %s", cfg.listen.text,
              cfg.admin.text, cfg.workers, peers->n, bpf ? "on" : "off");
     event_base_dispatch(base);
-    workers_stop();
-    LOG_INFO("stopped");
+
+out:
+    /* One way out, started or not: everything made is freed (sanitizer builds check it). */
+    if (rc)
+        fprintf(stderr, "nextup: %s\n", err);
+    if (workers_up)
+        workers_stop();
+    if (rc == 0)
+        LOG_INFO("stopped");
     admin_stop();
     discovery_free(discovery);
     health_free(health);
     health_bpf_close(bpf);
-    event_free(sigterm);
-    event_free(sigint);
+    if (sigterm)
+        event_free(sigterm);
+    if (sigint)
+        event_free(sigint);
     if (drain_deadline)
         event_free(drain_deadline);
     if (drain_poll)
         event_free(drain_poll);
-    event_base_free(base);
+    if (base)
+        event_base_free(base);
     peers_free(peers);
     libevent_global_shutdown();
-    return 0;
+    return rc;
 }

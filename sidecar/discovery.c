@@ -25,11 +25,13 @@ struct dns_entry {
     char host[128];
     char port[8];
     int in_flight;
+    struct evdns_getaddrinfo_request *req;  /* while in flight, to cancel at shutdown */
     int empty_streak;
     int failing;                    /* the last round failed: logged once until it answers again */
 };
 
 struct discovery {
+    struct event_base *base;
     const struct config *cfg;
     struct peers *peers;
     struct evdns_base *dns;         /* owned */
@@ -108,6 +110,7 @@ static void resolved_cb(int result, struct evutil_addrinfo *res, void *arg)
     struct dns_entry *e = arg;
 
     e->in_flight = 0;
+    e->req = NULL;
     if (result == EVUTIL_EAI_CANCEL)
         return;
     if (result == 0 && res) {
@@ -155,8 +158,10 @@ void discovery_refresh(struct discovery *d)
         if (e->in_flight)
             continue;
         e->in_flight = 1;
-        /* The callback may run before this returns (hosts file, cached answer). */
-        evdns_getaddrinfo(d->dns, e->host, e->port, &hints, resolved_cb, e);
+        /* The callback may run before this returns (hosts file, cached answer): then NULL comes back. */
+        struct evdns_getaddrinfo_request *req = evdns_getaddrinfo(d->dns, e->host, e->port, &hints, resolved_cb, e);
+        if (e->in_flight)
+            e->req = req;
     }
 }
 
@@ -193,6 +198,7 @@ struct discovery *discovery_new(struct event_base *base, const struct config *cf
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    d->base = base;
     d->cfg = cfg;
     d->peers = peers;
     for (i = 0; i < cfg->n_upstream_names; i++) {
@@ -244,10 +250,19 @@ void discovery_free(struct discovery *d)
 {
     if (!d)
         return;
+    int i;
+
     if (d->timer)
         event_free(d->timer);
-    if (d->dns)
+    /* Cancelled first: evdns_base_free alone leaks a getaddrinfo still waiting for its answers. */
+    for (i = 0; i < d->n_entries; i++)
+        if (d->entries[i].req)
+            evdns_getaddrinfo_cancel(d->entries[i].req);
+    if (d->dns) {
         evdns_base_free(d->dns, 1);
+        /* The failed requests' last callbacks are deferred: one turn of the loop lets them free their state. */
+        event_base_loop(d->base, EVLOOP_NONBLOCK);
+    }
     free(d->entries);
     free(d);
 }

@@ -85,6 +85,7 @@ struct downstream {
     int64_t acked_base;                   /* tcpi_bytes_acked value before this attempt's first byte */
     uint64_t attempt_bytes;               /* request bytes handed to this attempt's connection */
     int aborted;                          /* ds_abort ran: no more I/O */
+    int fin_seen;                         /* the connection's failure came with the peer's FIN */
     llhttp_t resp_parser;
     struct http_head resp;
     int resp_any;                         /* a response byte arrived on this attempt */
@@ -782,8 +783,12 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
     int reused = c && c->reused;
     int connected = c && ds->up_connected;
     int64_t acked = c && connected ? upstream_bytes_acked(c) : -1;
-    /* The kernel's word that the peer never got a byte of this request. */
-    int none_acked = !connected || (acked >= 0 && ds->acked_base >= 0 && acked <= ds->acked_base);
+    /* The kernel's word that the peer never got a byte of this request. It holds
+     * only with the peer's FIN: a bare RST's ACK field is not processed, and a peer
+     * that read the request within its delayed-ACK time and then reset looks, by
+     * tcpi_bytes_acked alone, like one that never got it. A FIN that acknowledges
+     * nothing of ours was sent before our bytes arrived (the keep-alive race). */
+    int none_acked = !connected || (ds->fin_seen && acked >= 0 && ds->acked_base >= 0 && acked <= ds->acked_base);
     const char *peer_text = ds->peer ? ds->peer->addr_text : "?";
     enum retry_cause cause;
 
@@ -894,6 +899,7 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
     ds->attempts++;
     ds->peer = p;
     ds->resp_any = 0;
+    ds->fin_seen = 0;
     metrics_inc(M_UPSTREAM_ATTEMPTS);
     c = upstream_acquire(w->pool, p, fresh_same_peer);
     if (!c) {
@@ -1216,6 +1222,11 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
 
 static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
 {
+    int err = EVUTIL_SOCKET_ERROR();
+
+    /* The peer's FIN came (EOF, or EPIPE: FIN then RST). Unlike a bare RST, a FIN
+     * segment's ACK field is processed, so tcpi_bytes_acked is up to date with it. */
+    ds->fin_seen = (what & BEV_EVENT_EOF) || ((what & BEV_EVENT_ERROR) && err == EPIPE);
     if (what & BEV_EVENT_CONNECTED) {
         ex_connected(ds);
         return;
@@ -1225,7 +1236,6 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         return;
     }
     if (!ds->up_connected) {
-        int err = EVUTIL_SOCKET_ERROR();
         ex_fail(ds, (what & BEV_EVENT_TIMEOUT) ? FAIL_CONNECT_TIMEOUT : classify_connect_errno(err));
         return;
     }

@@ -21,7 +21,8 @@
 #include "upstream.h"
 
 static struct worker *workers;
-static int n_workers;
+static int n_workers;            /* workers allocated (a failed start may leave some half made) */
+static int n_threads;            /* of them, threads started */
 static _Atomic int live_connections;
 static _Atomic int loops_done;
 
@@ -166,6 +167,7 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
             snprintf(err, errlen, "cannot start worker thread: %s", strerror(r));
             return -r;
         }
+        n_threads++;
     }
     return 0;
 }
@@ -182,9 +184,9 @@ void workers_stop(void)
 {
     int i;
 
-    for (i = 0; i < n_workers; i++)
+    for (i = 0; i < n_threads; i++)
         event_base_loopexit(workers[i].base, NULL);
-    for (i = 0; i < n_workers; i++)
+    for (i = 0; i < n_threads; i++)
         pthread_join(workers[i].thread, NULL);
     for (i = 0; i < n_workers; i++) {
         struct worker *w = &workers[i];
@@ -194,11 +196,14 @@ void workers_stop(void)
         proxy_free_all(w);
         upstream_pool_free(w->pool);
         access_log_free(w->alog);
-        event_free(w->drain_ev);
-        event_free(w->sweep_ev);
-        event_base_free(w->base);
+        if (w->drain_ev)
+            event_free(w->drain_ev);
+        if (w->sweep_ev)
+            event_free(w->sweep_ev);
+        if (w->base)
+            event_base_free(w->base);
     }
     free(workers);
     workers = NULL;
-    n_workers = 0;
+    n_workers = n_threads = 0;
 }
