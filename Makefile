@@ -35,7 +35,7 @@ UNIT_BINS    := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 BPF_SKELS :=
 -include bpf/bpf.mk
 
-.PHONY: all test unit e2e asan demo bench clean examples
+.PHONY: all test unit e2e asan demo bench clean examples test-deploy deploy-image-check
 
 all: $(BUILD)/nextup examples
 
@@ -93,9 +93,19 @@ unit: $(UNIT_BINS) examples
 e2e: $(BUILD)/nextup examples
 	NEXTUP_BIN=$(abspath $(BUILD)/nextup) NEXTUP_EXAMPLES=$(abspath $(BUILD)/examples) python3 -m unittest discover -s tests/e2e -p 'test_*.py' -v
 
+# Offline checks of deploy/ (Kubernetes manifests, Dockerfile) against the built nextup.
+# npm ci installs the pinned packages into tests/deploy/node_modules.
+test-deploy: $(BUILD)/nextup
+	NEXTUP_BIN=$(abspath $(BUILD)/nextup) tests/deploy/run.sh
+
+# Optional: builds deploy/Dockerfile for real with podman and runs the image as each variant's
+# pod would (root; installs podman, runc, debootstrap if missing; needs the Debian mirror).
+deploy-image-check:
+	tests/deploy/image-check.sh
+
 test:
 	$(Q)scripts/deps.sh test
-	$(Q)$(MAKE) --no-print-directory unit e2e
+	$(Q)$(MAKE) --no-print-directory unit e2e test-deploy
 
 asan:
 	$(Q)scripts/deps.sh test

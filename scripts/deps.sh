@@ -18,6 +18,12 @@ case "${1:-build}" in
   *) echo "scripts/deps.sh: unknown set '$1' (expected build, test, demo or bench)" >&2; exit 2 ;;
 esac
 
+# Node.js runs the offline manifest checks (tests/deploy); the machines have it, Debian's
+# package stands in where they do not.
+if [ "${1:-build}" = test ] && ! command -v node >/dev/null 2>&1; then
+  want="$want nodejs npm"
+fi
+
 missing=""
 for p in $want; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

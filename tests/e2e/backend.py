@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A test/demo upstream replica for nextup: a small asyncio HTTP/1.1 server.
 
-usage: backend.py --port P [--host 127.0.0.1] [--name NAME]
+usage: backend.py --port P [--host 127.0.0.1] [--name NAME] [--log FILE]
+                  [--mode ok|503|503bare|reset|slow]
 
 Prints "ready <port>" on stdout once listening (P may be 0: the chosen port is
 printed). Exits 0 on SIGTERM or SIGINT. Standard library only; its own minimal
@@ -28,6 +29,31 @@ Routes (by path prefix, query string ignored); every response carries
 HEAD on any path: the GET headers, no body. "Expect: 100-continue" gets
 "100 Continue" before the body is read. A request is counted once its body has
 been read completely.
+
+--log FILE: appends one JSON line per request whose body was read completely
+(not /stats, not /_control/...), written with one write(2) on an O_APPEND file:
+  {"name", "method", "path", "id": X-Request-Id or null, "idem": Idempotency-Key
+   or null, "bytes": body length, "sha256": hex of the body, "mode": the mode}
+Several replicas (and restarts of one) may share a file.
+
+Modes (--mode at start, or "POST /_control/mode/<m>" sent to the replica itself
+at run time; /_control requests are neither counted nor logged). A mode applies
+to every request but /stats and /_control/...:
+  ok              the routes above
+  503             reads the whole request (counted, logged), then answers 503 with
+                  "Retry-After: 1", "Connection: close" and the body
+                  "replica NAME unavailable\n"
+  503bare         the same 503 without Retry-After
+  reset           reads the whole request (counted, logged), then closes with RST
+  slow            sleeps 2 s after reading the request, then serves the route
+
+Control routes (any method, answered 200 "ok ...\n"):
+  /_control/mode/M     switches to mode M (404 for an unknown mode)
+  /_control/vanish     every other open connection disappears without a FIN or
+                       RST (TCP_REPAIR, needs CAP_NET_ADMIN; 501 if refused): the
+                       client side learns of it only when it sends (RST then)
+  /_control/close-idle every other open connection is closed (FIN), as a server
+                       does with idle keep-alive connections
 """
 
 import argparse
@@ -36,6 +62,7 @@ import base64
 import hashlib
 import http
 import json
+import os
 import signal
 import socket
 import struct
@@ -44,6 +71,9 @@ import sys
 PATTERN_LEN = 64 * 1024
 MIB = 1024 * 1024
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MODES = ("ok", "503", "503bare", "reset", "slow")
+SLOW_MODE_DELAY = 2.0
+TCP_REPAIR = 19  # linux/tcp.h
 
 
 def make_pattern():
@@ -76,12 +106,61 @@ class BadRequest(Exception):
 
 
 class Backend:
-    def __init__(self, name):
+    def __init__(self, name, log=None, mode="ok"):
         self.name = name
         self.requests = 0
         self.heads = 0
         self.connections = 0
         self.writers = set()
+        self.mode = mode
+        self.log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if log else None
+
+    def log_request(self, method, path, hdr, nbytes, digest):
+        if self.log_fd is None:
+            return
+        line = json.dumps({"name": self.name, "method": method, "path": path,
+                           "id": hdr.get("x-request-id"), "idem": hdr.get("idempotency-key"),
+                           "bytes": nbytes, "sha256": digest, "mode": self.mode}, sort_keys=True)
+        os.write(self.log_fd, (line + "\n").encode())
+
+    async def control(self, reader, writer, method, path, headers, keep_alive):
+        """/_control/...: run-time switches; not counted, not logged."""
+        async for _ in self.body_chunks(reader, headers):
+            pass
+        what = path[len("/_control/"):]
+        if what.startswith("mode/"):
+            mode = what[len("mode/"):]
+            if mode not in MODES:
+                await self.simple(writer, method, 404, ("unknown mode %r\n" % mode).encode(), keep_alive)
+                return keep_alive
+            self.mode = mode
+            await self.simple(writer, method, 200, ("ok mode %s\n" % mode).encode(), keep_alive)
+            return keep_alive
+        if what == "vanish":
+            n = 0
+            try:
+                for w in list(self.writers):
+                    if w is writer:
+                        continue
+                    w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+                    w.transport.abort()
+                    self.writers.discard(w)
+                    n += 1
+            except OSError as e:
+                await self.simple(writer, method, 501, ("TCP_REPAIR refused: %s\n" % e).encode(), keep_alive)
+                return keep_alive
+            await self.simple(writer, method, 200, b"ok vanished %d\n" % n, keep_alive)
+            return keep_alive
+        if what == "close-idle":
+            n = 0
+            for w in list(self.writers):
+                if w is not writer:
+                    w.close()
+                    n += 1
+            await self.simple(writer, method, 200, b"ok closed %d\n" % n, keep_alive)
+            return keep_alive
+        await self.simple(writer, method, 404, b"unknown control\n", keep_alive)
+        return keep_alive
 
     # ---- request parsing -------------------------------------------------
     @staticmethod
@@ -221,21 +300,25 @@ class Backend:
         else:
             keep_alive = "close" not in conn_tokens
         path = target.split("?", 1)[0]
-        if path.startswith("/stats"):
+        if path.startswith("/stats") or path.startswith("/_control/"):
             self.heads -= 1
         has_body = "transfer-encoding" in hdr or hdr.get("content-length", "0") != "0"
         if hdr.get("expect", "").lower() == "100-continue" and version == "HTTP/1.1":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
 
-        if path == "/ws" or path.startswith("/ws/"):
+        if path.startswith("/_control/"):
+            return await self.control(reader, writer, method, path, headers, keep_alive)
+        mode = "ok" if path.startswith("/stats") else self.mode
+
+        if mode == "ok" and (path == "/ws" or path.startswith("/ws/")):
             return await self.websocket(reader, writer, hdr)
 
         # Read (or stream) the body; only then does the request count.
         body = None
+        h = hashlib.sha256()
+        n = 0
         if path.startswith("/count"):
-            h = hashlib.sha256()
-            n = 0
             async for data in self.body_chunks(reader, headers):
                 h.update(data)
                 n += len(data)
@@ -243,13 +326,34 @@ class Backend:
         elif path.startswith("/echo"):
             parts = []
             async for data in self.body_chunks(reader, headers):
+                h.update(data)
+                n += len(data)
                 parts.append(data)
             body = b"".join(parts)
         elif has_body:
-            async for _ in self.body_chunks(reader, headers):
-                pass
+            async for data in self.body_chunks(reader, headers):
+                h.update(data)
+                n += len(data)
         if not path.startswith("/stats"):
             self.requests += 1
+            self.log_request(method, path, hdr, n, h.hexdigest())
+
+        if mode in ("503", "503bare"):
+            text = ("replica %s unavailable\n" % self.name).encode()
+            extra = [("Retry-After", "1")] if mode == "503" else []
+            writer.write(self.head(503, [("Content-Type", "text/plain"), ("Content-Length", str(len(text)))]
+                                   + extra, keep_alive=False))
+            if method != "HEAD":
+                writer.write(text)
+            await writer.drain()
+            return False
+        if mode == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return False
+        if mode == "slow":
+            await asyncio.sleep(SLOW_MODE_DELAY)
 
         if path.startswith("/stats"):
             out = json.dumps({"requests": self.requests, "heads": self.heads,
@@ -372,8 +476,10 @@ async def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--log", default=None, help="append one JSON line per request read whole")
+    ap.add_argument("--mode", default="ok", choices=MODES)
     args = ap.parse_args()
-    backend = Backend(args.name or "backend-%d" % args.port)
+    backend = Backend(args.name or "backend-%d" % args.port, log=args.log, mode=args.mode)
     server = await asyncio.start_server(backend.handle, args.host, args.port,
                                         limit=4 * MIB, reuse_address=True, backlog=512)
     port = server.sockets[0].getsockname()[1]

@@ -135,13 +135,18 @@ class RssSampler:
 class Backend:
     """One backend.py process."""
 
-    def __init__(self, name=None, port=0, host="127.0.0.1"):
+    def __init__(self, name=None, port=0, host="127.0.0.1", log=None, mode=None):
         self.host = host
         self.name = name
+        self.log = log
         self.stderr = tempfile.NamedTemporaryFile(prefix="nextup-backend-", suffix=".err", delete=False)
         cmd = [sys.executable, BACKEND_PY, "--port", str(port), "--host", host]
         if name:
             cmd += ["--name", name]
+        if log:  # backend.py --log: one JSON line per request read whole
+            cmd += ["--log", log]
+        if mode:  # backend.py --mode: ok|503|503bare|reset|slow
+            cmd += ["--mode", mode]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr,
                                      stdin=subprocess.DEVNULL, env=base_env())
         line = b""
@@ -212,8 +217,9 @@ class Backend:
 class Nextup:
     """One nextup process: listen/admin on free 127.0.0.1 ports, stderr in a file."""
 
-    def __init__(self, upstreams, env=None, workers=2, wait_ready=True):
+    def __init__(self, upstreams, env=None, workers=2, wait_ready=True, binary=None):
         last = None
+        self.binary = binary  # None: nextup_bin(); else another program run like nextup (examples/embedded)
         for _ in range(3):  # a free port can be taken between probe and bind
             self._start(upstreams, env, workers)
             if not wait_ready:
@@ -252,7 +258,7 @@ class Nextup:
                     e[k] = str(v)
         self.env = e
         self.stderr = tempfile.NamedTemporaryFile(prefix="nextup-", suffix=".err", delete=False)
-        self.bin = nextup_bin()
+        self.bin = self.binary or nextup_bin()
         if not os.access(self.bin, os.X_OK):
             raise AssertionError("nextup binary %s is missing or not executable "
                                  "(build it: make build/nextup)" % self.bin)
@@ -552,8 +558,8 @@ class NextupCase(unittest.TestCase):
     prints nextup's stderr when the test failed, and fails the test when nextup
     crashed or a sanitizer reported something."""
 
-    def start_backend(self, name=None, port=0):
-        b = Backend(name=name, port=port)
+    def start_backend(self, name=None, port=0, log=None, mode=None):
+        b = Backend(name=name, port=port, log=log, mode=mode)
         self.addCleanup(self._backend_cleanup, b)
         return b
 
@@ -567,12 +573,12 @@ class NextupCase(unittest.TestCase):
         except OSError:
             pass
 
-    def start_nextup(self, upstreams, env=None, workers=2, wait_ready=True):
+    def start_nextup(self, upstreams, env=None, workers=2, wait_ready=True, binary=None):
         if isinstance(upstreams, Backend):
             upstreams = [upstreams]
         if isinstance(upstreams, (list, tuple)):
             upstreams = ",".join(u.addr if isinstance(u, Backend) else u for u in upstreams)
-        nx = Nextup(upstreams, env=env, workers=workers, wait_ready=wait_ready)
+        nx = Nextup(upstreams, env=env, workers=workers, wait_ready=wait_ready, binary=binary)
         self.addCleanup(self._nextup_cleanup, nx)
         return nx
 
@@ -637,3 +643,420 @@ def skip_loudly(case, reason):
 
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# response-driven retries: replica modes, backend logs, /metrics, mixed load,
+# rolling restart (used by test_response_retry.py and tests/compare/)
+
+
+def replica_post(b, path, timeout=SOCK_TIMEOUT):
+    """(status, body) of POST <path> sent straight to backend <b> (not through nextup)."""
+    c = http.client.HTTPConnection(b.host, b.port, timeout=timeout)
+    try:
+        c.request("POST", path, body=b"")
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def set_mode(b, mode):
+    """Switches backend <b> to <mode> (ok|503|503bare|reset|slow) with POST /_control/mode/<mode>."""
+    st, body = replica_post(b, "/_control/mode/" + mode)
+    if st != 200:
+        raise AssertionError("backend %s refused mode %r: %d %r" % (b.name, mode, st, body))
+
+
+def vanish(b):
+    """Makes every open connection of backend <b> disappear without FIN or RST (TCP_REPAIR).
+    Returns how many; raises unittest.SkipTest (loudly) if the kernel refuses TCP_REPAIR."""
+    st, body = replica_post(b, "/_control/vanish")
+    if st == 501:
+        msg = "backend cannot drop connections silently: %s" % body.decode("utf-8", "replace").strip()
+        sys.stderr.write("\n*** SKIPPED: %s ***\n" % msg)
+        raise unittest.SkipTest(msg)
+    if st != 200:
+        raise AssertionError("backend %s /_control/vanish: %d %r" % (b.name, st, body))
+    return int(body.split()[-1])
+
+
+def read_log(path):
+    """The JSON lines a backend --log file holds (one per request read whole)."""
+    out = []
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    out.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def parse_metrics(text):
+    """Prometheus text -> {'name' or 'name{label="v",...}': float}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def metrics(nx):
+    """nextup's /metrics, parsed (see parse_metrics)."""
+    st, body = nx.admin_get("/metrics")
+    if st != 200:
+        raise AssertionError("/metrics answered %d: %r" % (st, body[:200]))
+    return parse_metrics(body.decode("utf-8", "replace"))
+
+
+def metric(m, name, **labels):
+    """One value from parse_metrics() output; a missing series is an AssertionError."""
+    key = name
+    if labels:
+        key += "{" + ",".join('%s="%s"' % kv for kv in sorted(labels.items())) + "}"
+    if key not in m:
+        raise AssertionError("metric %s not in /metrics (have: %s)"
+                             % (key, ", ".join(sorted(k for k in m if k.startswith(name)))))
+    return m[key]
+
+
+RETRY_REASONS = ("refused", "connect_failure", "reset", "timeout", "status")
+REFUSAL_REASONS = ("policy", "exhausted", "method", "buffer", "budget")
+
+
+def retry_counts(m):
+    """{'retries': {reason: n}, 'refused': {reason: n}} from parsed /metrics."""
+    return {"retries": {r: int(metric(m, "nextup_retries_total", reason=r)) for r in RETRY_REASONS},
+            "refused": {r: int(metric(m, "nextup_retries_refused_total", reason=r)) for r in REFUSAL_REASONS}}
+
+
+def unavailable_body(name):
+    """The body backend.py sends in mode 503 / 503bare."""
+    return ("replica %s unavailable\n" % name).encode()
+
+
+def replica_503_problem(r, retry_after="1"):
+    """None if Response <r> is a backend.py mode-503 answer passed on unchanged
+    (status, X-Backend, Retry-After, body), else what differs."""
+    if r.status != 503:
+        return "status %d, not 503" % r.status
+    name = r.get("x-backend")
+    if not name:
+        return "no X-Backend: a 503 made by the proxy, not the replica's (body %r)" % r.body[:200]
+    if r.body != unavailable_body(name):
+        return "body %r, not the replica's %r" % (r.body[:200], unavailable_body(name))
+    if r.get("retry-after") != retry_after:
+        return "Retry-After %r, want %r" % (r.get("retry-after"), retry_after)
+    return None
+
+
+class ReplicaSet:
+    """N backend.py replicas named r0..r(N-1) sharing one --log file in a temp dir;
+    each can be switched (mode), stopped and started again on its port."""
+
+    def __init__(self, n=3, mode="ok", prefix="r"):
+        self.dir = tempfile.mkdtemp(prefix="nextup-replicas-")
+        self.log = os.path.join(self.dir, "deliveries.jsonl")
+        self.names = ["%s%d" % (prefix, i) for i in range(n)]
+        self.backends = []
+        self.ports = []
+        self.retired = []  # stopped Backend objects (stderr kept for the report)
+        try:
+            for name in self.names:
+                b = Backend(name=name, log=self.log, mode=mode)
+                self.backends.append(b)
+                self.ports.append(b.port)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        return self.backends[i]
+
+    @property
+    def addrs(self):
+        return ["127.0.0.1:%d" % p for p in self.ports]
+
+    def set_mode(self, i, mode):
+        set_mode(self.backends[i], mode)
+
+    def stop(self, i):
+        b = self.backends[i]
+        if b is not None:
+            b.stop()
+            self.retired.append(b)
+            self.backends[i] = None
+
+    def start(self, i, mode="ok"):
+        if self.backends[i] is not None:
+            raise AssertionError("replica %s is running" % self.names[i])
+        self.backends[i] = Backend(name=self.names[i], port=self.ports[i], log=self.log, mode=mode)
+
+    def entries(self):
+        return read_log(self.log)
+
+    def stderr_text(self):
+        out = []
+        for b in self.retired + [b for b in self.backends if b is not None]:
+            t = b.stderr_text().strip()
+            if t:
+                out.append("%s: %s" % (b.name, t))
+        return "\n".join(out)
+
+    def cleanup(self):
+        for i in range(len(self.backends)):
+            if self.backends[i] is not None:
+                self.stop(i)
+        for b in self.retired:
+            try:
+                os.unlink(b.stderr.name)
+            except OSError:
+                pass
+        self.retired = []
+        try:
+            os.unlink(self.log)
+        except OSError:
+            pass
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            pass
+
+
+def rolling_restart(rs, phase_503=1.5, phase_down=1.5, settle=1.0, say=None):
+    """Each replica of ReplicaSet <rs> in turn: mode 503 for <phase_503> s, stopped
+    (connections refused) for <phase_down> s, started again in mode ok, <settle> s pause.
+    Returns [(seconds since start, event)]."""
+    t0 = time.monotonic()
+    events = []
+
+    def ev(text):
+        events.append((time.monotonic() - t0, text))
+        if say:
+            say("  %6.2f s  %s" % (time.monotonic() - t0, text))
+
+    for i, name in enumerate(rs.names):
+        rs.set_mode(i, "503")
+        ev("%s: mode 503" % name)
+        time.sleep(phase_503)
+        rs.stop(i)
+        ev("%s: stopped" % name)
+        time.sleep(phase_down)
+        rs.start(i, "ok")
+        ev("%s: started (ok)" % name)
+        time.sleep(settle)
+    return events
+
+
+# nextup's NEXTUP_RETRY_ON for the rolling restart: the default plus `reset` (a replica
+# stopped with requests unread in its accept queue resets them after its kernel
+# acknowledged them; nginx's `error` and HAProxy's all-retryable-errors retry those too).
+ROLLING_RETRY_ON = "connect-failure,refused,reset,gateway-error"
+
+KIND_GET, KIND_POST, KIND_POST_KEY = "GET", "POST", "POST+key"
+KINDS = (KIND_GET, KIND_POST, KIND_POST_KEY)
+_KIND_CYCLE = (KIND_GET, KIND_POST, KIND_GET, KIND_POST_KEY)  # half GETs, half POSTs (half of them keyed)
+
+
+class MixedLoad:
+    """<threads> client threads against 127.0.0.1:<port>, each on one keep-alive connection
+    (opened again after a close or an error), paced at <rate> requests/s per thread, bounded
+    by <max_per_thread> requests and <max_seconds>. Half GET /item/<id>, half POST /echo
+    with a random body (half of them with Idempotency-Key); every request has a unique
+    X-Request-Id. .records: one dict per request (see _one)."""
+
+    def __init__(self, port, threads=6, rate=40.0, max_per_thread=3000, max_seconds=60.0,
+                 body_max=8192, timeout=5.0, tag="load", seed=None):
+        self.port = port
+        self.threads = threads
+        self.rate = rate
+        self.max_per_thread = max_per_thread
+        self.max_seconds = max_seconds
+        self.body_max = body_max
+        self.timeout = timeout
+        self.tag = tag
+        self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
+        self.records = []
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = []
+        self.t0 = self.t1 = None
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + self.max_seconds
+        for tid in range(self.threads):
+            t = threading.Thread(target=self._run, args=(tid,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self.timeout * 2 + 5)
+        alive = [t for t in self._threads if t.is_alive()]
+        self.t1 = time.monotonic()
+        if alive:
+            raise AssertionError("%d load threads still running after stop" % len(alive))
+        return self.records
+
+    @property
+    def duration(self):
+        return (self.t1 or time.monotonic()) - self.t0
+
+    def _one(self, conn, tid, i, rng):
+        kind = _KIND_CYCLE[(i + tid) % len(_KIND_CYCLE)]
+        rid = "%s-%d-%d-%08x" % (self.tag, tid, i, rng.getrandbits(32))
+        headers = [("X-Request-Id", rid)]
+        if kind == KIND_GET:
+            method, target, body = "GET", "/item/" + rid, None
+        else:
+            method, target = "POST", "/echo"
+            body = rng.randbytes(rng.randint(1, self.body_max))
+            if kind == KIND_POST_KEY:
+                headers.append(("Idempotency-Key", rid))
+        rec = {"id": rid, "kind": kind, "method": method, "bytes": len(body or b""),
+               "sha256": hashlib.sha256(body or b"").hexdigest(), "status": None, "error": None,
+               "backend": None, "retry_after": None, "body": None, "echo_ok": None,
+               "t": time.monotonic() - self.t0}
+        t_start = time.monotonic()
+        try:
+            if conn is None:
+                conn = RawConn(self.port, timeout=self.timeout)
+            conn.send(request_bytes(method, target, host="127.0.0.1:%d" % self.port, headers=headers, body=body))
+            r = conn.read_response(method)
+            rec.update(status=r.status, backend=r.get("x-backend"), retry_after=r.get("retry-after"),
+                       ctype=r.get("content-type"))
+            if r.status != 200:
+                rec["body"] = r.body[:512]
+            elif body is not None:
+                rec["echo_ok"] = r.body == body
+            rec["response"] = r if r.status != 200 else None
+            conn_tokens = ",".join(r.get_all("connection")).lower()
+            if "close" in conn_tokens or r.version == "HTTP/1.0" or r.close_delimited:
+                conn.close()
+                conn = None
+        except (ConnectionClosed, OSError, AssertionError) as e:
+            rec["error"] = "%s: %s" % (type(e).__name__, e)
+            if conn is not None:
+                conn.close()
+            conn = None
+        rec["dt"] = time.monotonic() - t_start
+        with self.lock:
+            self.records.append(rec)
+        return conn
+
+    def _run(self, tid):
+        import random
+        rng = random.Random(self.seed * 1000 + tid)
+        conn = None
+        interval = 1.0 / self.rate
+        next_t = time.monotonic() + rng.random() * interval
+        i = 0
+        try:
+            while not self._stop.is_set() and i < self.max_per_thread and time.monotonic() < self.deadline:
+                delay = next_t - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                conn = self._one(conn, tid, i, rng)
+                i += 1
+                next_t += interval
+                now = time.monotonic()
+                if next_t < now - 0.5:  # fell behind: do not burst to catch up
+                    next_t = now
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def analyze_load(records, entries, ignore_ids=()):
+    """Client records (MixedLoad) against the replicas' delivery log: statuses by kind,
+    client-visible errors, made-up errors, duplicates, body mismatches. Deliveries
+    with an X-Request-Id in <ignore_ids> (probes) are left out."""
+    by_id = {r["id"]: r for r in records}
+    deliveries = {}
+    unknown = 0
+    for e in entries:
+        if e.get("id") in by_id:
+            deliveries.setdefault(e["id"], []).append(e)
+        elif e.get("id") not in ignore_ids:
+            unknown += 1
+    res = {"requests": len(records), "unknown_deliveries": unknown}
+    statuses = {k: {} for k in KINDS}
+    errors = {k: 0 for k in KINDS}
+    visible_5xx = {k: 0 for k in KINDS}
+    made_up = {k: [] for k in KINDS}
+    for r in records:
+        k = r["kind"]
+        label = str(r["status"]) if r["status"] is not None else "conn-error"
+        statuses[k][label] = statuses[k].get(label, 0) + 1
+        if r["status"] != 200:
+            errors[k] += 1
+            if r["status"] in (502, 503, 504) or r["status"] is None:
+                visible_5xx[k] += 1
+            problem = replica_503_problem(r["response"]) if r.get("response") is not None else r["error"]
+            if problem:
+                made_up[k].append((r["id"], label, problem))
+    res["statuses"] = statuses
+    res["errors"] = errors
+    res["visible_5xx"] = visible_5xx
+    res["not_replica_503"] = made_up
+    # Of those, the ones whose request no replica read: an error made by the proxy is then
+    # the only answer there is (e.g. the replica died with the request acknowledged by its
+    # kernel but unread); the others replaced or hid something a replica did.
+    res["not_replica_503_never_delivered"] = {k: [m for m in v if m[0] not in deliveries] for k, v in made_up.items()}
+    dup = {k: [] for k in KINDS}
+    dup_replicas = {k: [] for k in KINDS}
+    mismatched = []
+    for rid, es in deliveries.items():
+        r = by_id[rid]
+        if len(es) > 1:
+            dup[r["kind"]].append(rid)
+        if len({e["name"] for e in es}) > 1:
+            dup_replicas[r["kind"]].append(rid)
+        for e in es:
+            if e["sha256"] != r["sha256"] or e["bytes"] != r["bytes"] or e["method"] != r["method"]:
+                mismatched.append((rid, e["name"], e["bytes"], r["bytes"]))
+    res["delivered_more_than_once"] = dup
+    res["delivered_to_two_replicas"] = dup_replicas
+    res["body_mismatch"] = mismatched
+    # A 200 must come from a replica that logged this request; an echo must be the body sent.
+    res["ok_without_delivery"] = [r["id"] for r in records if r["status"] == 200 and
+                                  r["backend"] not in {e["name"] for e in deliveries.get(r["id"], [])}]
+    res["echo_mismatch"] = [r["id"] for r in records if r["echo_ok"] is False]
+    res["never_delivered"] = sum(1 for r in records if r["id"] not in deliveries)
+    return res
+
+
+def format_load(res, title="", retries=None, duration=None):
+    """A few printable lines from analyze_load() output (+ retry metrics)."""
+    lines = ["%s: %d requests%s, %d deliveries with unknown ids" % (
+        title or "load", res["requests"], "" if duration is None else " in %.1f s" % duration,
+        res["unknown_deliveries"])]
+    for k in KINDS:
+        st = res["statuses"][k]
+        lines.append("  %-9s %5d requests; statuses %s; client-visible errors %d (not a replica's own 503: %d, "
+                     "of which never read by a replica: %d); delivered >1: %d (to 2 replicas: %d)"
+                     % (k, sum(st.values()), " ".join("%s:%d" % kv for kv in sorted(st.items())),
+                        res["errors"][k], len(res["not_replica_503"][k]),
+                        len(res["not_replica_503_never_delivered"][k]),
+                        len(res["delivered_more_than_once"][k]), len(res["delivered_to_two_replicas"][k])))
+    lines.append("  bodies mismatched %d, echo mismatched %d, 200 without a delivery at that replica %d, "
+                 "never delivered %d" % (len(res["body_mismatch"]), len(res["echo_mismatch"]),
+                                         len(res["ok_without_delivery"]), res["never_delivered"]))
+    if retries:
+        lines.append("  nextup retries %s; refused %s" % (
+            " ".join("%s:%d" % kv for kv in retries["retries"].items()),
+            " ".join("%s:%d" % kv for kv in retries["refused"].items())))
+    return "\n".join(lines)
