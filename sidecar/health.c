@@ -1,8 +1,12 @@
 #include "health.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -17,9 +21,19 @@ struct peer_view {
     int have;                       /* the map has (had) an entry for this peer */
     struct peer_stats last;         /* zeros until one appears, so its first counts are news */
     uint32_t generation;            /* the slot's generation these counters belong to */
+    struct event *probe;            /* owned: a connect in flight to an ejected peer, or NULL */
+};
+
+/* Arguments of one probe's callback. */
+struct probe_arg {
+    struct health *h;
+    int index;
+    uint32_t generation;
+    int fd;
 };
 
 struct health {
+    struct event_base *base;
     const struct config *cfg;
     struct peers *peers;
     struct health_bpf *bpf;         /* not owned; NULL without BPF */
@@ -75,11 +89,83 @@ static void judge(struct health *h, struct peer *p, const struct peer_stats *pre
                  (unsigned long long)d_syn, (unsigned long long)d_rst, h->cfg->health_interval_ms);
 }
 
+/* Ejections a plain connect can end: the peer did not accept connections. One
+ * ejected for 5xx or resets accepts them fine and serves its time instead. */
+static int probe_can_end(enum peer_eject_reason r)
+{
+    return r == EJECT_CONNECT_FAILURES || r == EJECT_KERNEL_CONNECT || r == EJECT_KERNEL_SYN;
+}
+
+static void probe_done(struct probe_arg *a, int ok)
+{
+    struct health *h = a->h;
+    struct peer *p = h->peers->peer[a->index];
+
+    if (ok && atomic_load(&p->generation) == a->generation && peer_is_active(p) && peer_is_ejected(p, now_ms())) {
+        peers_reinstate(p);
+        LOG_INFO("peer %s accepts connections again: reinstated", p->addr_text);
+    }
+    event_free(h->view[a->index].probe);
+    h->view[a->index].probe = NULL;
+    close(a->fd);
+    free(a);
+}
+
+static void probe_cb(evutil_socket_t fd, short what, void *arg)
+{
+    int soerr = 0;
+    socklen_t len = sizeof(soerr);
+
+    probe_done(arg, (what & EV_WRITE) && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr == 0);
+}
+
+/* A replica back from a restart should not wait out its ejection: while a peer
+ * is ejected for refusing connections, a TCP connect is tried every interval,
+ * and one that succeeds ends the ejection. */
+static void probe_ejected(struct health *h, int i, int64_t now)
+{
+    struct peer *p = h->peers->peer[i];
+    struct timeval tv = { h->cfg->connect_timeout_ms / 1000, (h->cfg->connect_timeout_ms % 1000) * 1000 };
+    struct probe_arg *a;
+    int fd;
+
+    if (h->view[i].probe || !peer_is_active(p) || !peer_is_ejected(p, now) ||
+        !probe_can_end((enum peer_eject_reason)atomic_load(&p->eject_reason)))
+        return;
+    fd = socket(p->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    a = malloc(sizeof(*a));
+    if (!a) {
+        close(fd);
+        return;
+    }
+    a->h = h;
+    a->index = i;
+    a->generation = atomic_load(&p->generation);
+    a->fd = fd;
+    if (connect(fd, (const struct sockaddr *)&p->sa, p->salen) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        free(a);
+        return;
+    }
+    h->view[i].probe = event_new(h->base, fd, EV_WRITE, probe_cb, a);
+    if (!h->view[i].probe || event_add(h->view[i].probe, &tv) < 0) {
+        if (h->view[i].probe)
+            event_free(h->view[i].probe);
+        h->view[i].probe = NULL;
+        close(fd);
+        free(a);
+    }
+}
+
 void health_poll(struct health *h)
 {
     int64_t now = now_ms();
     int i;
 
+    for (i = 0; i < h->peers->n; i++)
+        probe_ejected(h, i, now);
     if (!h->bpf)
         return;
     for (i = 0; i < h->peers->n; i++) {
@@ -90,7 +176,8 @@ void health_poll(struct health *h)
 
         if (v->generation != gen) {
             /* The slot now holds another address: its history is not this one's. */
-            memset(v, 0, sizeof(*v));
+            v->have = 0;
+            memset(&v->last, 0, sizeof(v->last));
             v->generation = gen;
         }
         if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&p->sa, &cur) < 0)
@@ -128,26 +215,36 @@ struct health *health_new(struct event_base *base, const struct config *cfg, str
 
     if (!h)
         return NULL;
+    h->base = base;
     h->cfg = cfg;
     h->peers = peers;
     h->bpf = bpf;
-    if (bpf) {
+    if (bpf)
         take_baseline(h);
-        h->timer = event_new(base, -1, EV_PERSIST, timer_cb, h);
-        if (!h->timer || event_add(h->timer, &tv) < 0) {
-            health_free(h);
-            return NULL;
-        }
+    /* Without BPF the timer still runs: ejected peers are probed either way. */
+    h->timer = event_new(base, -1, EV_PERSIST, timer_cb, h);
+    if (!h->timer || event_add(h->timer, &tv) < 0) {
+        health_free(h);
+        return NULL;
     }
     return h;
 }
 
 void health_free(struct health *h)
 {
+    int i;
+
     if (!h)
         return;
     if (h->timer)
         event_free(h->timer);
+    for (i = 0; i < PEERS_MAX; i++)
+        if (h->view[i].probe) {
+            struct probe_arg *a = event_get_callback_arg(h->view[i].probe);
+            event_free(h->view[i].probe);
+            close(a->fd);
+            free(a);
+        }
     free(h);
 }
 

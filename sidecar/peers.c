@@ -238,6 +238,12 @@ int peers_eject(struct peers *set, struct peer *p, enum peer_eject_reason reason
     return 1;
 }
 
+void peers_reinstate(struct peer *p)
+{
+    atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->ejected_until_ms, 0, memory_order_relaxed);
+}
+
 void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms)
 {
     int failures, threshold;

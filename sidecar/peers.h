@@ -127,6 +127,9 @@ static inline int peer_is_active(const struct peer *p)
  * (max_eject_percent) is reached. 1 if it was ejected. */
 int peers_eject(struct peers *set, struct peer *p, enum peer_eject_reason reason, int64_t now_ms);
 
+/* Ends <p>'s ejection now (an active probe saw it accept connections again). */
+void peers_reinstate(struct peer *p);
+
 /* Constant text for a reason, for logs and /debug/peers. */
 const char *peers_eject_reason_text(enum peer_eject_reason reason);
 
