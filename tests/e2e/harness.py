@@ -583,7 +583,13 @@ class NextupCase(unittest.TestCase):
         return nx
 
     def _ok(self):
+        # _outcome.success is reset to True while each cleanup runs (Python 3.11+):
+        # the result's failures and errors, recorded as they happen, tell the truth.
         outcome = getattr(self, "_outcome", None)
+        result = getattr(outcome, "result", None)
+        for test, _ in list(getattr(result, "failures", [])) + list(getattr(result, "errors", [])):
+            if test is self:
+                return False
         return bool(outcome is None or getattr(outcome, "success", True))
 
     def _nextup_cleanup(self, nx):

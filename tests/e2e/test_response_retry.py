@@ -44,19 +44,6 @@ def need_file(path, what):
 
 class RetryCase(H.NextupCase):
 
-    def _ok(self):
-        # NextupCase._ok() reads _outcome.success, which Python 3.11+ resets to True
-        # while each cleanup runs, so the stderr dumps never happened: look at the
-        # result's failures and errors for this test instead.
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        if result is None:
-            return super()._ok()
-        for test, _ in list(getattr(result, "failures", [])) + list(getattr(result, "errors", [])):
-            if test is self:
-                return False
-        return super()._ok()
-
     def replicas(self, n, modes=()):
         """A ReplicaSet r0..r(n-1); modes[i] for replica i (default ok)."""
         rs = H.ReplicaSet(n)
