@@ -35,7 +35,7 @@ UNIT_BINS    := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 BPF_SKELS :=
 -include bpf/bpf.mk
 
-.PHONY: all test unit e2e asan demo bench clean examples test-deploy deploy-image-check
+.PHONY: all test unit e2e asan demo bench compare clean examples test-deploy deploy-image-check
 
 all: $(BUILD)/nextup examples
 
@@ -115,6 +115,12 @@ demo:
 	$(Q)scripts/deps.sh demo
 	$(Q)$(MAKE) --no-print-directory $(BUILD)/nextup
 	$(Q)scripts/demo.sh $(BUILD)/nextup
+
+# The rolling restart through nextup, nginx and HAProxy, side by side (tests/compare/README.md).
+compare:
+	$(Q)scripts/deps.sh bench
+	$(Q)$(MAKE) --no-print-directory $(BUILD)/nextup
+	NEXTUP_BIN=$(abspath $(BUILD)/nextup) python3 tests/compare/rolling_restart.py --runs 3
 
 bench:
 	$(Q)scripts/deps.sh bench
