@@ -7,10 +7,11 @@
 # of them (NEXTUP_MAX_RETRIES=2, NEXTUP_CONNECT_TIMEOUT_MS=200), and a bounded
 # client load (Python standard library: 4 threads, keep-alive, ~8 s, at most
 # 20000 requests, paced over the whole run). In the middle of the load replica-2
-# is stopped (SIGTERM), stays down for ~3 s, and is started again on the same
-# port. Then it prints what the client saw (requests, statuses, which replica
-# answered, a per-second timeline), nextup's retry counters from its /metrics,
-# and a short explanation.
+# restarts as a replica does: it answers 503 for ~1.5 s (shutting down), is
+# stopped (SIGTERM), stays down for ~3 s (refusing), and is started again on the
+# same port. Then it prints what the client saw (requests, statuses, which
+# replica answered, a per-second timeline), nextup's retry counters from its
+# /metrics, access log lines with retries, and a short explanation.
 #
 # Exit status: 0 when every request the client sent got a 200; non-zero otherwise
 # (or when something fails to start).
@@ -136,7 +137,7 @@ NEXTUP_UPSTREAMS="127.0.0.1:$P1,127.0.0.1:$P2,127.0.0.1:$P3" \
 NEXTUP_MAX_RETRIES=2 \
 NEXTUP_CONNECT_TIMEOUT_MS=200 \
 NEXTUP_LOG_LEVEL=warn \
-  "$NEXTUP_BIN" </dev/null >"$WORK/nextup.log" 2>&1 &
+  "$NEXTUP_BIN" </dev/null >"$WORK/access.log" 2>"$WORK/nextup.log" &
 NEXTUP_PID=$!
 ready=""
 for _ in $(seq 100); do
@@ -231,7 +232,14 @@ python3 "$WORK/client.py" 127.0.0.1 "$LISTEN_PORT" "$SECONDS_LOAD" "$MAX_REQUEST
 CLIENT_PID=$!
 since_load() { awk -v a="$LOAD_T0" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "%.1f", b - a }'; }
 
-sleep "$KILL_AT"
+# First the 5xx part of a restart: replica-2 answers 503 for a while, as a replica shutting down does.
+BUSY_S=$(awk -v k="$KILL_AT" 'BEGIN { b = (k >= 3 ? 1.5 : k / 2); printf "%.1f", b }')
+sleep "$(awk -v k="$KILL_AT" -v b="$BUSY_S" 'BEGIN { printf "%.1f", k - b }')"
+step "load t=$(since_load)s: replica-2 starts answering 503 (shutting down) for ${BUSY_S} s"
+BUSY_FROM=$(since_load)
+curl -sf --max-time 2 -X POST "http://127.0.0.1:$P2/_control/mode/503" >/dev/null \
+  || die "could not switch replica-2 to mode 503"
+sleep "$BUSY_S"
 step "load t=$(since_load)s: stopping replica-2 (SIGTERM to pid ${RPID[2]})"
 DOWN_FROM=$(since_load)
 stop_pid "${RPID[2]}" replica-2
@@ -268,12 +276,15 @@ fi
 
 # ---------------------------------------------------------------- report
 echo
-if python3 - "$WORK/client.json" "$WORK/metrics.txt" "$WORK/nextup.log" "$DOWN_FROM" "$DOWN_TO" <<'PY'
+if python3 - "$WORK/client.json" "$WORK/metrics.txt" "$WORK/nextup.log" "$DOWN_FROM" "$DOWN_TO" \
+    "$BUSY_FROM" "$WORK/access.log" <<'PY'
 import json, re, sys, textwrap
 res = json.load(open(sys.argv[1]))
 metrics = open(sys.argv[2]).read().splitlines()
 log = open(sys.argv[3], errors="replace").read().splitlines()
 down_from, down_to = float(sys.argv[4]), float(sys.argv[5])
+busy_from = float(sys.argv[6])
+access = open(sys.argv[7], errors="replace").read().splitlines()
 sent, statuses, replicas = res["sent"], res["statuses"], res["replicas"]
 bad = sent - statuses.get("200", 0)
 
@@ -327,6 +338,12 @@ downstream = sum(value(l) for l in metrics if re.match(r'nextup_downstream_reque
 resends = sum(value(l) for l in metrics if re.match(r'nextup_keepalive_race_resends_total(\{|\s)', l))
 by_reason = ", ".join("%s: %d" % (k, v) for k, v in sorted(retries.items()) if v) or "none"
 
+retried_lines = [l for l in access if '"retries":[]' not in l]
+print()
+print("== nextup's access log (stdout): %d line(s), %d with retries; a few of those:" % (len(access), len(retried_lines)))
+for l in retried_lines[:4]:
+    print("  " + l)
+
 if log:
     print()
     print("== nextup's log (warnings and errors): %d line(s)%s" % (len(log), ", the first 8:" if len(log) > 8 else ":"))
@@ -340,8 +357,12 @@ refused = int(retries.get("refused", 0))
 
 print()
 print("== what happened")
-p = ("replica-2 was down for %.1f s (from t=%.1f s to t=%.1f s of the load). "
-     % (down_to - down_from, down_from, down_to))
+status_retries = int(retries.get("status", 0))
+p = ("replica-2 answered 503 from t=%.1f s: nextup aborted %d such response(s) before any byte reached the "
+     "client and retried them on another replica (nextup_retries_total{reason=\"status\"}). "
+     % (busy_from, status_retries))
+p += ("Then replica-2 was down for %.1f s (from t=%.1f s to t=%.1f s of the load). "
+      % (down_to - down_from, down_from, down_to))
 p += ("nextup's connections to it were refused %d time(s) (nextup_retries_total{reason=\"refused\"}), "
       "and each such request was retried on another replica; in all nextup retried %d attempt(s) "
       "(by reason: %s) and made %d upstream attempts for %d downstream requests (the client's %d "
