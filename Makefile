@@ -23,7 +23,7 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -I$(LLHTTP_INC_DIR) -Isidecar -Ib
 ifneq ($(SAN),)
 SAN_FLAGS := -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif
-LDLIBS  := -levent_pthreads -levent -lbpf -lelf -lz -lssl -lcrypto -ldl -lpthread
+LDLIBS  := -levent_openssl -levent_pthreads -levent -lbpf -lelf -lz -lssl -lcrypto -ldl -lpthread
 
 SIDECAR_SRCS := $(filter-out sidecar/main.c,$(wildcard sidecar/*.c))
 SIDECAR_OBJS := $(SIDECAR_SRCS:sidecar/%.c=$(BUILD)/obj/%.o)

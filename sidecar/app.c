@@ -10,6 +10,7 @@
 
 #include "admin.h"
 #include "config.h"
+#include "tls.h"
 #include "discovery.h"
 #include "health.h"
 #include "health_bpf.h"
@@ -23,6 +24,15 @@
 static struct config cfg;
 static struct event *drain_deadline;
 static struct event *drain_poll;
+static struct event *tls_reload;
+
+static void tls_reload_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    tls_reload_check();
+}
 
 static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -93,6 +103,11 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     }
     log_set_level(cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
+    if (tls_setup(&cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nextup: %s\n", err);
+        tls_shutdown();
+        return 2;
+    }
     if (evthread_use_pthreads() < 0) {
         fprintf(stderr, "nextup: libevent has no pthread support\n");
         return 1;
@@ -126,6 +141,15 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     if (!discovery) {
         rc = 2;
         goto out;
+    }
+    if (tls_upstream_enabled() || tls_listener_enabled()) {
+        struct timeval tv = { cfg.tls_reload_ms / 1000, (cfg.tls_reload_ms % 1000) * 1000 };
+        tls_reload = event_new(base, -1, EV_PERSIST, tls_reload_cb, NULL);
+        if (!tls_reload || event_add(tls_reload, &tv) < 0) {
+            snprintf(err, sizeof(err), "out of memory at startup");
+            rc = 1;
+            goto out;
+        }
     }
     proxy_init();
     if (admin_start(base, &cfg, peers, health, err, sizeof(err)) < 0) {
@@ -168,6 +192,9 @@ out:
         event_free(drain_deadline);
     if (drain_poll)
         event_free(drain_poll);
+    if (tls_reload)
+        event_free(tls_reload);
+    tls_shutdown();
     if (base)
         event_base_free(base);
     peers_free(peers);

@@ -65,6 +65,17 @@ struct config {
     char bpf_pin_dir[256];                /* NEXTUP_BPF_PIN_DIR, default /sys/fs/bpf/nextup */
     int bpf_max_peers;                    /* NEXTUP_BPF_MAX_PEERS, default 4096, 16..1048576 */
     int access_log;                       /* NEXTUP_ACCESS_LOG on|off, default on */
+    /* TLS: upstream (nextup -> replicas) and downstream (the listener). */
+    int upstream_tls;                     /* NEXTUP_UPSTREAM_TLS on|off, default off */
+    int upstream_tls_verify;              /* NEXTUP_UPSTREAM_TLS_VERIFY on|off, default on */
+    char upstream_ca_file[256];           /* NEXTUP_UPSTREAM_CA_FILE, default: the system store */
+    char upstream_sni[256];               /* NEXTUP_UPSTREAM_SNI, default: the entry's host name */
+    char upstream_cert_file[256];         /* NEXTUP_UPSTREAM_CERT_FILE (mTLS) */
+    char upstream_key_file[256];          /* NEXTUP_UPSTREAM_KEY_FILE (mTLS) */
+    char tls_cert_file[256];              /* NEXTUP_TLS_CERT_FILE: TLS on the listener */
+    char tls_key_file[256];               /* NEXTUP_TLS_KEY_FILE */
+    char tls_client_ca_file[256];         /* NEXTUP_TLS_CLIENT_CA_FILE: require client certificates */
+    int tls_reload_ms;                    /* NEXTUP_TLS_RELOAD_MS, default 2000 */
     int dns_refresh_ms;                   /* NEXTUP_DNS_REFRESH_MS, default 5000, 0 = never */
     char resolv_conf[256];                /* NEXTUP_RESOLV_CONF, default /etc/resolv.conf */
     int health_interval_ms;               /* NEXTUP_HEALTH_INTERVAL_MS, default 250 */

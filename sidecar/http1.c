@@ -382,7 +382,7 @@ static int request_header_is_rewritten(const struct http_head *h, const struct h
 }
 
 int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
-                             const char *host_fallback)
+                             const char *host_fallback, const char *proto)
 {
     int i, have_xff = 0, r = 0;
 
@@ -409,7 +409,8 @@ int http1_write_request_head(struct evbuffer *out, const struct http_head *req, 
         r |= evbuffer_add_printf(out, "%s%.*s", have_xff ? ", " : "", (int)vlen, v) < 0;
         have_xff = 1;
     }
-    r |= evbuffer_add_printf(out, "%s%s\r\nX-Forwarded-Proto: http\r\n", have_xff ? ", " : "", client_ip) < 0;
+    r |= evbuffer_add_printf(out, "%s%s\r\nX-Forwarded-Proto: %s\r\n", have_xff ? ", " : "", client_ip,
+                             proto ? proto : "http") < 0;
     if (req->upgrade) {
         size_t ulen;
         const char *up = http_head_get(req, "upgrade", &ulen);

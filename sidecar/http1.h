@@ -96,12 +96,12 @@ int http1_only_chunked(const struct http_head *h);
 int http1_check_request(const struct http_head *req, const char **reason);
 
 /* Appends the head sent to a peer: HTTP/1.1, hop-by-hop fields removed,
- * X-Forwarded-For (+<client_ip>) and X-Forwarded-Proto set, Host added for an
+ * X-Forwarded-For (+<client_ip>) and X-Forwarded-Proto (<proto>: "http", "https") set, Host added for an
  * HTTP/1.0 request without one (<host_fallback>), Expect dropped (nextup answers
  * 100-continue itself), Upgrade kept for upgrade requests, and framing: the
  * original Content-Length, or chunked (bodies are re-chunked), or none. */
 int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
-                             const char *host_fallback);
+                             const char *host_fallback, const char *proto);
 
 enum resp_framing { RESP_NO_BODY, RESP_CONTENT_LENGTH, RESP_CHUNKED, RESP_CLOSE };
 

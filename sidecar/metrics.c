@@ -66,6 +66,16 @@ void metrics_write_prometheus(struct evbuffer *out)
     counter(out, "nextup_request_timeouts_total", "Requests answered 504 after NEXTUP_REQUEST_TIMEOUT_MS.",
             M_REQUEST_TIMEOUTS);
     counter(out, "nextup_bad_requests_total", "Requests refused by nextup with a 4xx.", M_BAD_REQUESTS);
+    evbuffer_add_printf(out, "# HELP nextup_upstream_tls_failures_total Upstream TLS handshakes that failed, by "
+                             "reason (each one retried like a connect failure).\n"
+                             "# TYPE nextup_upstream_tls_failures_total counter\n"
+                             "nextup_upstream_tls_failures_total{reason=\"verify\"} %" PRIu64 "\n"
+                             "nextup_upstream_tls_failures_total{reason=\"handshake\"} %" PRIu64 "\n",
+                        get(M_TLS_UP_VERIFY), get(M_TLS_UP_HANDSHAKE));
+    counter(out, "nextup_downstream_tls_failures_total", "Client TLS handshakes that failed.", M_TLS_DOWN_HANDSHAKE);
+    counter(out, "nextup_tls_reloads_total", "Certificate sets taken after a change on disk.", M_TLS_RELOADS);
+    counter(out, "nextup_tls_reload_failures_total", "Changed certificate sets refused; the old ones stayed.",
+            M_TLS_RELOAD_FAILURES);
     counter(out, "nextup_dns_refreshes_total", "Re-resolutions of upstream host names that got an answer.",
             M_DNS_REFRESHES);
     counter(out, "nextup_dns_failures_total",

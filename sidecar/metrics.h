@@ -33,6 +33,11 @@ enum metric_id {
     M_DNS_REFRESHES,               /* host name resolutions answered */
     M_DNS_FAILURES,                /* resolutions that failed: the last good set was kept */
     M_DNS_EMPTY,                   /* empty answers (NXDOMAIN, no records) */
+    M_TLS_UP_VERIFY,               /* upstream handshakes failed: certificate refused */
+    M_TLS_UP_HANDSHAKE,            /* upstream handshakes failed otherwise */
+    M_TLS_DOWN_HANDSHAKE,          /* client handshakes failed (plain HTTP on the TLS port, ...) */
+    M_TLS_RELOADS,                 /* certificate sets taken after a change on disk */
+    M_TLS_RELOAD_FAILURES,         /* changed certificate sets refused (the old ones stayed) */
     M_COUNT
 };
 

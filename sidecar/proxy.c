@@ -10,6 +10,9 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <event2/event.h>
 #include <llhttp.h>
 
@@ -22,6 +25,7 @@
 #include "nextup.h"
 #include "peers.h"
 #include "retry.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -49,6 +53,7 @@ enum fail_class {
     FAIL_CLOSED,           /* reset or closed after connect, before any response byte */
     FAIL_BAD_RESPONSE,     /* malformed or truncated response head */
     FAIL_TRY_TIMEOUT,      /* no head within NEXTUP_PER_TRY_TIMEOUT_MS */
+    FAIL_TLS,              /* TCP connected, TLS handshake failed (certificate refused, ...) */
 };
 
 struct downstream {
@@ -86,6 +91,8 @@ struct downstream {
     uint64_t attempt_bytes;               /* request bytes handed to this attempt's connection */
     int aborted;                          /* ds_abort ran: no more I/O */
     int fin_seen;                         /* the connection's failure came with the peer's FIN */
+    int tls;                              /* the client connection is TLS */
+    const char *tls_fail_reason;          /* "verify" or "handshake" for a FAIL_TLS */
     llhttp_t resp_parser;
     struct http_head resp;
     int resp_any;                         /* a response byte arrived on this attempt */
@@ -230,6 +237,11 @@ static void flush_now(struct bufferevent *bev)
 
     if (evbuffer_get_length(out) == 0)
         return;
+    /* TLS writes go through OpenSSL: libevent does them, on EV_WRITE. */
+    if (bufferevent_openssl_get_ssl(bev)) {
+        bufferevent_enable(bev, EV_WRITE);
+        return;
+    }
     /* A socket bufferevent keeps the start of its output frozen so that only
      * its own write callback drains it; thawed for this one write, as it does. */
     evbuffer_unfreeze(out, 1);
@@ -632,7 +644,8 @@ static void start_request(struct downstream *ds)
     ds->start_unix_ms = unix_ms();
     retry_budget_note_request(&budget, ds->start_mono_ms / 1000);
     ds->has_idempotency_key = http_head_get(&ds->req, "idempotency-key", &(size_t){ 0 }) != NULL;
-    if (!head || http1_write_request_head(head, &ds->req, ds->client_ip, host_fallback) < 0) {
+    if (!head || http1_write_request_head(head, &ds->req, ds->client_ip, host_fallback,
+                                          ds->tls ? "https" : "http") < 0) {
         if (head)
             evbuffer_free(head);
         ds_reply_error(ds, 503, "out of memory");
@@ -671,8 +684,10 @@ static void ex_connected(struct downstream *ds)
     ds->up_connected = 1;
     /* The baseline for the "nothing acknowledged" proof: one getsockopt per
      * connection; after that, every byte of the requests it completed. */
-    if (!c->reused)
+    if (!c->reused) {
         c->acked_at_open = upstream_bytes_acked(c);
+        upstream_tls_connected(c);
+    }
     ds->acked_base = c->acked_at_open >= 0 ? c->acked_at_open + (int64_t)c->bytes_done : -1;
     ds->attempt_bytes = evbuffer_get_length(ds->tosend);
     if (ds->attempt_bytes > 0)
@@ -692,6 +707,7 @@ static const char *fail_text(enum fail_class c)
     case FAIL_CLOSED: return "connection closed before a response";
     case FAIL_BAD_RESPONSE: return "malformed response";
     case FAIL_TRY_TIMEOUT: return "no response head within NEXTUP_PER_TRY_TIMEOUT_MS";
+    case FAIL_TLS: return "TLS handshake failed";
     }
     return "failed";
 }
@@ -788,7 +804,8 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
      * that read the request within its delayed-ACK time and then reset looks, by
      * tcpi_bytes_acked alone, like one that never got it. A FIN that acknowledges
      * nothing of ours was sent before our bytes arrived (the keep-alive race). */
-    int none_acked = !connected || (ds->fin_seen && acked >= 0 && ds->acked_base >= 0 && acked <= ds->acked_base);
+    int none_acked = !connected || (ds->fin_seen && !c->tls && acked >= 0 && ds->acked_base >= 0 &&
+                                    acked <= ds->acked_base);
     const char *peer_text = ds->peer ? ds->peer->addr_text : "?";
     enum retry_cause cause;
 
@@ -816,6 +833,7 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
         break;
     case FAIL_CONNECT_TIMEOUT:
     case FAIL_CONNECT_ERROR:
+    case FAIL_TLS:
         cause = CAUSE_CONNECT_FAILURE;
         break;
     case FAIL_CLOSED:
@@ -833,7 +851,8 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
     }
     if (ds->peer)
         peers_report(ds->w->peers, ds->peer,
-                     cls == FAIL_REFUSED || cls == FAIL_CONNECT_TIMEOUT || cls == FAIL_CONNECT_ERROR
+                     cls == FAIL_REFUSED || cls == FAIL_CONNECT_TIMEOUT || cls == FAIL_CONNECT_ERROR ||
+                             cls == FAIL_TLS
                          ? PEER_CONNECT_FAILED
                          : PEER_GATEWAY_ERROR,
                      now_ms());
@@ -861,6 +880,9 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
         break;
     case FAIL_BAD_RESPONSE:
         ds_reply_error(ds, 502, "upstream sent a malformed response");
+        break;
+    case FAIL_TLS:
+        ds_reply_error(ds, 502, "upstream TLS handshake failed");
         break;
     }
 }
@@ -1235,6 +1257,18 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         ds_close_after_write(ds);
         return;
     }
+    if (!ds->up_connected && ds->up->tls && !(what & BEV_EVENT_TIMEOUT) && err != ECONNREFUSED &&
+        err != ETIMEDOUT && err != EHOSTUNREACH && err != ENETUNREACH) {
+        /* The TCP connect worked (or no socket error says otherwise): the handshake failed. */
+        char why[256];
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        const char *kind = tls_upstream_failure(ssl, bufferevent_get_openssl_error(bev), why, sizeof(why));
+        metrics_inc(strcmp(kind, "verify") == 0 ? M_TLS_UP_VERIFY : M_TLS_UP_HANDSHAKE);
+        LOG_WARN("%s: TLS handshake with %s failed (%s): %s", ds->client_ip, ds->peer->addr_text, kind, why);
+        ERR_clear_error();
+        ex_fail(ds, FAIL_TLS);
+        return;
+    }
     if (!ds->up_connected) {
         ex_fail(ds, (what & BEV_EVENT_TIMEOUT) ? FAIL_CONNECT_TIMEOUT : classify_connect_errno(err));
         return;
@@ -1361,7 +1395,18 @@ static void ds_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct downstream *ds = arg;
 
-    (void)bev;
+    if (what & BEV_EVENT_CONNECTED)
+        return;     /* the client's TLS handshake is done */
+    if (ds->tls && (what & BEV_EVENT_ERROR) && ds->state == DS_IDLE && bufferevent_get_openssl_error(bev)) {
+        /* Plain HTTP on the TLS port, a refused client certificate, ...: one line, one connection. */
+        const char *why = ERR_reason_error_string(bufferevent_get_openssl_error(bev));
+        metrics_inc(M_TLS_DOWN_HANDSHAKE);
+        LOG_INFO("%s: TLS handshake failed (%s)", ds->client_ip,
+                 why ? why : "not a TLS client? plain HTTP on the TLS port is closed");
+        ERR_clear_error();
+        ds_abort(ds);
+        return;
+    }
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && ds->state == DS_WAIT) {
         /* A client may half-close after its request: the response is still wanted. */
         ds->client_eof = 1;
@@ -1438,8 +1483,22 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
     ds->held_body = evbuffer_new();
     /* Created last: from here on the bufferevent closes <fd> when freed. */
     if (ds->timer && ds->req_timer && ds->try_timer && ds->backoff_timer && ds->free_ev && ds->tosend && ds->replay &&
-        ds->held_body)
-        ds->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        ds->held_body) {
+        if (tls_listener_enabled()) {
+            SSL *ssl = tls_listener_new();
+            if (ssl) {
+                ds->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                         BEV_OPT_CLOSE_ON_FREE);
+                if (!ds->bev)
+                    SSL_free(ssl);
+                else
+                    bufferevent_openssl_set_allow_dirty_shutdown(ds->bev, 1);
+            }
+            ds->tls = 1;
+        } else {
+            ds->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        }
+    }
     if (!ds->bev) {
         if (ds->timer)
             event_free(ds->timer);

@@ -9,12 +9,15 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
 #include <event2/event.h>
 #include <event2/util.h>
 
 #include "log.h"
 #include "metrics.h"
 #include "peers.h"
+#include "tls.h"
 
 struct idle_list {
     struct upconn *head;
@@ -28,6 +31,7 @@ struct upstream_pool {
     struct timeval connect_timeout;
     struct timeval idle_timeout;
     struct idle_list *idle;          /* owned, one per peer index */
+    void **tls_sessions;             /* owned: the last TLS session per peer index, resumed next time */
 };
 
 struct upstream_pool *upstream_pool_new(struct event_base *base, int n_peers, int max_idle, int connect_timeout_ms,
@@ -38,7 +42,10 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, int n_peers, in
     if (!pool)
         return NULL;
     pool->idle = calloc((size_t)(n_peers > 0 ? n_peers : 1), sizeof(*pool->idle));
-    if (!pool->idle) {
+    pool->tls_sessions = calloc((size_t)(n_peers > 0 ? n_peers : 1), sizeof(*pool->tls_sessions));
+    if (!pool->idle || !pool->tls_sessions) {
+        free(pool->idle);
+        free(pool->tls_sessions);
         free(pool);
         return NULL;
     }
@@ -83,6 +90,9 @@ void upstream_pool_free(struct upstream_pool *pool)
     if (!pool)
         return;
     upstream_pool_close_idle(pool);
+    for (int i = 0; i < pool->n_peers; i++)
+        tls_session_free(pool->tls_sessions[i]);
+    free(pool->tls_sessions);
     free(pool->idle);
     free(pool);
 }
@@ -160,7 +170,21 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
         return NULL;
     c->peer = peer;
     c->pool = pool;
-    c->bev = bufferevent_socket_new(pool->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (tls_upstream_enabled()) {
+        /* The handshake runs right after the TCP connect; BEV_EVENT_CONNECTED means both are done. */
+        SSL *ssl = tls_upstream_new(peer, &pool->tls_sessions[peer->index]);
+        if (ssl) {
+            c->bev = bufferevent_openssl_socket_new(pool->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                    BEV_OPT_CLOSE_ON_FREE);
+            if (!c->bev)
+                SSL_free(ssl);
+        }
+        if (c->bev)
+            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+        c->tls = 1;
+    } else {
+        c->bev = bufferevent_socket_new(pool->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (!c->bev) {
         free(c);
         errno = ENOMEM;
@@ -202,6 +226,14 @@ void upstream_release(struct upconn *c)
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
     bufferevent_set_timeouts(c->bev, &pool->idle_timeout, NULL);
     bufferevent_enable(c->bev, EV_READ);
+}
+
+void upstream_tls_connected(struct upconn *c)
+{
+    SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+
+    if (ssl)
+        tls_upstream_keep_session(ssl, &c->pool->tls_sessions[c->peer->index]);
 }
 
 int64_t upstream_bytes_acked(const struct upconn *c)

@@ -25,6 +25,7 @@ struct upconn {
     struct peer *peer;
     struct upstream_pool *pool;
     int reused;                     /* served a request before this one */
+    int tls;                        /* the bufferevent is an OpenSSL one */
     int64_t acked_at_open;          /* tcpi_bytes_acked once connected; -1 unknown */
     uint64_t bytes_done;            /* request bytes of the requests it completed */
     struct upconn *next_idle;       /* pool list link while idle */
@@ -42,6 +43,9 @@ void upstream_pool_free(struct upstream_pool *pool);
  * callback gets BEV_EVENT_CONNECTED, or ERROR / TIMEOUT with errno set).
  * Callbacks are unset: the caller sets them. NULL with errno on failure. */
 struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, int fresh);
+
+/* After <c>'s TLS handshake completed: keeps its session for the next connection to that peer. */
+void upstream_tls_connected(struct upconn *c);
 
 /* Gives <c> back: pooled when the pool has room and nothing is pending in its
  * buffers, closed otherwise. <c> must not be used afterwards. */

@@ -18,7 +18,9 @@ def help_entries():
 def readme_entries():
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
-    return dict(re.findall(r"^\| `(NEXTUP_\w+)` \| `([^`]*)` \|", text, re.M))
+    # The table of the Configuration section (other sections quote values of their own).
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `(NEXTUP_\w+)` \| `([^`]*)` \|", section, re.M))
 
 
 class DocsTest(unittest.TestCase):
