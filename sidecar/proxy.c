@@ -410,7 +410,7 @@ static void replay_keep(struct downstream *ds, const void *data, size_t len)
 {
     if (!ds->replay_whole)
         return;
-    if (evbuffer_get_length(ds->replay) + len > (size_t)ds->w->cfg->retry_buffer_bytes ||
+    if (!retry_buffer_fits(evbuffer_get_length(ds->replay), len, (uint64_t)ds->w->cfg->retry_buffer_bytes) ||
         evbuffer_add(ds->replay, data, len) < 0) {
         /* Past the retry buffer the request still streams, but it cannot be replayed. */
         ds->replay_whole = 0;
@@ -657,7 +657,7 @@ static void start_request(struct downstream *ds)
     if (ds->replay_whole) {
         struct evbuffer *copy = evbuffer_new();
         if (!copy || evbuffer_copy_all(copy, ds->tosend) < 0 ||
-            evbuffer_get_length(copy) > (size_t)ds->w->cfg->retry_buffer_bytes) {
+            !retry_buffer_fits(0, evbuffer_get_length(copy), (uint64_t)ds->w->cfg->retry_buffer_bytes)) {
             ds->replay_whole = 0;
         } else {
             evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));

@@ -141,6 +141,11 @@ enum retry_verdict retry_decide(const struct retry_policy *pol, const struct att
     return RETRY_GO;
 }
 
+int retry_buffer_fits(uint64_t kept, uint64_t more, uint64_t limit)
+{
+    return kept <= limit && more <= limit - kept;
+}
+
 const char *retry_verdict_name(enum retry_verdict v)
 {
     switch (v) {

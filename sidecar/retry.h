@@ -75,6 +75,12 @@ int retry_status_matches(const struct retry_policy *pol, int status);
  * Idempotency-Key, and budget. CAUSE_STATUS is not checked against
  * NEXTUP_RETRY_ON: the decision hook already chose to retry. */
 enum retry_verdict retry_decide(const struct retry_policy *pol, const struct attempt *a);
+/* The retry buffer rule: a request stays replayable while every byte of it as
+ * forwarded (head and framed body) fits in NEXTUP_RETRY_BUFFER_BYTES. 1 if
+ * <kept> bytes plus <more> still fit in <limit>; once a request outgrows it,
+ * it stays unreplayable (the caller drops what it kept). */
+int retry_buffer_fits(uint64_t kept, uint64_t more, uint64_t limit);
+
 /* Constant text for a verdict, for logs and metric labels. */
 const char *retry_verdict_name(enum retry_verdict v);
 /* 1 if <cause> reached a peer, so that it costs budget and needs a replayable method. */

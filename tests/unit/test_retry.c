@@ -737,9 +737,24 @@ static void test_backoff_zero(void **state)
         }
 }
 
+/* The retry buffer rule: replayable while head and body, as forwarded, fit. */
+static void test_buffer_fits(void **state)
+{
+    (void)state;
+    assert_true(retry_buffer_fits(0, 0, 0));
+    assert_true(retry_buffer_fits(0, 65536, 65536));        /* exactly full still fits */
+    assert_false(retry_buffer_fits(0, 65537, 65536));
+    assert_true(retry_buffer_fits(65000, 536, 65536));
+    assert_false(retry_buffer_fits(65000, 537, 65536));
+    assert_false(retry_buffer_fits(1, 0, 0));               /* NEXTUP_RETRY_BUFFER_BYTES=0: nothing kept */
+    assert_false(retry_buffer_fits(10, UINT64_MAX - 5, 100)); /* no wrap-around */
+    assert_false(retry_buffer_fits(200, 0, 100));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buffer_fits),
         cmocka_unit_test_setup(test_parse_on_each_word, setup),
         cmocka_unit_test_setup(test_parse_on_codes, setup),
         cmocka_unit_test_setup(test_parse_on_keeps_methods, setup),
