@@ -6,7 +6,12 @@
  *                           <NEXTUP_BPF_PIN_DIR>/peer_stats; the least recently updated peer is evicted.
  *   map "peer_stats_meta"   array of one struct peer_stats_meta (key 0), pinned at
  *                           <NEXTUP_BPF_PIN_DIR>/peer_stats_meta: what the pinned maps were made for,
- *                           so that a restarted nextup reuses them only when they match.
+ *                           so that a restarted nextup reuses them only when they match, and whose
+ *                           network namespace owns the pin dir.
+ *   links                   one pinned BPF link per attached program, <NEXTUP_BPF_PIN_DIR>/link_<program>
+ *                           (e.g. link_handle_set_state): the programs keep counting into the pinned map
+ *                           while no nextup runs; removing the pin dir detaches them (once no running
+ *                           nextup holds them).
  *   rodata target_netns     network namespace inode (ns.inum) whose sockets are counted; 0 counts all.
  *   PEER_STATS_LAYOUT_VERSION  bumped whenever a struct below changes meaning or layout.
  *
@@ -51,7 +56,9 @@ struct peer_stats {
     __u64 last_success_ns;       /* CLOCK_MONOTONIC ns of the last SYN_SENT -> ESTABLISHED */
 };
 
-/* Value of "peer_stats_meta"[0], written once by the loader that created the pinned maps. */
+/* Value of "peer_stats_meta"[0], written once by the loader that created the pinned maps. These first
+ * 16 bytes keep their meaning in every layout version (a later one may only append fields): a loader of
+ * any version reads the owning namespace from them first, and never replaces another namespace's pins. */
 struct peer_stats_meta {
     __u32 layout_version;        /* PEER_STATS_LAYOUT_VERSION */
     __u32 pad;

@@ -1,12 +1,16 @@
 /* Unit tests for sidecar/health_bpf.c with the REAL programs of bpf/peer_stats.bpf.c: loads them,
  * makes TCP connections on loopback (refused, established, reset) and into a network namespace that
- * drops SYNs (SYN retransmits, timeouts), and reads the counters back. Also: netns scoping, pin reuse
- * across a restart, replacing a pin of another layout, bpftool's view of the pinned map, mode off/on.
+ * drops SYNs (SYN retransmits, timeouts), and reads the counters back. Exact counts for N refused
+ * connects. Also: netns scoping (by inode, and with real traffic from a namespace of our own), pin
+ * reuse across a restart, replacing a pin of another layout, bpftool's view of the pinned map, modes;
+ * the pinned links: one set of programs per map (a second open shares it, counting goes on while
+ * closed, removing the pin dir detaches it), another namespace's pins left alone, another build's set
+ * replaced, two processes opening one pin dir at once.
  *
  * Needs root (BPF, bpffs, ip netns): without it the binary says SKIPPED on stderr and FAILS, so a
  * run without privileges is never mistaken for a pass. bpffs is mounted at /sys/fs/bpf if it is not
  * (and unmounted at the end only if this test mounted it and left it empty); every pin goes under
- * /sys/fs/bpf/nextup-test-<pid>, removed at the end. */
+ * /sys/fs/bpf/nextup-test-<pid>, removed at the end (which detaches the pinned programs). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -27,10 +31,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/wait.h>
 #include <linux/magic.h>
 
 #include <bpf/bpf.h>
@@ -264,6 +270,34 @@ static void test_refused(void **state)
 
     /* A peer never contacted. */
     assert_int_equal(lookup(h, "127.0.0.1", unused_port(), &st), -ENOENT);
+    health_bpf_close(h);
+}
+
+/* (a'') Exactness: N blocking connects to a closed loopback port are N attempts and N refusals, not
+ * one more or one less (one CLOSE->SYN_SENT and one SYN_SENT->CLOSE per socket, the RST in SYN_SENT
+ * counted once), and nothing in any other failure class. */
+#define EXACT_N 5
+static void test_refused_exact(void **state)
+{
+    char dir[192];
+    struct health_bpf *h;
+    struct peer_stats st;
+    uint16_t port = unused_port();
+    int i;
+
+    (void)state;
+    pin_dir(dir, sizeof(dir), "refused-exact");
+    h = open_on(dir, 0);
+    assert_int_equal(lookup(h, "127.0.0.1", port, &st), -ENOENT);
+    for (i = 0; i < EXACT_N; i++)
+        connect_refused(port);
+    assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
+    print_stats("5 refused connects", port, &st);
+    assert_int_equal(st.connect_attempts, EXACT_N);
+    assert_int_equal(st.refused, EXACT_N);
+    assert_int_equal(st.connects_established, 0);
+    assert_int_equal(st.connect_timeouts + st.unreachable + st.connect_failures, 0);
+    assert_int_equal(st.resets_received + st.resets_sent + st.syn_retransmits + st.data_retransmits, 0);
     health_bpf_close(h);
 }
 
@@ -643,6 +677,108 @@ static void test_syn_timeout(void **state)
     blackhole_down();
 }
 
+/* ---- (d') real traffic from another network namespace ---- */
+
+static char scope_ns[32];       /* nxt-scope-<pid> while it exists */
+
+static void scope_ns_down(void)
+{
+    if (scope_ns[0])
+        run("ip netns del %s >/dev/null 2>&1 || true", scope_ns);
+    scope_ns[0] = '\0';
+}
+
+/* In a child that joined network namespace <ns_path>: <n> blocking connects to 127.0.0.1:<port>.
+ * Returns how many were refused (the child's exit status), or -1. No cmocka asserts in the child. */
+static int refused_connects_in_netns(const char *ns_path, uint16_t port, int n)
+{
+    int status = 0;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct sockaddr_in sa;
+        int fd, i, refused = 0;
+
+        fd = open(ns_path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || setns(fd, CLONE_NEWNET) != 0)
+            _exit(200);
+        close(fd);
+        memset(&sa, 0, sizeof(sa));
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(port);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        for (i = 0; i < n; i++) {
+            fd = socket(AF_INET, SOCK_STREAM, 0);
+            if (fd < 0)
+                _exit(201);
+            if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1 && errno == ECONNREFUSED)
+                refused++;
+            close(fd);
+        }
+        _exit(refused);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status))
+        return -1;
+    return WEXITSTATUS(status);
+}
+
+/* (d') Scoping with real traffic: a namespace of our own (loopback up) where a child process makes
+ * EXACT_N refused connects to 127.0.0.1:<port>. The instance loaded for THIS namespace must not see
+ * them (no entry for the port), while an instance loaded for that namespace (its inode number) counts
+ * exactly them. Then the same connects here: the instance for this namespace counts exactly them,
+ * the other one's counters do not move. */
+static void test_netns_scoping_real(void **state)
+{
+    char dir_here[192], dir_there[192], path[96];
+    struct health_bpf *here, *there;
+    struct peer_stats st;
+    struct stat nst, self;
+    uint16_t port = unused_port();
+    int i, refused;
+
+    (void)state;
+    snprintf(scope_ns, sizeof(scope_ns), "nxt-scope-%d", (int)getpid());
+    run("ip netns del %s >/dev/null 2>&1 || true", scope_ns); /* leftover of a run killed hard */
+    assert_int_equal(run("ip netns add %s", scope_ns), 0);
+    assert_int_equal(run("ip -n %s link set lo up", scope_ns), 0);
+    snprintf(path, sizeof(path), "/var/run/netns/%s", scope_ns);
+    assert_int_equal(stat(path, &nst), 0);
+    assert_int_equal(stat("/proc/self/ns/net", &self), 0);
+    assert_int_not_equal(nst.st_ino, self.st_ino);
+
+    pin_dir(dir_here, sizeof(dir_here), "scope-here");
+    pin_dir(dir_there, sizeof(dir_there), "scope-there");
+    here = open_on(dir_here, 0);
+    there = open_on(dir_there, (unsigned long long)nst.st_ino);
+
+    refused = refused_connects_in_netns(path, port, EXACT_N);
+    fprintf(stderr, "  [netns real] %d of %d connects to 127.0.0.1:%u refused inside %s (ns inode %llu)\n",
+            refused, EXACT_N, port, scope_ns, (unsigned long long)nst.st_ino);
+    assert_int_equal(refused, EXACT_N);
+
+    assert_int_equal(lookup(here, "127.0.0.1", port, &st), -ENOENT);
+    assert_int_equal(lookup(there, "127.0.0.1", port, &st), 0);
+    print_stats("instance for the other netns, after its traffic", port, &st);
+    assert_int_equal(st.connect_attempts, EXACT_N);
+    assert_int_equal(st.refused, EXACT_N);
+
+    for (i = 0; i < EXACT_N; i++)
+        connect_refused(port);
+    assert_int_equal(lookup(here, "127.0.0.1", port, &st), 0);
+    print_stats("instance for this netns, after this netns's traffic", port, &st);
+    assert_int_equal(st.connect_attempts, EXACT_N);
+    assert_int_equal(st.refused, EXACT_N);
+    assert_int_equal(lookup(there, "127.0.0.1", port, &st), 0);
+    assert_int_equal(st.connect_attempts, EXACT_N);
+    assert_int_equal(st.refused, EXACT_N);
+
+    health_bpf_close(here);
+    health_bpf_close(there);
+    scope_ns_down();
+}
+
 static uint32_t map_id(int fd, struct bpf_map_info *info)
 {
     __u32 len = sizeof(*info);
@@ -652,8 +788,113 @@ static uint32_t map_id(int fd, struct bpf_map_info *info)
     return info->id;
 }
 
-/* (f) Close and reopen: the pinned map is reused (same map id, counters kept). A map of another
- * layout pinned under the same name is replaced, and the new one counts. So is one of another size. */
+/* Programs attached per pin dir: set_state, receive_reset, send_reset and one tcp_retransmit_skb variant. */
+#define N_PROGS 4
+static const char *const prog_names[N_PROGS - 1] = { "handle_set_state", "handle_receive_reset",
+                                                      "handle_send_reset" };
+
+/* How many BPF links in the whole system run a program that updates the map <id>: the pinned map must
+ * be fed by exactly one set (N_PROGS), whoever holds it. */
+static int links_feeding(uint32_t id)
+{
+    struct bpf_link_info li;
+    struct bpf_prog_info pi;
+    __u32 next = 0, ids[8], i, n, len;
+    int fd, pfd, count = 0;
+
+    while (bpf_link_get_next_id(next, &next) == 0) {
+        fd = bpf_link_get_fd_by_id(next);
+        if (fd < 0)
+            continue;                   /* released meanwhile */
+        memset(&li, 0, sizeof(li));
+        len = sizeof(li);
+        if (bpf_obj_get_info_by_fd(fd, &li, &len) == 0 && (pfd = bpf_prog_get_fd_by_id(li.prog_id)) >= 0) {
+            memset(&pi, 0, sizeof(pi));
+            pi.nr_map_ids = 8;
+            pi.map_ids = (__u64)(unsigned long)ids;
+            len = sizeof(pi);
+            if (bpf_obj_get_info_by_fd(pfd, &pi, &len) == 0)
+                for (i = 0, n = pi.nr_map_ids < 8 ? pi.nr_map_ids : 8; i < n; i++)
+                    count += ids[i] == id;
+            close(pfd);
+        }
+        close(fd);
+    }
+    return count;
+}
+
+/* links_feeding(<id>) once it is <want>, or after 2 s: the last reference to a link, dropped by an
+ * unlink, is released by a kernel worker a moment later. */
+static int links_feeding_settled(uint32_t id, int want)
+{
+    int i, n = links_feeding(id);
+
+    for (i = 0; i < 200 && n != want; i++) {
+        usleep(10 * 1000);
+        n = links_feeding(id);
+    }
+    return n;
+}
+
+/* The id of the BPF object pinned at <dir>/<name>, 0 when there is none. */
+static uint32_t pinned_id(const char *dir, const char *name)
+{
+    char path[256];
+    struct bpf_link_info info;      /* id is the second __u32 of link, map and prog info alike */
+    __u32 len = sizeof(info);
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    fd = bpf_obj_get(path);
+    if (fd < 0)
+        return 0;
+    memset(&info, 0, sizeof(info));
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0)
+        info.id = 0;
+    close(fd);
+    return info.id;
+}
+
+/* The link pins in <dir>, sorted, as "link_a,link_b,..." in <out>; how many there are. */
+static int link_pins(const char *dir, char *out, size_t len)
+{
+    struct dirent **names;
+    int i, n, count = 0;
+    size_t used = 0;
+
+    out[0] = '\0';
+    n = scandir(dir, &names, NULL, alphasort);
+    for (i = 0; i < n; i++) {
+        if (strncmp(names[i]->d_name, "link_", 5) == 0) {
+            used += (size_t)snprintf(out + used, used < len ? len - used : 0, "%s%s", count ? "," : "",
+                                     names[i]->d_name);
+            count++;
+        }
+        free(names[i]);
+    }
+    if (n >= 0)
+        free(names);
+    return count;
+}
+
+/* The key of IPv4 peer <ip>:<port>, as the programs write it. */
+static struct peer_key key_v4(const char *ip, uint16_t port)
+{
+    struct peer_key key;
+
+    memset(&key, 0, sizeof(key));
+    key.addr[10] = 0xff;
+    key.addr[11] = 0xff;
+    assert_int_equal(inet_pton(AF_INET, ip, &key.addr[12]), 1);
+    key.port = port;
+    key.family = AF_INET;
+    return key;
+}
+
+/* (f) Close and reopen: the pinned map is reused (same map id, counters kept), and the pinned programs
+ * counted while nothing had it open. A map of another layout pinned under the same name is replaced
+ * with its programs (the old ones then feed nothing), and the new one counts exactly. So is one of
+ * another size. */
 static void test_pin_reuse(void **state)
 {
     char dir[192], path[256];
@@ -679,22 +920,25 @@ static void test_pin_reuse(void **state)
     assert_true(refused >= 1);
     health_bpf_close(h);
 
-    /* Between the two opens nothing counts, but the map lives on in bpffs. */
+    /* Between the two opens the map lives on in bpffs, and the pinned programs go on counting. */
     fd = bpf_obj_get(path);
     assert_true(fd >= 0);
     assert_int_equal(map_id(fd, &info), id1);
     close(fd);
+    assert_int_equal(links_feeding(id1), N_PROGS);
+    connect_refused(port);
 
     h = open_on(dir, 0);
     id2 = map_id(health_bpf_map_fd(h), &info);
     assert_int_equal(id2, id1);
     assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
-    assert_int_equal(st.refused, refused);
+    assert_int_equal(st.refused, refused + 1);
     connect_refused(port);
     assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
-    assert_int_equal(st.refused, refused + 1);
-    fprintf(stderr, "  [reuse] map id %u before and after restart, refused %llu -> %llu\n", id1, refused,
-            (unsigned long long)st.refused);
+    assert_int_equal(st.refused, refused + 2);
+    assert_int_equal(links_feeding(id1), N_PROGS);
+    fprintf(stderr, "  [reuse] map id %u before and after restart, refused %llu -> %llu (one while closed)\n",
+            id1, refused, (unsigned long long)st.refused);
     health_bpf_close(h);
 
     /* A pinned map from a build with another PEER_STATS_LAYOUT_VERSION: replaced, counters gone. */
@@ -713,8 +957,11 @@ static void test_pin_reuse(void **state)
     close(fd);
     snprintf(path, sizeof(path), "%s/peer_stats", dir);
     h = open_on(dir, 0);
-    assert_int_not_equal(map_id(health_bpf_map_fd(h), &info), id1);
+    id2 = map_id(health_bpf_map_fd(h), &info);
+    assert_int_not_equal(id2, id1);
     assert_int_equal(lookup(h, "127.0.0.1", port, &st), -ENOENT);
+    assert_int_equal(links_feeding(id2), N_PROGS);
+    assert_int_equal(links_feeding_settled(id1, 0), 0);
     health_bpf_close(h);
 
     /* Another layout under the same name: an array map, as an old or foreign program might leave. */
@@ -736,8 +983,11 @@ static void test_pin_reuse(void **state)
     assert_int_equal(lookup(h, "127.0.0.1", port, &st), -ENOENT);
     connect_refused(port);
     assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
+    assert_int_equal(st.connect_attempts, 1);
     assert_int_equal(st.refused, 1);
     id1 = map_id(health_bpf_map_fd(h), &info);
+    assert_int_equal(links_feeding(id1), N_PROGS);
+    assert_int_equal(links_feeding_settled(id2, 0), 0);
     health_bpf_close(h);
 
     /* NEXTUP_BPF_MAX_PEERS changed: a map of the old size is replaced too. */
@@ -748,7 +998,288 @@ static void test_pin_reuse(void **state)
     assert_int_equal(health_bpf_open(&o, &h, err, sizeof(err)), 0);
     assert_int_not_equal(map_id(health_bpf_map_fd(h), &info), id1);
     assert_int_equal(info.max_entries, 2048);
+    assert_int_equal(links_feeding(info.id), N_PROGS);
+    assert_int_equal(links_feeding_settled(id1, 0), 0);
     health_bpf_close(h);
+}
+
+/* (f') The links are pinned next to the map (link_<program>). A second open of the same pin dir while the
+ * first is still open (a hand-over) reuses map AND links: one set of programs feeds the map, each event
+ * counts once. With both closed the programs go on counting; the next open finds those counts. Removing
+ * the pin dir while one is open leaves the programs attached until it closes; then nothing counts. */
+static void test_links_shared_and_outlive(void **state)
+{
+    char dir[192], pins[256], pins2[256], path[256];
+    struct health_bpf *h1, *h2;
+    struct peer_stats st;
+    struct peer_key key;
+    struct bpf_map_info info;
+    uint16_t port = unused_port();
+    uint32_t map, link[N_PROGS - 1];
+    int i, keep;
+
+    (void)state;
+    pin_dir(dir, sizeof(dir), "shared");
+    h1 = open_on(dir, 0);
+    map = map_id(health_bpf_map_fd(h1), &info);
+    assert_int_equal(link_pins(dir, pins, sizeof(pins)), N_PROGS);
+    fprintf(stderr, "  [links] %s: %s; links feeding map %u: %d\n", dir, pins, map, links_feeding(map));
+    assert_int_equal(links_feeding(map), N_PROGS);
+    for (i = 0; i < N_PROGS - 1; i++) {
+        snprintf(path, sizeof(path), "link_%s", prog_names[i]);
+        link[i] = pinned_id(dir, path);
+        assert_true(link[i] > 0);
+    }
+
+    h2 = open_on(dir, 0);
+    assert_int_equal(map_id(health_bpf_map_fd(h2), &info), map);
+    assert_int_equal(link_pins(dir, pins2, sizeof(pins2)), N_PROGS);
+    assert_string_equal(pins2, pins);
+    for (i = 0; i < N_PROGS - 1; i++) {
+        snprintf(path, sizeof(path), "link_%s", prog_names[i]);
+        assert_int_equal(pinned_id(dir, path), link[i]);
+    }
+    assert_int_equal(links_feeding(map), N_PROGS);
+    for (i = 0; i < EXACT_N; i++)
+        connect_refused(port);
+    assert_int_equal(lookup(h2, "127.0.0.1", port, &st), 0);
+    print_stats("two opens of one pin dir, 5 refused connects", port, &st);
+    assert_int_equal(st.connect_attempts, EXACT_N);
+    assert_int_equal(st.refused, EXACT_N);
+
+    health_bpf_close(h1);
+    health_bpf_close(h2);
+    assert_int_equal(links_feeding(map), N_PROGS);
+    connect_refused(port);                      /* while no one has it open */
+    h1 = open_on(dir, 0);
+    assert_int_equal(map_id(health_bpf_map_fd(h1), &info), map);
+    assert_int_equal(lookup(h1, "127.0.0.1", port, &st), 0);
+    assert_int_equal(st.connect_attempts, EXACT_N + 1);
+    assert_int_equal(st.refused, EXACT_N + 1);
+
+    /* rm -r while h1 still holds the links (a nextup draining after its pod's preStop), then h1 goes. */
+    snprintf(path, sizeof(path), "%s/peer_stats", dir);
+    keep = bpf_obj_get(path);
+    assert_true(keep >= 0);
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    connect_refused(port);
+    assert_int_equal(lookup(h1, "127.0.0.1", port, &st), 0);
+    assert_int_equal(st.refused, EXACT_N + 2);
+    health_bpf_close(h1);
+    assert_int_equal(links_feeding_settled(map, 0), 0);
+    connect_refused(port);
+    key = key_v4("127.0.0.1", port);
+    assert_int_equal(bpf_map_lookup_elem(keep, &key, &st), 0);
+    fprintf(stderr, "  [links] pin dir removed and closed: no link feeds map %u, refused stays %llu\n", map,
+            (unsigned long long)st.refused);
+    assert_int_equal(st.connect_attempts, EXACT_N + 2);
+    assert_int_equal(st.refused, EXACT_N + 2);
+    close(keep);
+}
+
+/* (f'') Pins made for another network namespace (here: inum 1) are never replaced: mode on fails with
+ * -EBUSY and one line naming NEXTUP_BPF_PIN_DIR and both namespaces; auto gives NULL (a warning). Even
+ * with another layout version in their meta and another size asked for, the map, the meta and the
+ * links stay as they were, attached. */
+static void test_foreign_netns_left_alone(void **state)
+{
+    char dir[192], err[512], want[512], path[256];
+    struct health_bpf_opts o;
+    struct health_bpf *h;
+    struct peer_stats_meta meta;
+    struct bpf_map_info info;
+    struct stat self;
+    uint32_t map, link;
+    __u32 zero = 0;
+    int rc, fd;
+
+    (void)state;
+    assert_int_equal(stat("/proc/self/ns/net", &self), 0);
+    pin_dir(dir, sizeof(dir), "foreign");
+    h = open_on(dir, 1);
+    map = map_id(health_bpf_map_fd(h), &info);
+    health_bpf_close(h);
+    link = pinned_id(dir, "link_handle_set_state");
+    assert_true(link > 0);
+
+    memset(&o, 0, sizeof(o));
+    o.mode = CONFIG_BPF_ON;
+    o.pin_dir = dir;
+    o.max_peers = 1024;
+    h = (struct health_bpf *)&o;
+    rc = health_bpf_open(&o, &h, err, sizeof(err));
+    fprintf(stderr, "  [foreign] on: %d \"%s\"\n", rc, err);
+    assert_int_equal(rc, -EBUSY);
+    assert_null(h);
+    snprintf(want, sizeof(want), "NEXTUP_BPF=on: NEXTUP_BPF_PIN_DIR=%s: pinned by network namespace 1, this one "
+             "is %llu: give each pod its own pin directory", dir, (unsigned long long)self.st_ino);
+    assert_non_null(strstr(err, want));
+    assert_null(strchr(err, '\n'));
+
+    o.mode = CONFIG_BPF_AUTO;
+    h = (struct health_bpf *)&o;
+    strcpy(err, "untouched");
+    assert_int_equal(health_bpf_open(&o, &h, err, sizeof(err)), 0);
+    assert_null(h);
+    assert_string_equal(err, "");
+
+    snprintf(path, sizeof(path), "%s/peer_stats_meta", dir);
+    fd = bpf_obj_get(path);
+    assert_true(fd >= 0);
+    assert_int_equal(bpf_map_lookup_elem(fd, &zero, &meta), 0);
+    meta.layout_version = PEER_STATS_LAYOUT_VERSION + 1;
+    assert_int_equal(bpf_map_update_elem(fd, &zero, &meta, BPF_ANY), 0);
+    o.mode = CONFIG_BPF_ON;
+    o.max_peers = 2048;
+    h = (struct health_bpf *)&o;
+    assert_int_equal(health_bpf_open(&o, &h, err, sizeof(err)), -EBUSY);
+    assert_null(h);
+
+    assert_int_equal(pinned_id(dir, "peer_stats"), map);
+    assert_int_equal(pinned_id(dir, "link_handle_set_state"), link);
+    assert_int_equal(link_pins(dir, want, sizeof(want)), N_PROGS);
+    assert_int_equal(links_feeding(map), N_PROGS);
+    assert_int_equal(bpf_map_lookup_elem(fd, &zero, &meta), 0);
+    assert_int_equal(meta.netns_inum, 1);
+    close(fd);
+    fprintf(stderr, "  [foreign] map %u and link %u of netns 1 untouched, %d links feed it\n", map, link,
+            links_feeding(map));
+}
+
+/* (f''') Another build: the pinned links run other code (two link pins swapped, so each runs the other's
+ * program). The whole set is replaced: a new map, the old programs detached, exact counts after. A set
+ * missing one of its links (an interrupted start) is replaced the same way. */
+static void test_build_mismatch_replaced(void **state)
+{
+    char dir[192], a[256], b[256], tmp[256];
+    struct health_bpf *h;
+    struct peer_stats st;
+    struct bpf_map_info info;
+    uint16_t port = unused_port();
+    uint32_t map1, map2, map3;
+    int i;
+
+    (void)state;
+    pin_dir(dir, sizeof(dir), "mismatch");
+    h = open_on(dir, 0);
+    map1 = map_id(health_bpf_map_fd(h), &info);
+    health_bpf_close(h);
+
+    snprintf(a, sizeof(a), "%s/link_handle_send_reset", dir);
+    snprintf(b, sizeof(b), "%s/link_handle_receive_reset", dir);
+    snprintf(tmp, sizeof(tmp), "%s/swap", dir);
+    assert_int_equal(rename(a, tmp), 0);
+    assert_int_equal(rename(b, a), 0);
+    assert_int_equal(rename(tmp, b), 0);
+    h = open_on(dir, 0);
+    map2 = map_id(health_bpf_map_fd(h), &info);
+    assert_int_not_equal(map2, map1);
+    assert_int_equal(links_feeding_settled(map1, 0), 0);
+    assert_int_equal(links_feeding(map2), N_PROGS);
+    assert_int_equal(link_pins(dir, tmp, sizeof(tmp)), N_PROGS);
+    for (i = 0; i < EXACT_N; i++)
+        connect_refused(port);
+    assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
+    print_stats("another build's set replaced, then 5 refused connects", port, &st);
+    assert_int_equal(st.connect_attempts, EXACT_N);
+    assert_int_equal(st.refused, EXACT_N);
+    health_bpf_close(h);
+
+    assert_int_equal(unlink(a), 0);
+    h = open_on(dir, 0);
+    map3 = map_id(health_bpf_map_fd(h), &info);
+    assert_int_not_equal(map3, map2);
+    assert_int_equal(links_feeding_settled(map2, 0), 0);
+    assert_int_equal(links_feeding(map3), N_PROGS);
+    connect_refused(port);
+    assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
+    assert_int_equal(st.connect_attempts, 1);
+    assert_int_equal(st.refused, 1);
+    fprintf(stderr, "  [mismatch] maps %u -> %u (swapped links) -> %u (a link missing); old ones unfed\n", map1,
+            map2, map3);
+    health_bpf_close(h);
+}
+
+/* (f'''') Two processes open one fresh pin dir at the same moment: both succeed, on the same map, fed
+ * by one set of programs. To make them meet in the critical part (their loads take a varying time
+ * before it), the test holds the pin dir's flock itself: neither may finish while it does, and once it
+ * is released both come out of their wait for the lock at once. */
+static void test_concurrent_open_one_set(void **state)
+{
+    char dir[192], name[32];
+    int go[2], ids[2], hold[2], round, i, status, lock;
+    struct pollfd pfd;
+    uint32_t id[2];
+    pid_t pid[2];
+
+    (void)state;
+    for (round = 0; round < 3; round++) {
+        snprintf(name, sizeof(name), "race-%d", round);
+        pin_dir(dir, sizeof(dir), name);
+        assert_int_equal(mkdir(dir, 0700), 0);
+        lock = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_true(lock >= 0);
+        assert_int_equal(flock(lock, LOCK_EX), 0);
+        assert_int_equal(pipe(go), 0);
+        assert_int_equal(pipe(ids), 0);
+        assert_int_equal(pipe(hold), 0);
+        for (i = 0; i < 2; i++) {
+            pid[i] = fork();
+            assert_true(pid[i] >= 0);
+            if (pid[i] == 0) {
+                /* No cmocka asserts in the child: it reports a map id, 0 for a failure. */
+                struct health_bpf_opts o = { CONFIG_BPF_ON, dir, 1024, 0 };
+                struct health_bpf *h = NULL;
+                struct bpf_map_info info;
+                __u32 len = sizeof(info);
+                uint32_t mid = 0;
+                char c, err[512] = "";
+
+                close(lock);                    /* the parent's flock stays held: same open file */
+                close(go[1]);
+                close(ids[0]);
+                close(hold[1]);
+                if (read(go[0], &c, 1) != 0)
+                    _exit(3);
+                if (health_bpf_open(&o, &h, err, sizeof(err)) == 0 && h) {
+                    memset(&info, 0, sizeof(info));
+                    if (bpf_obj_get_info_by_fd(health_bpf_map_fd(h), &info, &len) == 0)
+                        mid = info.id;
+                } else {
+                    fprintf(stderr, "  [race] child %d: %s\n", (int)getpid(), err);
+                }
+                if (write(ids[1], &mid, sizeof(mid)) != (ssize_t)sizeof(mid))
+                    _exit(4);
+                if (read(hold[0], &c, 1) < 0)   /* until the parent has looked */
+                    _exit(5);
+                health_bpf_close(h);
+                _exit(0);
+            }
+        }
+        close(go[0]);
+        close(ids[1]);
+        close(hold[0]);
+        close(go[1]);                           /* both go, load, and wait for the lock */
+        pfd.fd = ids[0];
+        pfd.events = POLLIN;
+        assert_int_equal(poll(&pfd, 1, 400), 0);
+        /* The children closed their copies of <lock>: this drops the last reference, and the flock. */
+        close(lock);
+        for (i = 0; i < 2; i++)
+            assert_int_equal(read(ids[0], &id[i], sizeof(id[i])), (ssize_t)sizeof(id[i]));
+        fprintf(stderr, "  [race] round %d: nothing done while the test held the lock; then map ids %u and %u, "
+                "links feeding it: %d\n", round, id[0], id[1], links_feeding(id[0]));
+        assert_true(id[0] > 0);
+        assert_int_equal(id[1], id[0]);
+        assert_int_equal(links_feeding(id[0]), N_PROGS);
+        close(hold[1]);
+        close(ids[0]);
+        for (i = 0; i < 2; i++) {
+            assert_int_equal(waitpid(pid[i], &status, 0), pid[i]);
+            assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        assert_int_equal(links_feeding(id[0]), N_PROGS);   /* pinned: still attached after both exits */
+    }
 }
 
 /* (g) The pinned map carries BTF: bpftool prints named fields. */
@@ -843,12 +1374,18 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_modes),
         cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_refused_exact),
         cmocka_unit_test(test_refused_ipv6),
         cmocka_unit_test(test_established),
         cmocka_unit_test(test_reset),
         cmocka_unit_test(test_netns_scoping),
+        cmocka_unit_test(test_netns_scoping_real),
         cmocka_unit_test(test_syn_timeout),
         cmocka_unit_test(test_pin_reuse),
+        cmocka_unit_test(test_links_shared_and_outlive),
+        cmocka_unit_test(test_foreign_netns_left_alone),
+        cmocka_unit_test(test_build_mismatch_replaced),
+        cmocka_unit_test(test_concurrent_open_one_set),
         cmocka_unit_test(test_bpftool_dump),
     };
     int rc;
@@ -860,5 +1397,6 @@ int main(void)
     }
     rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
     blackhole_down();
+    scope_ns_down();
     return rc;
 }
