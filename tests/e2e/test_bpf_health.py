@@ -296,43 +296,7 @@ class ResettingServer:
         self.lsock.close()
 
 
-def ip_cmd(*args, check=True):
-    p = subprocess.run(["ip"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
-    if check and p.returncode != 0:
-        raise AssertionError("ip %s failed: %s" % (" ".join(args), p.stderr.decode().strip()))
-    return p.stdout.decode()
-
-
-class Blackhole:
-    """The recipe of test_retry_connect.py with names and a subnet of its own: a netns + veth
-    pair; 10.216.X.2 has a permanent neighbour entry pointing at the namespace's MAC, but nobody
-    owns .2 and the namespace does not forward: SYNs to it vanish (no RST, no ICMP)."""
-
-    def __init__(self, case):
-        pid = os.getpid()
-        for i in range(200):
-            self.x = 20 + (pid + i) % 200
-            if not ip_cmd("route", "show", "10.216.%d.0/24" % self.x, check=False).strip():
-                break
-        else:
-            raise AssertionError("no free 10.216.X.0/24 for the blackhole namespace")
-        self.ns = "nx-bpfbh-%d" % pid
-        self.host_if = "nxbb%da" % (pid % 10000000)
-        self.ns_if = "nxbb%db" % (pid % 10000000)
-        ip_cmd("link", "del", self.host_if, check=False)
-        ip_cmd("netns", "del", self.ns, check=False)
-        ip_cmd("netns", "add", self.ns)
-        case.addCleanup(ip_cmd, "netns", "del", self.ns, check=False)
-        ip_cmd("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if, "netns", self.ns)
-        case.addCleanup(ip_cmd, "link", "del", self.host_if, check=False)
-        ip_cmd("addr", "add", "10.216.%d.1/24" % self.x, "dev", self.host_if)
-        ip_cmd("link", "set", self.host_if, "up")
-        ip_cmd("-n", self.ns, "addr", "add", "10.216.%d.3/24" % self.x, "dev", self.ns_if)
-        ip_cmd("-n", self.ns, "link", "set", self.ns_if, "up")
-        ip_cmd("-n", self.ns, "link", "set", "lo", "up")
-        mac = json.loads(ip_cmd("-n", self.ns, "-j", "link", "show", self.ns_if))[0]["address"]
-        ip_cmd("neigh", "replace", "10.216.%d.2" % self.x, "lladdr", mac, "dev", self.host_if, "nud", "permanent")
-        self.addr = "10.216.%d.2" % self.x
+ip_cmd = H.ip
 
 
 class BpfCase(H.NextupCase):
@@ -632,7 +596,7 @@ class SynDroppingPeerTest(BpfCase):
             H.skip_loudly(self, "needs root to create a network namespace for the blackholed peer")
         if not shutil.which("ip"):
             H.skip_loudly(self, "needs iproute2 ('ip') for the blackholed peer")
-        self.bh = Blackhole(self)
+        self.bh = H.Blackhole(self, net=216, tag="bb")
 
     def _sequence(self, mode):
         a = self.start_backend("live")

@@ -11,61 +11,7 @@ import unittest
 import harness as H
 
 
-def ip(*args, check=True):
-    p = subprocess.run(["ip"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
-    if check and p.returncode != 0:
-        raise AssertionError("ip %s failed: %s" % (" ".join(args), p.stderr.decode().strip()))
-    return p.stdout.decode()
-
-
-class Blackhole:
-    """A netns + veth pair; 10.213.X.2 has a permanent neighbour entry pointing at the
-    namespace's MAC, but nobody owns .2 and the namespace does not forward: SYNs to it
-    vanish. .4 is a second blackholed address."""
-
-    def __init__(self, case):
-        pid = os.getpid()
-        # A /24 nobody on this host uses yet (another run may hold one concurrently).
-        for i in range(200):
-            self.x = 20 + (pid + i) % 200
-            if not ip("route", "show", "10.213.%d.0/24" % self.x, check=False).strip():
-                break
-        else:
-            raise AssertionError("no free 10.213.X.0/24 for the blackhole namespace")
-        self.ns = "nx-bh-%d" % pid
-        self.host_if = "nxbh%da" % (pid % 10000000)
-        self.ns_if = "nxbh%db" % (pid % 10000000)
-        # Leftovers from an earlier run that was killed hard.
-        ip("link", "del", self.host_if, check=False)
-        ip("netns", "del", self.ns, check=False)
-        ip("netns", "add", self.ns)
-        case.addCleanup(ip, "netns", "del", self.ns, check=False)
-        ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if, "netns", self.ns)
-        case.addCleanup(ip, "link", "del", self.host_if, check=False)
-        ip("addr", "add", "10.213.%d.1/24" % self.x, "dev", self.host_if)
-        ip("link", "set", self.host_if, "up")
-        ip("-n", self.ns, "addr", "add", "10.213.%d.3/24" % self.x, "dev", self.ns_if)
-        ip("-n", self.ns, "link", "set", self.ns_if, "up")
-        ip("-n", self.ns, "link", "set", "lo", "up")
-        mac = json.loads(ip("-n", self.ns, "-j", "link", "show", self.ns_if))[0]["address"]
-        for host in (2, 4):
-            ip("neigh", "replace", "10.213.%d.%d" % (self.x, host), "lladdr", mac, "dev", self.host_if,
-               "nud", "permanent")
-        self.addr = "10.213.%d.2" % self.x
-        self.addr2 = "10.213.%d.4" % self.x
-        # Prove the blackhole: a connect must time out, not be refused.
-        s = socket.socket()
-        s.settimeout(0.5)
-        try:
-            s.connect((self.addr, 8080))
-            raise AssertionError("blackhole setup broken: %s:8080 accepted a connection" % self.addr)
-        except socket.timeout:
-            pass
-        except OSError as e:
-            raise AssertionError("blackhole setup broken: connect to %s:8080 gave %r, want a timeout"
-                                 % (self.addr, e))
-        finally:
-            s.close()
+from harness import Blackhole, ip  # noqa: E402  (shared with test_bpf_health.py)
 
 
 class RefusedPeerTest(H.NextupCase):
