@@ -7,8 +7,21 @@
 # proxies in front of it, each on its own loopback port, each with 2 workers or
 # threads and upstream keep-alive: nextup, nginx (proxy_pass + upstream keepalive)
 # and HAProxy (nbthread 2, http-reuse always). wrk sends small keep-alive GETs to
-# the backend directly and to each proxy, in interleaved rounds (round 1: all four,
-# round 2: all four, ...) so that drift on the machine hits every target alike.
+# the backend directly and to each proxy, in interleaved rounds (round 1: every
+# target, round 2: every target, ...) so that drift on the machine hits every
+# target alike.
+#
+# TLS (BENCH_TLS=1, the default): the same backend nginx also listens with `ssl` on
+# a second loopback port, with a CA and a server certificate (SAN DNS:localhost,
+# IP:127.0.0.1) made with `openssl` in the temp dir at run time, and two more
+# targets join the same rounds: nextup-tls (nextup, 2 workers, NEXTUP_UPSTREAM_TLS=on,
+# verified against that CA, the upstream given as 127.0.0.1:<port> so the IP SAN is
+# checked) and nginx-tls (nginx, 2 workers, proxy_pass https:// to an upstream
+# with keepalive 64, proxy_ssl_verify on against that CA, proxy_ssl_name localhost,
+# proxy_ssl_session_reuse on). wrk still speaks plain HTTP to both: only the proxy ->
+# backend leg is TLS. Their "vs nginx" cell is like for like (nextup-tls against
+# nginx-tls), "vs direct" is against the plain backend, and there is no HAProxy
+# TLS target ("vs haproxy": -). BENCH_TLS=0 leaves the TLS part out entirely.
 #
 # Printed, and written to bench/results/latest.md: per target the median req/s,
 # median p50 and p99 latency (ms) over the runs, every run's req/s, each proxy's
@@ -22,6 +35,7 @@
 #   BENCH_THREADS      wrk threads                              [2]
 #   BENCH_RUNS         rounds                                   [3]
 #   BENCH_WARMUP       seconds of warm-up per target, 0 = none  [2]
+#   BENCH_TLS          1 = add nextup-tls and nginx-tls, 0 = no [1]
 #
 # Everything started here is stopped by PID when the script exits; the temp dir
 # is removed. Any target that does not answer 200 before the runs, dies during
@@ -48,6 +62,15 @@ for b in "$NGINX" "$HAPROXY" "$WRK"; do
 done
 command -v curl >/dev/null || die "curl not found"
 
+case "${BENCH_TLS:-1}" in
+  1|on|yes|true)   TLS=1 ;;
+  0|off|no|false)  TLS=0 ;;
+  *) die "BENCH_TLS must be 1 or 0, got '${BENCH_TLS}'" ;;
+esac
+if [ "$TLS" = 1 ]; then
+  command -v openssl >/dev/null || die "openssl not found (needed for the TLS targets; BENCH_TLS=0 skips them)"
+fi
+
 is_uint() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
 DURATION=${BENCH_DURATION:-10}
 CONNS=${BENCH_CONNECTIONS:-50}
@@ -67,12 +90,18 @@ RESULTS_DIR="$REPO/bench/results"
 
 TARGETS="direct nextup nginx haproxy"
 PROXIES="nextup nginx haproxy"
+if [ "$TLS" = 1 ]; then
+  TARGETS="$TARGETS nextup-tls nginx-tls"
+  PROXIES="$PROXIES nextup-tls nginx-tls"
+fi
+N_TARGETS=$(wc -w <<<"$TARGETS")
+case "$N_TARGETS" in 4) N_WORD=four ;; 6) N_WORD=six ;; *) N_WORD=$N_TARGETS ;; esac
 
 # ---------------------------------------------------------------- cleanup
 WORK=""
 declare -A PID=()          # target -> main pid
 SAMPLER_PID=""
-NEXTUP_EXIT=""
+declare -A NEXTUP_EXIT=()  # nextup / nextup-tls -> exit status after SIGTERM
 
 show_logs() {              # show_logs FILE...: the last lines of each non-empty file, on stderr
   local f
@@ -101,16 +130,19 @@ cleanup() {
   local rc=$? t st
   trap - EXIT INT TERM
   [ -n "$SAMPLER_PID" ] && stop_pid "$SAMPLER_PID" sampler
-  for t in nextup nginx haproxy direct; do
+  for t in nextup nextup-tls nginx nginx-tls haproxy direct; do   # the backend last
     [ -n "${PID[$t]:-}" ] || continue
     stop_pid "${PID[$t]}" "$t"
     st=0; wait "${PID[$t]}" 2>/dev/null || st=$?
-    [ "$t" = nextup ] && NEXTUP_EXIT=$st
+    case "$t" in nextup|nextup-tls) NEXTUP_EXIT[$t]=$st ;; esac
   done
-  if [ -n "$NEXTUP_EXIT" ] && [ "$NEXTUP_EXIT" != 0 ]; then
-    echo "bench: note: nextup exited with status $NEXTUP_EXIT after SIGTERM (expected 0)" >&2
-    [ -n "$WORK" ] && show_logs "$WORK/nextup.log"
-  fi
+  for t in nextup nextup-tls; do
+    st=${NEXTUP_EXIT[$t]:-}
+    if [ -n "$st" ] && [ "$st" != 0 ]; then
+      echo "bench: note: $t exited with status $st after SIGTERM (expected 0)" >&2
+      [ -n "$WORK" ] && show_logs "$WORK/$t.log"
+    fi
+  done
   [ -n "$WORK" ] && rm -rf "$WORK"
   exit "$rc"
 }
@@ -140,11 +172,16 @@ declare -A PORT=()
 for t in $TARGETS; do pick_port "PORT[$t]"; done
 pick_port NEXTUP_ADMIN_PORT
 BACKEND="127.0.0.1:${PORT[direct]}"
+if [ "$TLS" = 1 ]; then
+  pick_port TLS_BACKEND_PORT          # the backend's `ssl` listener
+  pick_port NEXTUP_TLS_ADMIN_PORT     # nextup-tls's admin listener
+  TLS_BACKEND="127.0.0.1:$TLS_BACKEND_PORT"
+fi
 
 # ---------------------------------------------------------------- estimate
-n_runs=$(( RUNS * 4 ))
-est=$(( 4 * (WARMUP + 1) + n_runs * (DURATION + 1) + 10 ))
-say "nextup bench: $RUNS round(s) x 4 targets x ${DURATION}s, wrk -t$THREADS -c$CONNS, warm-up ${WARMUP}s per target"
+n_runs=$(( RUNS * N_TARGETS ))
+est=$(( N_TARGETS * (WARMUP + 1) + n_runs * (DURATION + 1) + 10 ))
+say "nextup bench: $RUNS round(s) x $N_TARGETS targets x ${DURATION}s, wrk -t$THREADS -c$CONNS, warm-up ${WARMUP}s per target"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
   say "warning: the machine is busy (load average $LOAD_START on $(nproc) CPUs): expect noisy numbers"
@@ -176,6 +213,48 @@ http {
 EOF
 }
 
+# TLS material, made here for this run only: a CA (EC P-256) and a server certificate it
+# signs, SAN DNS:localhost + IP:127.0.0.1. CA_FILE is what both TLS proxies trust.
+if [ "$TLS" = 1 ]; then
+  mkdir -p "$WORK/tls"
+  (
+    set -e
+    cd "$WORK/tls"
+    printf '%s\n' 'basicConstraints = critical, CA:TRUE' \
+      'keyUsage = critical, keyCertSign, cRLSign' 'subjectKeyIdentifier = hash' >ca.ext
+    printf '%s\n' 'basicConstraints = critical, CA:FALSE' \
+      'keyUsage = critical, digitalSignature, keyEncipherment' 'extendedKeyUsage = serverAuth' \
+      'subjectAltName = DNS:localhost, IP:127.0.0.1' 'subjectKeyIdentifier = hash' \
+      'authorityKeyIdentifier = keyid' >server.ext
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key
+    openssl req -new -key ca.key -subj '/CN=nextup bench CA' -out ca.csr
+    openssl x509 -req -in ca.csr -signkey ca.key -days 2 -sha256 -extfile ca.ext -out ca.crt
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key
+    openssl req -new -key server.key -subj '/CN=localhost' -out server.csr
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -set_serial 2 -days 2 -sha256 \
+      -extfile server.ext -out server.crt
+    openssl verify -CAfile ca.crt server.crt
+  ) >"$WORK/tls/openssl.log" 2>&1 || { show_logs "$WORK/tls/openssl.log"; die "openssl: making the test CA and server certificate failed"; }
+  CA_FILE="$WORK/tls/ca.crt"
+fi
+
+backend_tls_server() {     # the backend's `ssl` listener (same body), only with BENCH_TLS=1
+  [ "$TLS" = 1 ] || return 0
+  cat <<EOF
+    server {
+        listen $TLS_BACKEND ssl reuseport backlog=4096;
+        ssl_certificate $WORK/tls/server.crt;
+        ssl_certificate_key $WORK/tls/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:bench_ssl:10m;
+        ssl_session_timeout 1h;
+        keepalive_requests 1000000;
+        default_type text/plain;
+        location / { return 200 "$BODY"; }
+    }
+EOF
+}
+
 mkdir -p "$WORK/backend" "$WORK/nginx" "$WORK/haproxy"
 { nginx_common "$WORK/backend" 1; cat <<EOF
     server {
@@ -183,8 +262,8 @@ mkdir -p "$WORK/backend" "$WORK/nginx" "$WORK/haproxy"
         default_type text/plain;
         location / { return 200 "$BODY"; }
     }
-}
 EOF
+backend_tls_server; echo "}"
 } >"$WORK/backend/nginx.conf"
 
 { nginx_common "$WORK/nginx" 2; cat <<EOF
@@ -205,6 +284,32 @@ EOF
 }
 EOF
 } >"$WORK/nginx/nginx.conf"
+
+if [ "$TLS" = 1 ]; then
+  mkdir -p "$WORK/nginx-tls"
+  { nginx_common "$WORK/nginx-tls" 2; cat <<EOF
+    upstream tls_backend {
+        server $TLS_BACKEND;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:${PORT[nginx-tls]} backlog=4096;
+        location / {
+            proxy_pass https://tls_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate $CA_FILE;
+            proxy_ssl_name localhost;
+            proxy_ssl_session_reuse on;
+        }
+    }
+}
+EOF
+  } >"$WORK/nginx-tls/nginx.conf"
+fi
 
 cat >"$WORK/haproxy/haproxy.cfg" <<EOF
 global
@@ -227,6 +332,10 @@ EOF
   || die "backend nginx config rejected (see above)"
 "$NGINX" -t -q -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
   || die "nginx proxy config rejected (see above)"
+if [ "$TLS" = 1 ]; then
+  "$NGINX" -t -q -p "$WORK/nginx-tls" -e "$WORK/nginx-tls/error.log" -c "$WORK/nginx-tls/nginx.conf" \
+    || die "nginx-tls proxy config rejected (see above)"
+fi
 "$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" || die "haproxy config rejected (see above)"
 
 # ---------------------------------------------------------------- start
@@ -242,11 +351,24 @@ wait_port() {              # wait_port NAME PORT PID LOG...: until it accepts, 1
   die "$name is not listening on 127.0.0.1:$port after 10 s"
 }
 
-say "backend: nginx (1 worker) on $BACKEND"
+say "backend: nginx (1 worker) on $BACKEND${TLS_BACKEND:+, TLS on $TLS_BACKEND}"
 "$NGINX" -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf" \
   </dev/null >"$WORK/backend/stdout.log" 2>&1 &
 PID[direct]=$!
 wait_port backend "${PORT[direct]}" "${PID[direct]}" "$WORK/backend/stdout.log" "$WORK/backend/error.log"
+if [ "$TLS" = 1 ]; then
+  wait_port "backend (TLS)" "$TLS_BACKEND_PORT" "${PID[direct]}" "$WORK/backend/stdout.log" "$WORK/backend/error.log"
+  # the TLS backend itself, verified against the CA under both names the proxies use
+  for u in "https://localhost:$TLS_BACKEND_PORT/" "https://$TLS_BACKEND/"; do
+    code=$(curl -sS -o "$WORK/check.body" -w '%{http_code}' --max-time 5 --cacert "$CA_FILE" \
+             --resolve "localhost:$TLS_BACKEND_PORT:127.0.0.1" "$u" 2>"$WORK/check.err" || true)
+    if [ "$code" != 200 ] || [ "$(cat "$WORK/check.body")" != "$BODY" ]; then
+      cat "$WORK/check.err" >&2
+      show_logs "$WORK/backend/error.log"
+      die "TLS backend ($u, CA $CA_FILE) answered '${code:-nothing}', expected 200 with the 100-byte body"
+    fi
+  done
+fi
 
 say "nextup (2 workers) on 127.0.0.1:${PORT[nextup]}, admin 127.0.0.1:$NEXTUP_ADMIN_PORT"
 NEXTUP_LISTEN="127.0.0.1:${PORT[nextup]}" \
@@ -262,39 +384,77 @@ say "nginx proxy (2 workers, upstream keepalive 64) on 127.0.0.1:${PORT[nginx]}"
   </dev/null >"$WORK/nginx/stdout.log" 2>&1 &
 PID[nginx]=$!
 
+if [ "$TLS" = 1 ]; then
+  say "nextup-tls (2 workers, upstream TLS to $TLS_BACKEND) on 127.0.0.1:${PORT[nextup-tls]}, admin 127.0.0.1:$NEXTUP_TLS_ADMIN_PORT"
+  NEXTUP_LISTEN="127.0.0.1:${PORT[nextup-tls]}" \
+  NEXTUP_ADMIN="127.0.0.1:$NEXTUP_TLS_ADMIN_PORT" \
+  NEXTUP_UPSTREAMS="$TLS_BACKEND" \
+  NEXTUP_UPSTREAM_TLS=on \
+  NEXTUP_UPSTREAM_CA_FILE="$CA_FILE" \
+  NEXTUP_WORKERS=2 \
+  NEXTUP_LOG_LEVEL=error \
+    "$NEXTUP_BIN" </dev/null >"$WORK/nextup-tls.log" 2>&1 &
+  PID[nextup-tls]=$!
+
+  say "nginx-tls proxy (2 workers, upstream keepalive 64, proxy_pass https, verified) on 127.0.0.1:${PORT[nginx-tls]}"
+  "$NGINX" -p "$WORK/nginx-tls" -e "$WORK/nginx-tls/error.log" -c "$WORK/nginx-tls/nginx.conf" \
+    </dev/null >"$WORK/nginx-tls/stdout.log" 2>&1 &
+  PID[nginx-tls]=$!
+fi
+
 say "haproxy (nbthread 2, http-reuse always) on 127.0.0.1:${PORT[haproxy]}"
 "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" </dev/null >"$WORK/haproxy/stdout.log" 2>&1 &
 PID[haproxy]=$!
 
-ready=""
-for _ in $(seq 100); do
-  kill -0 "${PID[nextup]}" 2>/dev/null || { show_logs "$WORK/nextup.log"; die "nextup exited during startup"; }
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$NEXTUP_ADMIN_PORT/readyz" || true)
-  [ "$code" = 200 ] && { ready=1; break; }
-  sleep 0.1
-done
-[ -n "$ready" ] || { show_logs "$WORK/nextup.log"; die "nextup: GET /readyz on 127.0.0.1:$NEXTUP_ADMIN_PORT not 200 after 10 s"; }
+wait_ready() {             # wait_ready NAME ADMIN_PORT: until nextup's GET /readyz is 200, 10 s max
+  local name=$1 admin=$2 code
+  for _ in $(seq 100); do
+    kill -0 "${PID[$name]}" 2>/dev/null || { show_logs "$WORK/$name.log"; die "$name exited during startup"; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$admin/readyz" || true)
+    [ "$code" = 200 ] && return 0
+    sleep 0.1
+  done
+  show_logs "$WORK/$name.log"
+  die "$name: GET /readyz on 127.0.0.1:$admin not 200 after 10 s"
+}
+wait_ready nextup "$NEXTUP_ADMIN_PORT"
 wait_port "nginx proxy" "${PORT[nginx]}" "${PID[nginx]}" "$WORK/nginx/stdout.log" "$WORK/nginx/error.log"
+if [ "$TLS" = 1 ]; then
+  wait_ready nextup-tls "$NEXTUP_TLS_ADMIN_PORT"
+  wait_port "nginx-tls proxy" "${PORT[nginx-tls]}" "${PID[nginx-tls]}" "$WORK/nginx-tls/stdout.log" "$WORK/nginx-tls/error.log"
+fi
 wait_port haproxy "${PORT[haproxy]}" "${PID[haproxy]}" "$WORK/haproxy/stdout.log"
 
 # ---------------------------------------------------------------- check
+logs_of() {
+  case "$1" in
+    direct)    echo "$WORK/backend/stdout.log $WORK/backend/error.log" ;;
+    nextup)    echo "$WORK/nextup.log" ;;
+    nginx)     echo "$WORK/nginx/stdout.log $WORK/nginx/error.log" ;;
+    haproxy)   echo "$WORK/haproxy/stdout.log" ;;
+    nextup-tls) echo "$WORK/nextup-tls.log" ;;
+    nginx-tls) echo "$WORK/nginx-tls/stdout.log $WORK/nginx-tls/error.log" ;;
+  esac
+}
 for t in $TARGETS; do
   url="http://127.0.0.1:${PORT[$t]}/"
   code=$(curl -sS -o "$WORK/check.body" -w '%{http_code}' --max-time 5 "$url" 2>"$WORK/check.err" || true)
   if [ "$code" != 200 ]; then
     cat "$WORK/check.err" >&2
+    # shellcheck disable=SC2046
+    show_logs $(logs_of "$t")
     die "$t ($url) answered '${code:-nothing}', expected 200"
   fi
   [ "$(cat "$WORK/check.body")" = "$BODY" ] || die "$t ($url) answered 200 with an unexpected body: $(head -c 200 "$WORK/check.body")"
 done
-say "all four targets answer 200 with the 100-byte body"
+say "all $N_WORD targets answer 200 with the 100-byte body"
 
 # ---------------------------------------------------------------- RSS sampler
 # pids_of TARGET: the processes whose VmRSS counts for it (nginx: master + workers).
 pids_of() {
   local t=$1
   case "$t" in
-    nginx) echo "${PID[nginx]} $(pgrep -P "${PID[nginx]}" | tr '\n' ' ')" ;;
+    nginx|nginx-tls) echo "${PID[$t]} $(pgrep -P "${PID[$t]}" | tr '\n' ' ')" ;;
     *)     echo "${PID[$t]}" ;;
   esac
 }
@@ -328,14 +488,6 @@ to_ms() {                  # wrk latency "245.00us" / "1.20ms" / "2.00s" / "1.00
     printf "%.3f", n }'
 }
 
-logs_of() {
-  case "$1" in
-    direct)  echo "$WORK/backend/stdout.log $WORK/backend/error.log" ;;
-    nextup)  echo "$WORK/nextup.log" ;;
-    nginx)   echo "$WORK/nginx/stdout.log $WORK/nginx/error.log" ;;
-    haproxy) echo "$WORK/haproxy/stdout.log" ;;
-  esac
-}
 run_wrk() {                # run_wrk TARGET SECONDS OUTFILE
   local t=$1
   "$WRK" -t"$THREADS" -c"$CONNS" -d"${2}s" --latency "http://127.0.0.1:${PORT[$t]}/" >"$3" 2>&1 \
@@ -345,6 +497,7 @@ run_wrk() {                # run_wrk TARGET SECONDS OUTFILE
 }
 
 declare -A RPS=() P50=() P99=() ERRS=()
+NAME_W=8; [ "$TLS" = 1 ] && NAME_W=10   # width of the target name in the progress lines
 for t in $TARGETS; do RPS[$t]=""; P50[$t]=""; P99[$t]=""; ERRS[$t]=0; done
 
 if [ "$WARMUP" -gt 0 ]; then
@@ -369,7 +522,7 @@ for r in $(seq "$RUNS"); do
                 END { print n + 0 }' "$out")
     RPS[$t]="${RPS[$t]} $rps"; P50[$t]="${P50[$t]} $p50"; P99[$t]="${P99[$t]} $p99"
     ERRS[$t]=$(( ${ERRS[$t]} + errs ))
-    say "round $r/$RUNS  $(printf '%-8s %10.0f req/s   p50 %7.3f ms   p99 %7.3f ms   errors %s' "$t" "$rps" "$p50" "$p99" "$errs")"
+    say "round $r/$RUNS  $(printf "%-${NAME_W}s %10.0f req/s   p50 %7.3f ms   p99 %7.3f ms   errors %s" "$t" "$rps" "$p50" "$p99" "$errs")"
   done
 done
 
@@ -398,10 +551,13 @@ label() {
     nextup)  echo "nextup" ;;
     nginx)   echo "nginx proxy" ;;
     haproxy) echo "haproxy" ;;
+    nextup-tls) echo "nextup-tls (TLS upstream)" ;;
+    nginx-tls)  echo "nginx-tls (TLS upstream)" ;;
   esac
 }
 versions="nginx $("$NGINX" -v 2>&1 | sed 's|.*nginx/||'), haproxy $("$HAPROXY" -v | awk 'NR == 1 { print $3 }'), wrk $( { "$WRK" --version 2>&1 || true; } | awk 'NR == 1 { print $2 }')"
 machine="$(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r), load average $LOAD_START at the start, $LOAD_END at the end"
+[ "$TLS" = 1 ] && versions="$versions, $(openssl version | awk '{ print "openssl " $2 }') (CLI; certificates)"
 params="wrk -t$THREADS -c$CONNS -d${DURATION}s --latency, $RUNS interleaved round(s), warm-up ${WARMUP}s per target, 100-byte body, keep-alive GET"
 
 row_values() {             # row_values TARGET -> tab-separated cells
@@ -409,6 +565,12 @@ row_values() {             # row_values TARGET -> tab-separated cells
   # shellcheck disable=SC2086
   runs=$(printf '%s\n' ${RPS[$t]} | awk '{ printf "%s%.0f", (NR > 1 ? " / " : ""), $1 }')
   if [ "$t" = direct ]; then vd="1.00"; vn="-"; vh="-"; rss="-"
+  elif [ "$t" = nextup-tls ] || [ "$t" = nginx-tls ]; then
+    # like for like: the TLS rows compare with nginx-tls; there is no HAProxy TLS target
+    vd=$(ratio "${MRPS[$t]}" "${MRPS[direct]}")
+    vn=$(ratio "${MRPS[$t]}" "${MRPS[nginx-tls]}")
+    vh="-"
+    rss="${RSS[$t]}"
   else
     vd=$(ratio "${MRPS[$t]}" "${MRPS[direct]}")
     vn=$(ratio "${MRPS[$t]}" "${MRPS[nginx]}")
@@ -440,6 +602,12 @@ awk -F'\t' '{ for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) 
 echo
 echo "   medians over $RUNS run(s); vs = ratio of median req/s; peak RSS = max VmRSS sampled every 0.25 s"
 echo "   (nginx proxy: master + 2 workers summed); errors = non-2xx + socket errors reported by wrk, all runs"
+if [ "$TLS" = 1 ]; then
+  TLS_RATIO=$(ratio "${MRPS[nextup-tls]}" "${MRPS[nginx-tls]}")
+  echo "   TLS rows: plain HTTP from wrk, verified TLS from the proxy to the backend's ssl listener (same nginx);"
+  echo "   their \"vs nginx\" is against nginx-tls (like for like), \"vs direct\" against the plain backend"
+  echo "   nextup-tls vs nginx-tls: $TLS_RATIO (median req/s)"
+fi
 
 mkdir -p "$RESULTS_DIR"
 {
@@ -449,6 +617,12 @@ mkdir -p "$RESULTS_DIR"
   echo "- $machine"
   echo "- $versions; nextup $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?') (working tree may differ)"
   echo "- each proxy: 2 workers/threads, upstream keep-alive, to the same nginx backend (1 worker)"
+  if [ "$TLS" = 1 ]; then
+    echo "- TLS rows: wrk speaks plain HTTP to the proxy, the proxy verified TLS (CA made at run time, SAN"
+    echo "  DNS:localhost + IP:127.0.0.1) to the same backend's \`ssl\` listener; nextup-tls: \`NEXTUP_UPSTREAM_TLS=on\`,"
+    echo "  upstream \`127.0.0.1:port\` (IP SAN checked); nginx-tls: \`proxy_pass https://\`, keepalive 64,"
+    echo "  \`proxy_ssl_verify on\`, \`proxy_ssl_name localhost\`, \`proxy_ssl_session_reuse on\`"
+  fi
   echo
   awk -F'\t' 'NR == 1 { s = "|"; d = "|"; for (i = 1; i <= NF; i++) { s = s " " $i " |"; d = d (i == 1 ? "---|" : "---:|") }
                         print s; print d; next }
@@ -457,6 +631,11 @@ mkdir -p "$RESULTS_DIR"
   echo "Medians over $RUNS run(s). *vs* columns: ratio of median req/s. Peak RSS: max VmRSS sampled every 0.25 s"
   echo "during the runs (nginx proxy: master + workers summed). Errors: non-2xx plus socket errors reported by wrk."
   echo "wrk, the proxy and the backend share the machine's CPUs, so these numbers compare the proxies with each other."
+  if [ "$TLS" = 1 ]; then
+    echo
+    echo "TLS rows: *vs nginx* is against nginx-tls (like for like), *vs direct* against the plain backend; no HAProxy"
+    echo "TLS target. **nextup-tls vs nginx-tls: $TLS_RATIO** (median req/s)."
+  fi
 } >"$RESULTS_DIR/latest.md"
 echo "   written: bench/results/latest.md"
 say "done"
