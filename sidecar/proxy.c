@@ -686,7 +686,7 @@ static void ex_connected(struct downstream *ds)
      * connection; after that, every byte of the requests it completed. */
     if (!c->reused) {
         c->acked_at_open = upstream_bytes_acked(c);
-        upstream_tls_connected(c);
+        upstream_tls_keep_session(c);
     }
     ds->acked_base = c->acked_at_open >= 0 ? c->acked_at_open + (int64_t)c->bytes_done : -1;
     ds->attempt_bytes = evbuffer_get_length(ds->tosend);
@@ -1121,6 +1121,8 @@ static void ex_finish(struct downstream *ds)
     event_del(ds->try_timer);
     if (reusable)
         ds->up->bytes_done += ds->attempt_bytes;
+    if (ds->up->tls)
+        upstream_tls_keep_session(ds->up);
     up_detach(ds, reusable);
     request_end(ds);
     log_request(ds, ds->resp.status);

@@ -3,9 +3,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -28,6 +30,7 @@ struct file_id {
 static const struct config *cfg;
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static SSL_CTX *client_ctx;   /* owned; swapped on reload */
+static _Atomic unsigned client_generation; /* bumped at each swap: cached sessions of an older one are dropped */
 static SSL_CTX *server_ctx;   /* owned; swapped on reload */
 static struct file_id seen[6]; /* upstream cert, key, CA; listener cert, key, client CA: see files() */
 
@@ -49,7 +52,13 @@ static int fail(char *err, size_t errlen, const char *var, const char *value, co
 {
     char reason[256];
 
-    ossl_reason(reason, sizeof(reason));
+    /* OpenSSL's own word for a missing file is "system lib": say what the system said. */
+    if (value[0] && access(value, R_OK) != 0) {
+        snprintf(reason, sizeof(reason), "%s", strerror(errno));
+        ERR_clear_error();
+    } else {
+        ossl_reason(reason, sizeof(reason));
+    }
     snprintf(err, errlen, "%s=\"%s\": %s: %s", var, value, what, reason);
     return -EINVAL;
 }
@@ -227,6 +236,11 @@ void tls_shutdown(void)
     client_ctx = server_ctx = NULL;
 }
 
+unsigned tls_client_generation(void)
+{
+    return atomic_load(&client_generation);
+}
+
 int tls_upstream_enabled(void)
 {
     return client_ctx != NULL;
@@ -262,6 +276,8 @@ void tls_reload_check(void)
         SSL_CTX *fresh = make_client_ctx(err, sizeof(err));
         if (fresh) {
             swap_ctx(&client_ctx, fresh);
+            /* A resumed session would keep the old client certificate: sessions start afresh. */
+            atomic_fetch_add(&client_generation, 1);
             metrics_inc(M_TLS_RELOADS);
             LOG_INFO("tls: upstream certificate files changed: new connections use them");
         } else {
@@ -333,8 +349,15 @@ SSL *tls_upstream_new(const struct peer *p, void **session_slot)
 
 void tls_upstream_keep_session(SSL *ssl, void **session_slot)
 {
-    SSL_SESSION *s = SSL_get1_session(ssl);
+    SSL_SESSION *live = SSL_get0_session(ssl);
+    SSL_SESSION *s;
 
+    /* TLS 1.3 tickets come after the handshake: nothing resumable yet is no news. */
+    if (!live || !SSL_SESSION_is_resumable(live))
+        return;
+    /* A copy: OpenSSL marks the connection's own session unresumable when the
+     * connection is freed without a close_notify, which is how pooled ones end. */
+    s = SSL_SESSION_dup(live);
     if (!s)
         return;
     if (*session_slot)

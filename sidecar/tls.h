@@ -27,13 +27,16 @@ void tls_shutdown(void);
 void tls_reload_check(void);
 
 int tls_upstream_enabled(void);
+/* Changes whenever the upstream context is replaced: sessions cached before belong to the old one. */
+unsigned tls_client_generation(void);
 int tls_listener_enabled(void);
 
 /* A client SSL for a connection to <p>: SNI and the name checked from
  * NEXTUP_UPSTREAM_SNI or the peer's entry, a cached session when there is one
  * (<session_slot> is the caller's per-peer cache, SSL_SESSION *). NULL on failure. */
 SSL *tls_upstream_new(const struct peer *p, void **session_slot);
-/* After a completed handshake: keeps its session in <session_slot> for the next connection. */
+/* Keeps <ssl>'s session, when resumable, in <session_slot> for the next
+ * connection (after the handshake for TLS 1.2, after a response for 1.3's tickets). */
 void tls_upstream_keep_session(SSL *ssl, void **session_slot);
 /* Frees a cached session (pool teardown). */
 void tls_session_free(void *session);

@@ -32,6 +32,7 @@ struct upstream_pool {
     struct timeval idle_timeout;
     struct idle_list *idle;          /* owned, one per peer index */
     void **tls_sessions;             /* owned: the last TLS session per peer index, resumed next time */
+    unsigned tls_generation;         /* tls_client_generation() the sessions belong to */
 };
 
 struct upstream_pool *upstream_pool_new(struct event_base *base, int n_peers, int max_idle, int connect_timeout_ms,
@@ -172,7 +173,15 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
     c->pool = pool;
     if (tls_upstream_enabled()) {
         /* The handshake runs right after the TCP connect; BEV_EVENT_CONNECTED means both are done. */
-        SSL *ssl = tls_upstream_new(peer, &pool->tls_sessions[peer->index]);
+        SSL *ssl;
+        if (pool->tls_generation != tls_client_generation()) {
+            for (int i = 0; i < pool->n_peers; i++) {
+                tls_session_free(pool->tls_sessions[i]);
+                pool->tls_sessions[i] = NULL;
+            }
+            pool->tls_generation = tls_client_generation();
+        }
+        ssl = tls_upstream_new(peer, &pool->tls_sessions[peer->index]);
         if (ssl) {
             c->bev = bufferevent_openssl_socket_new(pool->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
                                                     BEV_OPT_CLOSE_ON_FREE);
@@ -182,6 +191,7 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
         if (c->bev)
             bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
         c->tls = 1;
+        c->tls_generation = pool->tls_generation;
     } else {
         c->bev = bufferevent_socket_new(pool->base, -1, BEV_OPT_CLOSE_ON_FREE);
     }
@@ -190,8 +200,9 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
         errno = ENOMEM;
         return NULL;
     }
-    /* The write timeout while connecting is libevent's connect timeout. */
-    bufferevent_set_timeouts(c->bev, NULL, &pool->connect_timeout);
+    /* The write timeout while connecting is libevent's connect timeout; a TLS
+     * handshake then waits to read, so NEXTUP_CONNECT_TIMEOUT_MS bounds it too. */
+    bufferevent_set_timeouts(c->bev, c->tls ? &pool->connect_timeout : NULL, &pool->connect_timeout);
     if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&peer->sa, (int)peer->salen) < 0) {
         int err = EVUTIL_SOCKET_ERROR();
         upstream_close(c);
@@ -228,11 +239,12 @@ void upstream_release(struct upconn *c)
     bufferevent_enable(c->bev, EV_READ);
 }
 
-void upstream_tls_connected(struct upconn *c)
+void upstream_tls_keep_session(struct upconn *c)
 {
     SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
 
-    if (ssl)
+    /* A connection made before a certificate change must not seed the new cache. */
+    if (ssl && c->tls_generation == c->pool->tls_generation)
         tls_upstream_keep_session(ssl, &c->pool->tls_sessions[c->peer->index]);
 }
 

@@ -26,6 +26,7 @@ struct upconn {
     struct upstream_pool *pool;
     int reused;                     /* served a request before this one */
     int tls;                        /* the bufferevent is an OpenSSL one */
+    unsigned tls_generation;        /* the upstream TLS context it was made with */
     int64_t acked_at_open;          /* tcpi_bytes_acked once connected; -1 unknown */
     uint64_t bytes_done;            /* request bytes of the requests it completed */
     struct upconn *next_idle;       /* pool list link while idle */
@@ -44,8 +45,9 @@ void upstream_pool_free(struct upstream_pool *pool);
  * Callbacks are unset: the caller sets them. NULL with errno on failure. */
 struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, int fresh);
 
-/* After <c>'s TLS handshake completed: keeps its session for the next connection to that peer. */
-void upstream_tls_connected(struct upconn *c);
+/* Keeps <c>'s TLS session (if any, and resumable) for the next connection to
+ * that peer: after the handshake, and again after a response (TLS 1.3 tickets). */
+void upstream_tls_keep_session(struct upconn *c);
 
 /* Gives <c> back: pooled when the pool has room and nothing is pending in its
  * buffers, closed otherwise. <c> must not be used afterwards. */

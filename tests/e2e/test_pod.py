@@ -158,7 +158,9 @@ class PodTest(H.NextupCase):
         env.update({"NEXTUP_UPSTREAMS": "orders-headless:%d" % self.port, "NEXTUP_LISTEN": "127.0.0.1:15001",
                     "NEXTUP_ADMIN": "127.0.0.1:15000", "NEXTUP_DNS_REFRESH_MS": "200",
                     "NEXTUP_RESOLV_CONF": self.resolv, "NEXTUP_BPF": "off", "NEXTUP_LOG_LEVEL": "info",
-                    "NEXTUP_WORKERS": "2", "NEXTUP_ACCESS_LOG": "off"})
+                    "NEXTUP_WORKERS": "2", "NEXTUP_ACCESS_LOG": "off",
+                    # The crashing replica may die with GETs it had already acknowledged: `reset`.
+                    "NEXTUP_RETRY_ON": "connect-failure,refused,reset,gateway-error"})
         env.update(json.loads(os.environ.get("NEXTUP_POD_TEST_ENV", "{}")))  # to show the test can fail
         err = tempfile.NamedTemporaryFile(prefix="nextup-pod-", suffix=".err", delete=False)
         self.addCleanup(os.unlink, err.name)
