@@ -42,6 +42,9 @@
 set -euo pipefail
 
 die() { echo "churn: error: $*" >&2; exit 1; }
+LIB_NAME=churn
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 say() { printf '[churn %5ss] %s\n' "$(( SECONDS - T0 ))" "$*"; }
 T0=$SECONDS
 
@@ -60,7 +63,6 @@ done
 command -v curl >/dev/null || die "curl not found"
 command -v bpftool >/dev/null || die "bpftool not found (scripts/deps.sh build)"
 
-is_uint() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
 DURATION=${CHURN_DURATION:-10}
 CONNS=${CHURN_CONNECTIONS:-32}
 THREADS=${CHURN_THREADS:-2}
@@ -97,22 +99,6 @@ show_logs() {
   done
 }
 
-stop_pid() {               # stop_pid PID NAME: SIGTERM, wait up to 5 s, then SIGKILL; returns its status
-  local pid=$1 name=$2 st=0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "churn: $name (pid $pid) still alive 5 s after SIGTERM, sending SIGKILL" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$pid" 2>/dev/null || st=$?
-  return "$st"
-}
 
 remove_pins() {            # remove_pins DIR: the pinned maps and the directory
   [ -n "$1" ] && [ -d "$1" ] || return 0
@@ -149,7 +135,6 @@ fi
 
 # ---------------------------------------------------------------- ports
 USED_PORTS=" "
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() {              # pick_port VAR: a free port below the ephemeral range, into VAR
   local p
   for _ in $(seq 200); do
@@ -254,20 +239,14 @@ start_nextup() {           # start_nextup MODE POOL
 
 stop_nextup() {
   local st=0
-  stop_pid "$NEXTUP_PID" nextup || st=$?
+  stop_pid "$NEXTUP_PID" nextup
+  st=$STOP_STATUS
   NEXTUP_PID=""
   [ "$st" = 0 ] || { show_logs "$WORK/nextup.log"; die "nextup exited with status $st after SIGTERM"; }
   remove_pins "$PIN_DIR"
   PIN_DIR=""
 }
 
-to_ms() {
-  awk -v x="$1" 'BEGIN {
-    n = x + 0; u = x; sub(/^[0-9.]+/, "", u)
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
-    else if (u == "h") n *= 3600000; else if (u != "ms") { print "NaN"; exit }
-    printf "%.3f", n }'
-}
 
 run_wrk() {                # run_wrk SECONDS OUTFILE
   "$WRK" -t"$THREADS" -c"$CONNS" -d"${1}s" --latency -H 'Connection: close' \
@@ -361,8 +340,6 @@ fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-  if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -A MRPS=() MP50=() MP99=()
 for c in $CONFIGS; do
   # shellcheck disable=SC2086

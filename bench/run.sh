@@ -46,6 +46,9 @@
 set -euo pipefail
 
 die() { echo "bench: error: $*" >&2; exit 1; }
+LIB_NAME=bench
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 say() { printf '[bench %5ss] %s\n' "$(( SECONDS - T0 ))" "$*"; }
 T0=$SECONDS
 
@@ -71,7 +74,6 @@ if [ "$TLS" = 1 ]; then
   command -v openssl >/dev/null || die "openssl not found (needed for the TLS targets; BENCH_TLS=0 skips them)"
 fi
 
-is_uint() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
 DURATION=${BENCH_DURATION:-10}
 CONNS=${BENCH_CONNECTIONS:-50}
 THREADS=${BENCH_THREADS:-2}
@@ -112,19 +114,6 @@ show_logs() {              # show_logs FILE...: the last lines of each non-empty
   done
 }
 
-stop_pid() {               # stop_pid PID NAME: SIGTERM, wait up to 5 s, then SIGKILL
-  local pid=$1 name=$2
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "bench: $name (pid $pid) still alive 5 s after SIGTERM, sending SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-}
 
 cleanup() {
   local rc=$? t st
@@ -158,7 +147,6 @@ chmod 755 "$WORK"          # nginx workers run as nobody when started by root
 # 20000-31999, below the kernel's usual ephemeral range, so wrk's and the proxies'
 # own outgoing connections do not take them.
 USED_PORTS=" "
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() {              # pick_port VAR: a free port not handed out before, into VAR
   local p
   for _ in $(seq 200); do
@@ -480,13 +468,6 @@ sampler &
 SAMPLER_PID=$!
 
 # ---------------------------------------------------------------- runs
-to_ms() {                  # wrk latency "245.00us" / "1.20ms" / "2.00s" / "1.00m" -> ms
-  awk -v x="$1" 'BEGIN {
-    n = x + 0; u = x; sub(/^[0-9.]+/, "", u)
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
-    else if (u == "h") n *= 3600000; else if (u != "ms") { print "NaN"; exit }
-    printf "%.3f", n }'
-}
 
 run_wrk() {                # run_wrk TARGET SECONDS OUTFILE
   local t=$1
@@ -531,8 +512,6 @@ SAMPLER_PID=""
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-  if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 declare -A MRPS=() MP50=() MP99=() RSS=()
