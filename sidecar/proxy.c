@@ -92,6 +92,9 @@ struct downstream {
     int aborted;                          /* ds_abort ran: no more I/O */
     int fin_seen;                         /* the connection's failure came with the peer's FIN */
     int tls;                              /* the client connection is TLS */
+    int tls_up;                           /* ... and its handshake completed */
+    int lingering;                        /* closing: the rest of the request body is read and dropped */
+    uint64_t lingered;
     const char *tls_fail_reason;          /* "verify" or "handshake" for a FAIL_TLS */
     llhttp_t resp_parser;
     struct http_head resp;
@@ -332,19 +335,49 @@ static void ds_abort(struct downstream *ds)
 }
 
 /* Closes once the bytes already queued for the client are written. */
+/* Lingering close: a response that came before the whole request body (an
+ * early 200 or 413 from the replica, an error of nextup's) is not followed by
+ * an abrupt close, which would reset the connection under the client's feet
+ * and could destroy the response before it is read: the rest of the body is
+ * read and thrown away for up to LINGER_MS or LINGER_BYTES, as nginx does. */
+#define LINGER_MS 2000
+#define LINGER_BYTES (64 * 1024 * 1024)
+
 static void ds_close_after_write(struct downstream *ds)
 {
+    int body_unread = ds->state == DS_BODY || ds->state == DS_HEAD;
+
     up_detach(ds, 0);
     ds->state = DS_CLOSING;
     stop_timers(ds);
-    bufferevent_disable(ds->bev, EV_READ);
+    ds->lingering = body_unread && !ds->client_eof;
+    if (!ds->lingering)
+        bufferevent_disable(ds->bev, EV_READ);
     flush_now(ds->bev);
-    if (evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0) {
+    if (evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0 && !ds->lingering) {
         ds_abort(ds);
         return;
     }
+    if (ds->lingering) {
+        struct timeval tv = ms_tv(LINGER_MS);
+        bufferevent_setwatermark(ds->bev, EV_READ, 0, 0);
+        bufferevent_enable(ds->bev, EV_READ);
+        evtimer_add(ds->timer, &tv);
+    }
     /* The write callback frees when the output is empty; the idle timeout bounds a client that never reads. */
-    bufferevent_enable(ds->bev, EV_WRITE);
+    if (evbuffer_get_length(bufferevent_get_output(ds->bev)) > 0)
+        bufferevent_enable(ds->bev, EV_WRITE);
+}
+
+/* While lingering: what the client still sends is read and dropped. */
+static void linger_drain(struct downstream *ds)
+{
+    struct evbuffer *in = bufferevent_get_input(ds->bev);
+
+    ds->lingered += evbuffer_get_length(in);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    if (ds->lingered > LINGER_BYTES)
+        ds_abort(ds);
 }
 
 /* Sends the held response (the last real one) instead of a made-up error. */
@@ -1371,6 +1404,9 @@ static void ds_read_cb(struct bufferevent *bev, void *arg)
     if (ds->state == DS_TUNNEL) {
         if (ds->up)
             tunnel_move(bev, ds->up->bev, &ds->client_paused);
+    } else if (ds->lingering) {
+        linger_drain(ds);
+        return;
     } else {
         ds_parse_input(ds);
     }
@@ -1384,7 +1420,9 @@ static void ds_write_cb(struct bufferevent *bev, void *arg)
     /* Drained: back to writing from the callbacks (flush_now). */
     bufferevent_disable(bev, EV_WRITE);
     if (ds->state == DS_CLOSING) {
-        ds_abort(ds);
+        /* A lingering connection ends when the client closes or the linger time is up. */
+        if (!ds->lingering)
+            ds_abort(ds);
         return;
     }
     if (ds->up_paused && ds->up) {
@@ -1397,9 +1435,11 @@ static void ds_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct downstream *ds = arg;
 
-    if (what & BEV_EVENT_CONNECTED)
-        return;     /* the client's TLS handshake is done */
-    if (ds->tls && (what & BEV_EVENT_ERROR) && ds->state == DS_IDLE && bufferevent_get_openssl_error(bev)) {
+    if (what & BEV_EVENT_CONNECTED) {
+        ds->tls_up = 1;     /* the client's TLS handshake is done */
+        return;
+    }
+    if (ds->tls && !ds->tls_up && (what & BEV_EVENT_ERROR)) {
         /* Plain HTTP on the TLS port, a refused client certificate, ...: one line, one connection. */
         const char *why = ERR_reason_error_string(bufferevent_get_openssl_error(bev));
         metrics_inc(M_TLS_DOWN_HANDSHAKE);
@@ -1407,6 +1447,12 @@ static void ds_event_cb(struct bufferevent *bev, short what, void *arg)
                  why ? why : "not a TLS client? plain HTTP on the TLS port is closed");
         ERR_clear_error();
         ds_abort(ds);
+        return;
+    }
+    if (ds->lingering && (what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
+        evbuffer_get_length(bufferevent_get_output(ds->bev)) > 0) {
+        /* The client is done sending: the write callback closes once the response is out. */
+        ds->lingering = 0;
         return;
     }
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && ds->state == DS_WAIT) {
@@ -1436,7 +1482,7 @@ static void ds_timer_cb(evutil_socket_t fd, short what, void *arg)
         ds_reply_error(ds, 408, "request head not received within NEXTUP_HEADER_TIMEOUT_MS");
         return;
     }
-    if (ds->state == DS_IDLE)
+    if (ds->state == DS_IDLE || ds->lingering)
         ds_abort(ds);
 }
 
