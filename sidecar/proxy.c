@@ -1268,6 +1268,10 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
 {
     struct downstream *ds = arg;
 
+    /* While connecting (and for TLS, handshaking) EV_WRITE belongs to libevent:
+     * a write callback then (a connect that succeeded at once) is not ours to act on. */
+    if (!ds->up_connected)
+        return;
     /* Drained: back to writing from the callbacks (flush_now). */
     bufferevent_disable(bev, EV_WRITE);
     /* The upstream took what was queued: the client may send more. */
@@ -1431,12 +1435,38 @@ static void ds_write_cb(struct bufferevent *bev, void *arg)
     }
 }
 
+/* A client's request often comes in the same flight as its last handshake
+ * message: OpenSSL then holds it already, and libevent 2.1's socket-based TLS
+ * bufferevent does not look for it until the socket is readable again, which
+ * may be never. Whatever OpenSSL holds is moved into the input here. */
+static void tls_take_early_bytes(struct downstream *ds)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(ds->bev);
+    struct evbuffer *in = bufferevent_get_input(ds->bev);
+    char buf[16384];
+    int n, got = 0;
+
+    if (!ssl || !SSL_has_pending(ssl))
+        return;
+    /* The input's end is frozen for everyone but libevent itself. */
+    evbuffer_unfreeze(in, 0);
+    while (SSL_has_pending(ssl) && (n = SSL_read(ssl, buf, sizeof(buf))) > 0) {
+        evbuffer_add(in, buf, (size_t)n);
+        got = 1;
+    }
+    evbuffer_freeze(in, 0);
+    ERR_clear_error();
+    if (got)
+        ds_read_cb(ds->bev, ds);
+}
+
 static void ds_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct downstream *ds = arg;
 
     if (what & BEV_EVENT_CONNECTED) {
         ds->tls_up = 1;     /* the client's TLS handshake is done */
+        tls_take_early_bytes(ds);
         return;
     }
     if (ds->tls && !ds->tls_up && (what & BEV_EVENT_ERROR)) {
