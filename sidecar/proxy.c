@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -343,6 +344,14 @@ static void ds_abort(struct downstream *ds)
 #define LINGER_MS 2000
 #define LINGER_BYTES (64 * 1024 * 1024)
 
+/* Once the response is out, the client is told "no more" (FIN) while what it
+ * still sends is read and dropped; TLS has no half-close, its connection just waits. */
+static void linger_half_close(struct downstream *ds)
+{
+    if (ds->lingering && !ds->tls && evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0)
+        shutdown(bufferevent_getfd(ds->bev), SHUT_WR);
+}
+
 static void ds_close_after_write(struct downstream *ds)
 {
     int body_unread = ds->state == DS_BODY || ds->state == DS_HEAD;
@@ -363,6 +372,7 @@ static void ds_close_after_write(struct downstream *ds)
         bufferevent_setwatermark(ds->bev, EV_READ, 0, 0);
         bufferevent_enable(ds->bev, EV_READ);
         evtimer_add(ds->timer, &tv);
+        linger_half_close(ds);
     }
     /* The write callback frees when the output is empty; the idle timeout bounds a client that never reads. */
     if (evbuffer_get_length(bufferevent_get_output(ds->bev)) > 0)
@@ -1427,6 +1437,8 @@ static void ds_write_cb(struct bufferevent *bev, void *arg)
         /* A lingering connection ends when the client closes or the linger time is up. */
         if (!ds->lingering)
             ds_abort(ds);
+        else
+            linger_half_close(ds);
         return;
     }
     if (ds->up_paused && ds->up) {
