@@ -3,8 +3,8 @@
  * lines, so lines from workers never interleave and a request costs no write().
  *
  * API: access_log_new() / access_log_free() (flushes), access_log_write(). */
-#ifndef NEXTUP_ACCESSLOG_H
-#define NEXTUP_ACCESSLOG_H
+#ifndef SIDECAR_ACCESSLOG_H
+#define SIDECAR_ACCESSLOG_H
 
 #include <stddef.h>
 #include <stdint.h>

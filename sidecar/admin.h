@@ -1,8 +1,8 @@
 /* admin: the admin listener (NEXTUP_ADMIN) on the main thread's loop:
  * /healthz (alive), /readyz (serving and a peer known; 503 while draining), /metrics,
  * /debug/peers (JSON: each peer's verdict, reason, L7 and kernel counters). */
-#ifndef NEXTUP_ADMIN_H
-#define NEXTUP_ADMIN_H
+#ifndef SIDECAR_ADMIN_H
+#define SIDECAR_ADMIN_H
 
 #include <stddef.h>
 

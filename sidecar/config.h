@@ -5,8 +5,8 @@
  *   config_print_help()   the --help text: every variable with its default
  *   config_parse_addr()   "host:port" / "[v6]:port" -> sockaddr (no DNS)
  * The struct is immutable after startup; workers read it without locks. */
-#ifndef NEXTUP_CONFIG_H
-#define NEXTUP_CONFIG_H
+#ifndef SIDECAR_CONFIG_H
+#define SIDECAR_CONFIG_H
 
 #include <stddef.h>
 #include <stdio.h>

@@ -7,8 +7,8 @@
  * name's peers only when it repeats. Main thread only.
  *
  * API: discovery_new() / discovery_free(), discovery_refresh(). */
-#ifndef NEXTUP_DISCOVERY_H
-#define NEXTUP_DISCOVERY_H
+#ifndef SIDECAR_DISCOVERY_H
+#define SIDECAR_DISCOVERY_H
 
 #include <stddef.h>
 

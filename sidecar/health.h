@@ -8,8 +8,8 @@
  *   health_new() / health_free()
  *   health_write_debug_json()   /debug/peers
  *   health_write_metrics()      per-peer gauges and counters for /metrics */
-#ifndef NEXTUP_HEALTH_H
-#define NEXTUP_HEALTH_H
+#ifndef SIDECAR_HEALTH_H
+#define SIDECAR_HEALTH_H
 
 struct event_base;
 struct evbuffer;

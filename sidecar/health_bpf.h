@@ -11,8 +11,8 @@
  * first one's, and the counters cover restarts. `rm -r <pin_dir>` detaches the programs once no running
  * nextup uses them. The counters only grow: the health view takes deltas over its window. struct
  * peer_stats is the contract in bpf/peer_stats.h (include <linux/types.h> before it). */
-#ifndef NEXTUP_HEALTH_BPF_H
-#define NEXTUP_HEALTH_BPF_H
+#ifndef SIDECAR_HEALTH_BPF_H
+#define SIDECAR_HEALTH_BPF_H
 
 #include <stddef.h>
 #include <linux/types.h>

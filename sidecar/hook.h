@@ -2,8 +2,8 @@
  * nextup_main(), a plugin from NEXTUP_DECISION_PLUGIN, or the built-in policy.
  *
  * API: hook_setup() at startup, hook_active() on the request path. */
-#ifndef NEXTUP_HOOK_H
-#define NEXTUP_HOOK_H
+#ifndef SIDECAR_HOOK_H
+#define SIDECAR_HOOK_H
 
 #include <stddef.h>
 

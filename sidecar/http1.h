@@ -11,8 +11,8 @@
  *   http1_write_response_head()                   the head sent to the client
  *   http1_write_error()                           a short plain-text response made by nextup
  *   http1_is_hop_by_hop()                         RFC 9110 7.6.1 */
-#ifndef NEXTUP_HTTP1_H
-#define NEXTUP_HTTP1_H
+#ifndef SIDECAR_HTTP1_H
+#define SIDECAR_HTTP1_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* log: diagnostics on stderr, one line each, filtered by NEXTUP_LOG_LEVEL.
  * API: log_set_level(), log_enabled(), log_msg() and the LOG_* macros. */
-#ifndef NEXTUP_LOG_H
-#define NEXTUP_LOG_H
+#ifndef SIDECAR_LOG_H
+#define SIDECAR_LOG_H
 
 #include "config.h"
 

@@ -1,7 +1,7 @@
 /* metrics: process-wide counters, atomic, shared by all workers.
  * API: metrics_inc(), metrics_add(), metrics_write_prometheus(). */
-#ifndef NEXTUP_METRICS_H
-#define NEXTUP_METRICS_H
+#ifndef SIDECAR_METRICS_H
+#define SIDECAR_METRICS_H
 
 #include <stdatomic.h>
 #include <stdint.h>

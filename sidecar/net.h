@@ -1,6 +1,6 @@
 /* net: listening sockets. */
-#ifndef NEXTUP_NET_H
-#define NEXTUP_NET_H
+#ifndef SIDECAR_NET_H
+#define SIDECAR_NET_H
 
 #include <sys/socket.h>
 

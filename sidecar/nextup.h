@@ -15,8 +15,8 @@
  *   - as a plugin: a shared object named by NEXTUP_DECISION_PLUGIN that exports
  *     `const struct nextup_hooks nextup_plugin_hooks` (NEXTUP_PLUGIN_SYMBOL).
  * The accessors below are valid only during the call they are given to. */
-#ifndef NEXTUP_PUBLIC_H
-#define NEXTUP_PUBLIC_H
+#ifndef SIDECAR_PUBLIC_H
+#define SIDECAR_PUBLIC_H
 
 #include <stddef.h>
 

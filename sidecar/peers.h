@@ -8,8 +8,8 @@
  *   peers_report()               an outcome nextup saw; enough failures eject the peer for a while
  *   peer_is_ejected()            the verdict selection reads
  * Peers are shared by all workers: only <outstanding> changes, atomically. */
-#ifndef NEXTUP_PEERS_H
-#define NEXTUP_PEERS_H
+#ifndef SIDECAR_PEERS_H
+#define SIDECAR_PEERS_H
 
 #include <stdatomic.h>
 #include <stdint.h>

@@ -6,8 +6,8 @@
  *   proxy_init()           once at startup (parser settings)
  *   downstream_new()       takes an accepted socket
  *   downstream_drain()     finish the current request, then close; idle: close now */
-#ifndef NEXTUP_PROXY_H
-#define NEXTUP_PROXY_H
+#ifndef SIDECAR_PROXY_H
+#define SIDECAR_PROXY_H
 
 #include <sys/socket.h>
 

@@ -7,8 +7,8 @@
  *   retry_decide()                               retry, or why not
  *   retry_budget_*()                             requests and retries over the last 10 s
  *   retry_backoff_ms()                           exponential backoff with full jitter */
-#ifndef NEXTUP_RETRY_H
-#define NEXTUP_RETRY_H
+#ifndef SIDECAR_RETRY_H
+#define SIDECAR_RETRY_H
 
 #include <stdatomic.h>
 #include <stddef.h>

@@ -11,8 +11,8 @@
  *   tls_upstream_failure()            why a handshake to a replica failed
  * Contexts are swapped under a mutex taken once per new connection, never
  * per request. */
-#ifndef NEXTUP_TLS_H
-#define NEXTUP_TLS_H
+#ifndef SIDECAR_TLS_H
+#define SIDECAR_TLS_H
 
 #include <stddef.h>
 

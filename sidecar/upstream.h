@@ -10,8 +10,8 @@
  * A connection handed out belongs to the caller, who sets its bufferevent
  * callbacks; while pooled it belongs to the pool, which closes it when the
  * peer closes it or it idles past the idle timeout. */
-#ifndef NEXTUP_UPSTREAM_H
-#define NEXTUP_UPSTREAM_H
+#ifndef SIDECAR_UPSTREAM_H
+#define SIDECAR_UPSTREAM_H
 
 #include <stdint.h>
 

@@ -6,8 +6,8 @@
  *   workers_drain()   from the main thread: stop accepting, finish in-flight, exit loops
  *   workers_stop()    from the main thread: end the loops now and join
  *   workers_live_connections()  client connections open, all workers */
-#ifndef NEXTUP_WORKER_H
-#define NEXTUP_WORKER_H
+#ifndef SIDECAR_WORKER_H
+#define SIDECAR_WORKER_H
 
 #include <pthread.h>
 #include <stdint.h>
