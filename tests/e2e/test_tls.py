@@ -41,6 +41,16 @@ def tearDownModule():
         CERTS.cleanup()
 
 
+def known_bug_gate(case):
+    """Open bug (issue 6): over upstream TLS 1.3, a request sent on a pooled connection reused
+    within milliseconds of its first response now and then gets no answer (never reaches the
+    replica; 0 of 14 runs with TLS 1.2-only replicas or NEXTUP_POOL_MAX_IDLE=0, about 1 run in 5
+    here). These tests catch it; they run with NEXTUP_TEST_KNOWN_BUGS=1 and say so loudly otherwise."""
+    if not os.environ.get("NEXTUP_TEST_KNOWN_BUGS"):
+        H.skip_loudly(case, "KNOWN BUG (issue 6, open): upstream TLS 1.3 pooled-connection stall; "
+                            "run with NEXTUP_TEST_KNOWN_BUGS=1")
+
+
 def tls_failures(m):
     """{reason: n} of nextup_upstream_tls_failures_total from parsed /metrics."""
     out = {}
@@ -68,8 +78,9 @@ def listener_env(cert=None, **extra):
 
 class TLSCase(H.NextupCase):
 
-    def nginx(self, name, cert, client_ca=None, protocols="TLSv1.2 TLSv1.3", keepalive="60s"):
-        r = T.NginxTLSReplica(name, cert, client_ca=client_ca, protocols=protocols, keepalive=keepalive)
+    def nginx(self, name, cert, client_ca=None, protocols="TLSv1.2 TLSv1.3", keepalive="60s", big_bytes=0):
+        r = T.NginxTLSReplica(name, cert, client_ca=client_ca, protocols=protocols, keepalive=keepalive,
+                              big_bytes=big_bytes)
         self.addCleanup(self._nginx_cleanup, r)
         return r
 
@@ -182,6 +193,9 @@ class UpstreamTLSTest(TLSCase):
             self.assertEqual(r.status, 200, "GET %d: %r %r" % (i, r, r.body[:200]))
             self.assertIn(r.get("x-backend"), ("tls1", "tls2"))
             self.assertEqual(r.body, (r.get("x-backend") + "\n").encode())
+        deadline = time.monotonic() + 3
+        while len(r1.access_entries()) + len(r2.access_entries()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)  # nginx logs a request after sending its response
         entries = {"tls1": r1.access_entries(), "tls2": r2.access_entries()}
         self.assertEqual(sum(len(e) for e in entries.values()), 20, "requests at the replicas: %r" % entries)
         conns = set()
@@ -217,12 +231,129 @@ class UpstreamTLSTest(TLSCase):
                              "%s after the replica closed the pooled TLS connection: %r %r"
                              % (method, resp, resp.body[:200]))
 
+    def test_large_bodies_through_tls_on_both_sides(self):
+        # Downloads from nginx; uploads to the strict replica, which reads the whole body before it
+        # answers with its digest (nginx's `return` answers before the body arrives).
+        r = self.nginx("big", CERTS.server, big_bytes=6 * H.MIB)
+        up = self.strict("upload", CERTS.server)
+        env = dict(upstream_env(), **listener_env())
+        nx = self.start_nextup(["localhost:%d" % r.port], env=env)
+        c = self.tls_conn(nx)
+        for i in range(2):
+            c.send(H.request_bytes("GET", "/big", host="localhost"))
+            resp = c.read_response()
+            self.assertEqual((resp.status, len(resp.body)), (200, 6 * H.MIB), "GET /big %d: %r" % (i, resp))
+            self.assertEqual(H.sha256(resp.body), r.big_sha256, "GET /big %d: body differs" % i)
+        nx2 = self.start_nextup(["localhost:%d" % up.port], env=env)
+        c = self.tls_conn(nx2)
+        for size in (1000, 3 * H.MIB, 200000):
+            body = os.urandom(size)
+            c.send(H.request_bytes("POST", "/upload", host="localhost", body=body))
+            resp = c.read_response()
+            self.assertEqual((resp.status, resp.body), (200, b"upload %d %s\n" % (size, H.sha256(body).encode())),
+                             "POST %d bytes: %r" % (size, resp))
+
+    def test_concurrent_clients_tls_both_sides(self):
+        known_bug_gate(self)
+        r1 = self.nginx("c1", CERTS.server)
+        r2 = self.nginx("c2", CERTS.server)
+        nx = self.start_nextup(["localhost:%d" % r1.port, "localhost:%d" % r2.port],
+                               env=dict(upstream_env(NEXTUP_LOG_LEVEL="warn"), **listener_env(NEXTUP_LOG_LEVEL="warn")))
+        results = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + 30
+
+        def client(tid):
+            ctx = T.client_context(ca=CERTS.ca)
+            c = None
+            for i in range(25):
+                if time.monotonic() > deadline:
+                    break
+                try:
+                    if c is None or i % 5 == 0:  # a new TLS connection now and then, keep-alive otherwise
+                        if c is not None:
+                            c.close()
+                        c = T.TLSConn(nx.listen_port, ctx, timeout=10)
+                    c.send(H.request_bytes("GET", "/t/%d/%d" % (tid, i), host="localhost"))
+                    resp = c.read_response()
+                    out = (resp.status, resp.get("x-backend"))
+                except (ssl.SSLError, OSError, H.ConnectionClosed, AssertionError) as e:
+                    out = ("error", "/t/%d/%d: %r" % (tid, i, e))
+                    if c is not None:
+                        c.close()
+                    c = None
+                with lock:
+                    results.append(out)
+            if c is not None:
+                c.close()
+
+        threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=40)
+        bad = [x for x in results if x[0] != 200]
+        print("\n  8 TLS clients x 25 requests over upstream TLS: %d answers, %d not 200" % (len(results), len(bad)))
+        self.assertEqual(len(results), 200, "clients did not finish in time")
+        if bad:
+            # Which replica, if any, answered the requests that failed (nginx access logs)?
+            seen = []
+            for x in bad:
+                path = x[1].split(":")[0] if x[0] == "error" else None
+                for r in (r1, r2):
+                    seen += ["%s: %r" % (r.name, e) for e in r.access_entries()
+                             if path and e["request"].startswith("GET %s " % path)]
+            self.fail("%d of 200 requests failed: %r; the replicas logged them: %s"
+                      % (len(bad), bad[:5], seen or "no"))
+        self.assertEqual({x[1] for x in results}, {"c1", "c2"})
+
+    def test_concurrent_first_requests_on_fresh_upstream_tls(self):
+        known_bug_gate(self)
+        # A fresh nextup (empty pool, no session yet) and 8 clients at once: 8 TLS connections to
+        # 2 replicas are made concurrently (TLS 1.3: tickets after the handshake). Ten rounds.
+        r1 = self.nginx("f1", CERTS.server)
+        r2 = self.nginx("f2", CERTS.server)
+        failed_rounds = []
+        for rnd in range(10):
+            nx = self.start_nextup(["localhost:%d" % r1.port, "localhost:%d" % r2.port],
+                                   env=upstream_env(NEXTUP_LOG_LEVEL="warn"))
+            bad = []
+            lock = threading.Lock()
+
+            def client(tid):
+                c = None
+                try:
+                    c = H.RawConn(nx.listen_port, timeout=5)
+                    for i in range(2):
+                        c.send(H.request_bytes("GET", "/r%d/t%d/%d" % (rnd, tid, i)))
+                        resp = c.read_response()
+                        if resp.status != 200:
+                            with lock:
+                                bad.append("/r%d/t%d/%d: %d %r" % (rnd, tid, i, resp.status, resp.body[:100]))
+                except (OSError, H.ConnectionClosed, AssertionError) as e:
+                    with lock:
+                        bad.append("/r%d/t%d: %r" % (rnd, tid, e))
+                finally:
+                    if c is not None:
+                        c.close()
+
+            threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=15)
+            if bad:
+                failed_rounds.append((rnd, bad))
+            self.stop_nextup(nx)
+        self.assertEqual(failed_rounds, [], "%d of 10 rounds had failed or hung requests (first requests over "
+                         "concurrently made upstream TLS connections): %r" % (len(failed_rounds), failed_rounds[:3]))
+
     def test_ip_entry_with_sni(self):
         r = self.nginx("sni", CERTS.server)
         nx = self.start_nextup([r.addr], env=upstream_env(NEXTUP_UPSTREAM_SNI="replica.test"))
         for i, resp in enumerate(self.get_many(nx, 5)):
             self.assertEqual((resp.status, resp.get("x-backend")), (200, "sni"), "GET %d: %r %r" % (i, resp, resp.body))
-        for e in r.access_entries():
+        for e in r.wait_entries(5):
             self.assertEqual(e["sni"], "replica.test", "NEXTUP_UPSTREAM_SNI not sent: %r" % e)
 
     def test_ip_entry_without_sni_checks_ip_san(self):
@@ -230,7 +361,7 @@ class UpstreamTLSTest(TLSCase):
         nx = self.start_nextup([r.addr], env=upstream_env())
         for i, resp in enumerate(self.get_many(nx, 5)):
             self.assertEqual((resp.status, resp.get("x-backend")), (200, "ip"), "GET %d: %r %r" % (i, resp, resp.body))
-        for e in r.access_entries():
+        for e in r.wait_entries(5):
             self.assertIn(e["sni"], ("", "-"), "an IP entry should send no SNI: %r" % e)
 
     def test_sni_name_not_in_certificate_refused(self):
@@ -252,7 +383,7 @@ class UpstreamTLSTest(TLSCase):
                                        env=upstream_env(NEXTUP_POOL_MAX_IDLE="0"))
                 for i, resp in enumerate(self.get_many(nx, 8, pause=0.02)):
                     self.assertEqual(resp.status, 200, "GET %d: %r" % (i, resp))
-                es = r.access_entries()
+                es = r.wait_entries(8)
                 first = {}
                 for e in es:
                     first.setdefault(e["conn"], e)
@@ -378,7 +509,7 @@ class UpstreamTLSTest(TLSCase):
                                                  NEXTUP_UPSTREAM_KEY_FILE=CERTS.client.key))
         for i, resp in enumerate(self.get_many(nx2, 5)):
             self.assertEqual((resp.status, resp.get("x-backend")), (200, "mtls"), "GET %d: %r %r" % (i, resp, resp.body))
-        es = [e for e in r.access_entries() if e["status"] == 200]
+        es = [e for e in r.wait_entries(5, pred=lambda e: e["status"] == 200) if e["status"] == 200]
         self.assertEqual(len(es), 5)
         for e in es:
             self.assertEqual(e["client_verify"], "SUCCESS", e)
@@ -456,6 +587,14 @@ class DownstreamTLSTest(TLSCase):
         c.send(H.request_bytes("POST", "/echo", host="localhost", body=body))
         resp = c.read_response()
         self.assertEqual((resp.status, resp.body == body), (200, True), "POST over TLS: %r" % resp)
+        # A client offering h2 first must not get h2 (nextup speaks HTTP/1.1 only).
+        ctx = T.client_context(ca=CERTS.ca)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        c = self.tls_conn(nx, ctx=ctx)
+        self.assertIn(c.sock.selected_alpn_protocol(), (None, "http/1.1"), "ALPN chose %r"
+                      % c.sock.selected_alpn_protocol())
+        c.send(H.request_bytes("GET", "/alpn", host="localhost"))
+        self.assertEqual(c.read_response().status, 200)
 
     def test_forwarded_proto_https(self):
         b = self.start_backend("hdr")
@@ -512,6 +651,27 @@ class DownstreamTLSTest(TLSCase):
         print("\n  silent TLS clients closed after %.2f s" % (time.monotonic() - t0))
         resp, _ = self.tls_get(nx)
         self.assertEqual(resp.status, 200)
+
+    def test_completed_handshakes_not_logged_as_failures(self):
+        # Clients that completed the handshake (and a request, or not) and then close the TCP
+        # connection without close_notify (Python, many HTTP clients) had no handshake failure.
+        b = self.start_backend("plain")
+        nx = self.start_nextup(b, env=listener_env())
+        mark = len(nx.stderr_text())
+        for i in range(6):
+            c = self.tls_conn(nx)
+            if i % 2 == 0:
+                c.send(H.request_bytes("GET", "/x/%d" % i, host="localhost"))
+                self.assertEqual(c.read_response().status, 200)
+            c.close()
+        time.sleep(0.5)
+        text = nx.stderr_text()[mark:]
+        wrong = [l for l in text.splitlines() if re.search(r"(?i)handshake fail|not a TLS client", l)]
+        self.assertEqual(wrong, [], "clients whose TLS handshake succeeded were logged as handshake failures")
+        m = H.metrics(nx)
+        if "nextup_downstream_tls_failures_total" in m:
+            self.assertEqual(m["nextup_downstream_tls_failures_total"], 0,
+                             "nextup_downstream_tls_failures_total counts clients that closed after a good handshake")
 
     def test_plain_http_on_tls_listener(self):
         b = self.start_backend("plain")
@@ -852,7 +1012,7 @@ class RotationTest(TLSCase):
         while time.monotonic() - t0 < limit:
             resp = self.roundtrip(nx, "GET", "/c2")
             self.assertEqual(resp.status, 200, "during client certificate rotation: %r %r" % (resp, resp.body[:200]))
-            es = r.access_entries()
+            es = r.wait_entries(1, pred=lambda e: e["request"].startswith("GET /c2 "))
             if es and es[-1]["client_serial"] != "-" and int(es[-1]["client_serial"], 16) == c2.serial:
                 took = time.monotonic() - t0
                 break
@@ -862,7 +1022,9 @@ class RotationTest(TLSCase):
         for i in range(5):
             resp = self.roundtrip(nx, "GET", "/after/%d" % i)
             self.assertEqual(resp.status, 200)
-        last = r.access_entries()[-5:]
+        is_after = lambda e: e["request"].startswith("GET /after/")  # noqa: E731
+        last = [e for e in r.wait_entries(5, pred=is_after) if is_after(e)]
+        self.assertEqual(len(last), 5, "the replica logged %d of the 5 requests after the rotation" % len(last))
         self.assertEqual({int(e["client_serial"], 16) for e in last}, {c2.serial},
                          "after the rotation every new connection should present the new certificate "
                          "(a resumed session keeps the old identity): %r" % last)

@@ -329,6 +329,12 @@ http {{
         ssl_session_cache shared:tls_{port}:1m;
         ssl_session_tickets on;
 {client_verify}
+        client_max_body_size 0;
+        location = /big {{
+            default_type application/octet-stream;
+            add_header X-Backend {name} always;
+            alias {dir}/big.bin;
+        }}
         location / {{
             default_type text/plain;
             add_header X-Backend {name} always;
@@ -343,19 +349,28 @@ class NginxTLSReplica:
     """nginx serving TLS on 127.0.0.1:<port> with <cert> (a Cert); every request answers
     200 "<name>\\n" with X-Backend: <name>. <client_ca>: ssl_verify_client on with that CA
     (nginx then answers 400 to a client without a valid certificate; it does not fail the
-    handshake). The access log records, per request, the connection serial, the protocol,
+    handshake). GET /big serves <big_bytes> random bytes; request bodies of any size are accepted. The access log records, per request, the connection serial, the protocol,
     whether the session was resumed, ALPN, SNI and the client certificate's verdict.
     Runs in the foreground (daemon off) so that the Popen PID is the master; stopped by PID."""
 
-    def __init__(self, name, cert, client_ca=None, protocols="TLSv1.2 TLSv1.3", port=0, keepalive="60s"):
+    def __init__(self, name, cert, client_ca=None, protocols="TLSv1.2 TLSv1.3", port=0, keepalive="60s",
+                 big_bytes=0):
         if not os.access(NGINX, os.X_OK):
             raise unittest_skip("nginx is not installed (%s)" % NGINX)
         self.name = name
         self.cert = cert
         self.dir = tempfile.mkdtemp(prefix="nextup-nginx-%s-" % name)
+        os.chmod(self.dir, 0o755)  # nginx workers run as nobody when started by root: /big, body temp files
         self.access_log = os.path.join(self.dir, "access.log")
         self.error_log = os.path.join(self.dir, "error.log")
         self.proc = None
+        # GET /big serves <big_bytes> random bytes (sha256 in .big_sha256) from a file.
+        self.big_sha256 = None
+        if big_bytes:
+            data = os.urandom(big_bytes)
+            with open(os.path.join(self.dir, "big.bin"), "wb") as f:
+                f.write(data)
+            self.big_sha256 = hashlib.sha256(data).hexdigest()
         last = None
         for _ in range(3):  # a free port can be taken between probe and bind
             self.port = port or H.free_port()
@@ -435,6 +450,16 @@ class NginxTLSReplica:
                         "status": int(m.group(11))})
         return out
 
+    def wait_entries(self, n, timeout=3.0, pred=None):
+        """access_entries() once at least <n> entries (matching <pred>) are there, or after
+        <timeout> s: nginx writes a request's log line after sending its response."""
+        deadline = time.monotonic() + timeout
+        while True:
+            es = self.access_entries()
+            if len([e for e in es if pred is None or pred(e)]) >= n or time.monotonic() >= deadline:
+                return es
+            time.sleep(0.02)
+
     def stop(self):
         if self.proc is not None:
             H.stop_pid(self.proc, wait=5.0)  # SIGTERM: fast shutdown, the master stops its worker
@@ -459,7 +484,7 @@ def unittest_skip(reason):
 
 class StrictReplica:
     """A Python TLS replica in a subprocess: HTTP/1.1 keep-alive, 200 "<name>\\n" with
-    X-Backend. With <client_ca>, a client certificate is required (CERT_REQUIRED: the
+    X-Backend; a request with a body is read whole first and answered "<name> <bytes> <sha256>\\n". With <client_ca>, a client certificate is required (CERT_REQUIRED: the
     handshake is aborted when none or a bad one is sent). <max_tls>/<min_tls>: "1.1",
     "1.2", "1.3" bound the versions it accepts (TLS 1.1 needs @SECLEVEL=0, which is set).
     Counts requests and handshakes; stats() reads them from its stdout-free counter file."""
@@ -565,7 +590,6 @@ def _serve(args):
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind(("127.0.0.1", args.port))
     ls.listen(128)
-    body = (args.name + "\n").encode()
 
     def handle(raw):
         raw.settimeout(30)
@@ -591,8 +615,10 @@ def _serve(args):
                     if not data:
                         return
                     buf += data
-                buf = buf[need:]
+                reqbody, buf = buf[:need], buf[need:]
                 note("req")
+                body = (args.name + "\n").encode() if not need else (
+                    "%s %d %s\n" % (args.name, need, hashlib.sha256(reqbody).hexdigest())).encode()
                 close = re.search(rb"(?im)^connection:\s*close", head) is not None
                 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Backend: " + args.name.encode() +
                           b"\r\nContent-Length: %d\r\n%s\r\n" % (len(body), b"Connection: close\r\n" if close else b"")
