@@ -1195,9 +1195,7 @@ static void ex_finish(struct downstream *ds)
         evtimer_add(ds->timer, &idle);
         bufferevent_set_timeouts(ds->bev, NULL, &idle);
     }
-    if (ds->client_paused) {
-        ds->client_paused = 0;
-    }
+    ds->client_paused = 0;
     bufferevent_enable(ds->bev, EV_READ);
     llhttp_resume(&ds->parser);
     if (evbuffer_get_length(bufferevent_get_input(ds->bev)) > 0)
