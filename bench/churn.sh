@@ -41,17 +41,10 @@
 # it is empty again.
 set -euo pipefail
 
-die() { echo "churn: error: $*" >&2; exit 1; }
 LIB_NAME=churn
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-say() { printf '[churn %5ss] %s\n' "$(( SECONDS - T0 ))" "$*"; }
-T0=$SECONDS
-
-[ $# -eq 1 ] || die "usage: $0 path/to/nextup"
-NEXTUP_BIN=$1
-[ -x "$NEXTUP_BIN" ] || die "$NEXTUP_BIN is not an executable (build it with: make build/nextup)"
-case "$NEXTUP_BIN" in /*) ;; *) NEXTUP_BIN="$PWD/$NEXTUP_BIN" ;; esac
+nextup_bin_arg "$@"
 [ "$(id -u)" -eq 0 ] || die "needs root: NEXTUP_BPF=on loads BPF programs and pins maps on bpffs"
 [ -r /sys/kernel/btf/vmlinux ] || die "the kernel has no BTF (/sys/kernel/btf/vmlinux): NEXTUP_BPF=on cannot load"
 

@@ -1,6 +1,18 @@
 # shellcheck shell=bash
 # bench/lib.sh — helpers shared by bench/run.sh and bench/churn.sh (sourced, not run).
-# The caller sets LIB_NAME (the prefix of its messages) before sourcing.
+# The caller sets LIB_NAME (the prefix of its messages) before sourcing, then calls
+# nextup_bin_arg "$@" to take its one argument, the nextup binary, into NEXTUP_BIN.
+
+die() { echo "$LIB_NAME: error: $*" >&2; exit 1; }
+say() { printf '[%s %5ss] %s\n' "$LIB_NAME" "$(( SECONDS - T0 ))" "$*"; }
+T0=$SECONDS
+
+nextup_bin_arg() {
+  [ $# -eq 1 ] || die "usage: $0 path/to/nextup"
+  NEXTUP_BIN=$1
+  [ -x "$NEXTUP_BIN" ] || die "$NEXTUP_BIN is not an executable (build it with: make build/nextup)"
+  case "$NEXTUP_BIN" in /*) ;; *) NEXTUP_BIN="$PWD/$NEXTUP_BIN" ;; esac
+}
 
 is_uint() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
 

@@ -45,17 +45,10 @@
 # not absolute capacity figures.
 set -euo pipefail
 
-die() { echo "bench: error: $*" >&2; exit 1; }
 LIB_NAME=bench
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-say() { printf '[bench %5ss] %s\n' "$(( SECONDS - T0 ))" "$*"; }
-T0=$SECONDS
-
-[ $# -eq 1 ] || die "usage: $0 path/to/nextup"
-NEXTUP_BIN=$1
-[ -x "$NEXTUP_BIN" ] || die "$NEXTUP_BIN is not an executable (build it with: make build/nextup)"
-case "$NEXTUP_BIN" in /*) ;; *) NEXTUP_BIN="$PWD/$NEXTUP_BIN" ;; esac
+nextup_bin_arg "$@"
 
 NGINX=/usr/sbin/nginx
 HAPROXY=/usr/sbin/haproxy
