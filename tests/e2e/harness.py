@@ -1128,3 +1128,69 @@ class Blackhole:
                                  % (self.addr, e))
         finally:
             s.close()
+
+
+# --------------------------------------------------------------------------
+# raw TCP servers for what backend.py will not do (garbage, resets, stalls)
+
+
+class RawServer:
+    """A listening socket on 127.0.0.1 whose connections a thread hands, one at a
+    time, to handle(conn); the connection is closed afterwards. stop() ends it.
+    .accepted counts connections; an exception in handle() is kept in .error."""
+
+    def __init__(self, port=0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.error = None
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def handle(self, conn):
+        raise NotImplementedError
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            try:
+                self.handle(conn)
+            except Exception as e:  # the test reads .error
+                self.error = repr(e)
+            finally:
+                conn.close()
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(timeout=5)
+        if self._t.is_alive():
+            raise AssertionError("%s thread did not stop" % type(self).__name__)
+        self.sock.close()
+
+
+def read_request_head(conn, timeout=2.0):
+    """Bytes up to and including the blank line ending a request head (and what came
+    with it), or what arrived before the peer closed."""
+    conn.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        piece = conn.recv(65536)
+        if not piece:
+            break
+        data += piece
+    return data

@@ -32,7 +32,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
@@ -242,58 +241,19 @@ def own_netns_inum():
     return os.stat("/proc/self/ns/net").st_ino
 
 
-class ResettingServer:
+class ResettingServer(H.RawServer):
     """A replica that has gone bad: accepts, reads the request head, then closes with a RST
     (SO_LINGER {1, 0}). Runs in a thread of the test; .accepted counts connections."""
 
-    def __init__(self, port=0):
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", port))
-        self.lsock.listen(64)
-        self.lsock.settimeout(0.05)
-        self.port = self.lsock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            try:
-                c.settimeout(2.0)
-                buf = b""
-                while b"\r\n\r\n" not in buf and len(buf) < 65536:
-                    d = c.recv(65536)
-                    if not d:
-                        break
-                    buf += d
-            except OSError:
-                pass
-            finally:
-                try:
-                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-                c.close()
-
-    def stop(self):
-        self._stop.set()
-        self._t.join(timeout=5)
-        if self._t.is_alive():
-            raise AssertionError("resetting server thread did not stop")
-        self.lsock.close()
+    def handle(self, conn):
+        try:
+            H.read_request_head(conn)
+        except OSError:
+            pass
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
 
 
 ip_cmd = H.ip

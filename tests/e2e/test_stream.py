@@ -3,9 +3,7 @@
 import hashlib
 import json
 import os
-import socket
 import sys
-import threading
 import time
 import unittest
 
@@ -18,44 +16,22 @@ RSS_BOUND_KIB = 64 * 1024
 TIME_LIMIT = 120.0
 
 
-class StallingUpstream:
+class StallingUpstream(H.RawServer):
     """A raw upstream that accepts, reads the request head, waits <stall> s without
     reading the body, then reads the Content-Length body and answers its size."""
 
     def __init__(self, stall):
         self.stall = stall
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.got = None
-        self.error = None
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        super().__init__()
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            try:
-                self._serve(conn)
-            except Exception as e:
-                self.error = repr(e)
-            finally:
-                conn.close()
+    def handle(self, conn):
+        self._serve(conn)
 
     def _serve(self, conn):
-        conn.settimeout(30)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            piece = conn.recv(4096)
-            if not piece:
-                return
-            data += piece
+        data = H.read_request_head(conn, timeout=30)
+        if b"\r\n\r\n" not in data:
+            return
         head, _, rest = data.partition(b"\r\n\r\n")
         cl = None
         for line in head.split(b"\r\n")[1:]:
@@ -77,10 +53,6 @@ class StallingUpstream:
         body = b"%d" % n
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
 
-    def stop(self):
-        self._stop.set()
-        self._t.join(timeout=5)
-        self.sock.close()
 
 
 class StreamTest(H.NextupCase):
