@@ -347,22 +347,23 @@ SSL *tls_upstream_new(const struct peer *p, void **session_slot)
     return ssl;
 }
 
-void tls_upstream_keep_session(SSL *ssl, void **session_slot)
+int tls_upstream_keep_session(SSL *ssl, void **session_slot)
 {
     SSL_SESSION *live = SSL_get0_session(ssl);
     SSL_SESSION *s;
 
     /* TLS 1.3 tickets come after the handshake: nothing resumable yet is no news. */
     if (!live || !SSL_SESSION_is_resumable(live))
-        return;
+        return 0;
     /* A copy: OpenSSL marks the connection's own session unresumable when the
      * connection is freed without a close_notify, which is how pooled ones end. */
     s = SSL_SESSION_dup(live);
     if (!s)
-        return;
+        return 0;
     if (*session_slot)
         SSL_SESSION_free(*session_slot);
     *session_slot = s;
+    return 1;
 }
 
 void tls_session_free(void *session)

@@ -36,8 +36,9 @@ int tls_listener_enabled(void);
  * (<session_slot> is the caller's per-peer cache, SSL_SESSION *). NULL on failure. */
 SSL *tls_upstream_new(const struct peer *p, void **session_slot);
 /* Keeps <ssl>'s session, when resumable, in <session_slot> for the next
- * connection (after the handshake for TLS 1.2, after a response for 1.3's tickets). */
-void tls_upstream_keep_session(SSL *ssl, void **session_slot);
+ * connection (after the handshake for TLS 1.2, after a response for 1.3's tickets).
+ * 1 if a session was kept, 0 if there was none resumable yet. */
+int tls_upstream_keep_session(SSL *ssl, void **session_slot);
 /* Frees a cached session (pool teardown). */
 void tls_session_free(void *session);
 

@@ -243,9 +243,11 @@ void upstream_tls_keep_session(struct upconn *c)
 {
     SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
 
-    /* A connection made before a certificate change must not seed the new cache. */
-    if (ssl && c->tls_generation == c->pool->tls_generation)
-        tls_upstream_keep_session(ssl, &c->pool->tls_sessions[c->peer->index]);
+    /* Once per connection: a copy of the session per response would be work on the
+     * request path for nothing. A connection made before a certificate change must
+     * not seed the new cache. */
+    if (ssl && !c->tls_session_kept && c->tls_generation == c->pool->tls_generation)
+        c->tls_session_kept = tls_upstream_keep_session(ssl, &c->pool->tls_sessions[c->peer->index]);
 }
 
 int64_t upstream_bytes_acked(const struct upconn *c)

@@ -27,6 +27,7 @@ struct upconn {
     int reused;                     /* served a request before this one */
     int tls;                        /* the bufferevent is an OpenSSL one */
     unsigned tls_generation;        /* the upstream TLS context it was made with */
+    int tls_session_kept;           /* its resumable session is in the pool's cache */
     int64_t acked_at_open;          /* tcpi_bytes_acked once connected; -1 unknown */
     uint64_t bytes_done;            /* request bytes of the requests it completed */
     struct upconn *next_idle;       /* pool list link while idle */
