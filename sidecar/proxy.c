@@ -233,6 +233,16 @@ static void log_request(struct downstream *ds, int status)
  * than a loop turn later through EV_WRITE: no epoll_ctl pair per response on a
  * socket that takes the bytes at once. EV_WRITE goes on only for what is left
  * (or for an error, which libevent's own write then reports). */
+/* A write callback means "the output drained" only if it still is: libevent's
+ * OpenSSL bufferevent defers its write callbacks, so one queued by an earlier
+ * write can run after new bytes were queued (a pooled connection's previous
+ * request, a keep-alive connection's previous response). Turning EV_WRITE off
+ * then would leave those bytes unsent for good. */
+static int write_drained(struct bufferevent *bev)
+{
+    return evbuffer_get_length(bufferevent_get_output(bev)) == 0;
+}
+
 static void flush_now(struct bufferevent *bev)
 {
     struct evbuffer *out = bufferevent_get_output(bev);
@@ -1278,7 +1288,7 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
 
     /* While connecting (and for TLS, handshaking) EV_WRITE belongs to libevent:
      * a write callback then (a connect that succeeded at once) is not ours to act on. */
-    if (!ds->up_connected)
+    if (!ds->up_connected || !write_drained(bev))
         return;
     /* Drained: back to writing from the callbacks (flush_now). */
     bufferevent_disable(bev, EV_WRITE);
@@ -1429,6 +1439,8 @@ static void ds_write_cb(struct bufferevent *bev, void *arg)
 {
     struct downstream *ds = arg;
 
+    if (!write_drained(bev))
+        return;
     /* Drained: back to writing from the callbacks (flush_now). */
     bufferevent_disable(bev, EV_WRITE);
     if (ds->state == DS_CLOSING) {

@@ -41,16 +41,6 @@ def tearDownModule():
         CERTS.cleanup()
 
 
-def known_bug_gate(case):
-    """Open bug (issue 6): over upstream TLS 1.3, a request sent on a pooled connection reused
-    within milliseconds of its first response now and then gets no answer (never reaches the
-    replica; 0 of 14 runs with TLS 1.2-only replicas or NEXTUP_POOL_MAX_IDLE=0, about 1 run in 5
-    here). These tests catch it; they run with NEXTUP_TEST_KNOWN_BUGS=1 and say so loudly otherwise."""
-    if not os.environ.get("NEXTUP_TEST_KNOWN_BUGS"):
-        H.skip_loudly(case, "KNOWN BUG (issue 6, open): upstream TLS 1.3 pooled-connection stall; "
-                            "run with NEXTUP_TEST_KNOWN_BUGS=1")
-
-
 def tls_failures(m):
     """{reason: n} of nextup_upstream_tls_failures_total from parsed /metrics."""
     out = {}
@@ -254,7 +244,6 @@ class UpstreamTLSTest(TLSCase):
                              "POST %d bytes: %r" % (size, resp))
 
     def test_concurrent_clients_tls_both_sides(self):
-        known_bug_gate(self)
         r1 = self.nginx("c1", CERTS.server)
         r2 = self.nginx("c2", CERTS.server)
         nx = self.start_nextup(["localhost:%d" % r1.port, "localhost:%d" % r2.port],
@@ -308,9 +297,11 @@ class UpstreamTLSTest(TLSCase):
         self.assertEqual({x[1] for x in results}, {"c1", "c2"})
 
     def test_concurrent_first_requests_on_fresh_upstream_tls(self):
-        known_bug_gate(self)
         # A fresh nextup (empty pool, no session yet) and 8 clients at once: 8 TLS connections to
         # 2 replicas are made concurrently (TLS 1.3: tickets after the handshake). Ten rounds.
+        # This caught a stale write callback: libevent's OpenSSL bufferevent defers it, so the one
+        # from a pooled connection's previous request ran after the next request was queued and
+        # turned writing off with that request unsent.
         r1 = self.nginx("f1", CERTS.server)
         r2 = self.nginx("f2", CERTS.server)
         failed_rounds = []
