@@ -70,38 +70,41 @@ static int addrinfo_has(const struct evutil_addrinfo *res, const struct sockaddr
     return 0;
 }
 
-/* Makes the peers named <e> exactly the addresses of <res> (NULL: none). */
+/* Makes the peers named <e> exactly the addresses of <res> (NULL: none). New
+ * addresses are added before old ones are removed: workers pick peers while this
+ * runs, and a set swapped in one answer (r1 -> r2) must never look empty to them. */
 static void apply(struct dns_entry *e, const struct evutil_addrinfo *res)
 {
     struct peers *set = e->d->peers;
     int64_t now = now_ms();
-    int i, n = set->n;
+    const struct evutil_addrinfo *ai;
+    int i;
 
-    for (i = 0; i < n; i++) {
-        struct peer *p = set->peer[i];
-        if (strcmp(p->name, e->name) != 0 || !peer_is_active(p) || addrinfo_has(res, &p->sa))
-            continue;
-        peers_remove(p, now);
-        LOG_INFO("discovery: %s: %s is gone; it takes no new requests", e->name, p->addr_text);
-    }
-    for (; res; res = res->ai_next) {
+    for (ai = res; ai; ai = ai->ai_next) {
         char text[64];
         struct peer *p;
         int was_active = 0;
 
-        if (res->ai_family != AF_INET && res->ai_family != AF_INET6)
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
             continue;
-        peers_format_addr(res->ai_addr, text, sizeof(text));
+        peers_format_addr(ai->ai_addr, text, sizeof(text));
         for (i = 0; i < set->n; i++)
             if (strcmp(set->peer[i]->addr_text, text) == 0 && peer_is_active(set->peer[i]))
                 was_active = 1;
         if (was_active)
             continue;
-        p = peers_add(set, res->ai_addr, (socklen_t)res->ai_addrlen, e->name, now);
+        p = peers_add(set, ai->ai_addr, (socklen_t)ai->ai_addrlen, e->name, now);
         if (p)
             LOG_INFO("discovery: %s: %s is new; it takes requests now", e->name, p->addr_text);
         else
             LOG_ERROR("discovery: %s: no room for %s (%d peer slots in use)", e->name, text, PEERS_MAX);
+    }
+    for (i = 0; i < set->n; i++) {
+        struct peer *p = set->peer[i];
+        if (strcmp(p->name, e->name) != 0 || !peer_is_active(p) || addrinfo_has(res, &p->sa))
+            continue;
+        peers_remove(p, now);
+        LOG_INFO("discovery: %s: %s is gone; it takes no new requests", e->name, p->addr_text);
     }
 }
 

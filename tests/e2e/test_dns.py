@@ -12,7 +12,7 @@ import unittest
 import urllib.request
 
 from dnsserver import DnsServer
-from harness import Backend, NextupCase, free_port, metric, metrics
+from harness import Backend, ConnectionClosed, NextupCase, RawConn, free_port, metric, metrics, request_bytes
 
 FQDN = "orders-headless.shop.svc.cluster.local"
 
@@ -109,6 +109,53 @@ class DnsDiscoveryTest(NextupCase):
         self.assertTrue(wait_for(lambda: self.answered_by(nx, 6) == {"r2"}, timeout=3))
         t.join(timeout=5)
         self.assertEqual(result["r"][0], 200, "the request in flight to the removed peer was cut")
+
+    def test_swapped_set_never_looks_empty(self):
+        # Each answer replaces the only address (r1 <-> r2) while clients keep sending: a request
+        # must never find no peer between the old address going and the new one coming.
+        self.dns.set(FQDN, [self.replicas["r1"]])
+        nx = self.start(refresh_ms=10)
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200))
+        stop = threading.Event()
+        statuses = {}
+        lock = threading.Lock()
+
+        def client():
+            c = None
+            for _ in range(20000):  # bounded; <stop> ends it first
+                if stop.is_set():
+                    break
+                try:
+                    if c is None:
+                        c = RawConn(nx.listen_port, timeout=3)
+                    c.send(request_bytes("GET", "/"))
+                    st = c.read_response().status
+                except (OSError, ConnectionClosed) as e:
+                    st = "error %r" % e
+                    if c is not None:
+                        c.close()
+                    c = None
+                with lock:
+                    statuses[st] = statuses.get(st, 0) + 1
+            if c is not None:
+                c.close()
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        swaps = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            swaps += 1
+            self.dns.set(FQDN, [self.replicas["r2" if swaps % 2 else "r1"]])
+            time.sleep(0.015)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        changes = nx.stderr_text().count("is new; it takes requests now")
+        print("\n  %d answers swapped, %d peer changes applied, statuses %r" % (swaps, changes, statuses))
+        self.assertGreater(changes, 20, "the set hardly changed: the test proved nothing")
+        self.assertEqual(set(statuses), {200}, "requests failed while the set was swapped: %r" % statuses)
 
     def test_failing_resolver_keeps_the_last_good_set(self):
         self.dns.set(FQDN, [self.replicas["r1"], self.replicas["r2"]])
