@@ -40,6 +40,8 @@
 # Everything started here is stopped by PID when the script exits; the temp dir
 # is removed. Any target that does not answer 200 before the runs, dies during
 # them, or fails to start is a loud failure (non-zero exit).
+# Access logs are off in all three proxies (nginx `access_log off`, HAProxy without
+# `log`, NEXTUP_ACCESS_LOG=off): like for like, the proxying work alone.
 # Note: on a small machine wrk, the proxy and the backend share the CPUs; the
 # numbers compare the proxies with each other under the same constraint, they are
 # not absolute capacity figures.
@@ -357,6 +359,7 @@ NEXTUP_ADMIN="127.0.0.1:$NEXTUP_ADMIN_PORT" \
 NEXTUP_UPSTREAMS="$BACKEND" \
 NEXTUP_WORKERS=2 \
 NEXTUP_LOG_LEVEL=error \
+NEXTUP_ACCESS_LOG=off \
   "$NEXTUP_BIN" </dev/null >"$WORK/nextup.log" 2>&1 &
 PID[nextup]=$!
 
@@ -374,6 +377,7 @@ if [ "$TLS" = 1 ]; then
   NEXTUP_UPSTREAM_CA_FILE="$CA_FILE" \
   NEXTUP_WORKERS=2 \
   NEXTUP_LOG_LEVEL=error \
+  NEXTUP_ACCESS_LOG=off \
     "$NEXTUP_BIN" </dev/null >"$WORK/nextup-tls.log" 2>&1 &
   PID[nextup-tls]=$!
 
@@ -588,7 +592,7 @@ mkdir -p "$RESULTS_DIR"
   echo "- $params"
   echo "- $machine"
   echo "- $versions; nextup $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?') (working tree may differ)"
-  echo "- each proxy: 2 workers/threads, upstream keep-alive, to the same nginx backend (1 worker)"
+  echo "- each proxy: 2 workers/threads, upstream keep-alive, access logs off, to the same nginx backend (1 worker)"
   if [ "$TLS" = 1 ]; then
     echo "- TLS rows: wrk speaks plain HTTP to the proxy, the proxy verified TLS (CA made at run time, SAN"
     echo "  DNS:localhost + IP:127.0.0.1) to the same backend's \`ssl\` listener; nextup-tls: \`NEXTUP_UPSTREAM_TLS=on\`,"

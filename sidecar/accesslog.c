@@ -14,6 +14,9 @@ struct access_log {
     int enabled;
     struct evbuffer *buf;           /* owned: whole lines only */
     struct event *timer;            /* owned */
+    time_t when_secs;               /* the second <when> spells, -1 before the first line */
+    char when[32];                  /* {"time":"YYYY-MM-DDTHH:MM:SS. of when_secs */
+    size_t when_len;
 };
 
 static void flush(struct access_log *l)
@@ -40,6 +43,7 @@ struct access_log *access_log_new(struct event_base *base, int enabled)
     if (!l)
         return NULL;
     l->enabled = enabled;
+    l->when_secs = -1;
     if (!enabled)
         return l;
     l->buf = evbuffer_new();
@@ -87,17 +91,28 @@ static void json_str(struct evbuffer *out, const char *s, size_t n)
 
 void access_log_write(struct access_log *l, const struct access_entry *e)
 {
-    struct tm tm;
     time_t secs;
-    char when[40];
-    int i;
+    int i, ms;
+    char msz[6];
 
     if (!l || !l->enabled)
         return;
+    /* The date is formatted once a second, not once a request. */
     secs = (time_t)(e->start_unix_ms / 1000);
-    gmtime_r(&secs, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-    evbuffer_add_printf(l->buf, "{\"time\":\"%s.%03dZ\",\"client\":", when, (int)(e->start_unix_ms % 1000));
+    if (secs != l->when_secs) {
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        l->when_len = strftime(l->when, sizeof(l->when), "{\"time\":\"%Y-%m-%dT%H:%M:%S.", &tm);
+        l->when_secs = secs;
+    }
+    ms = (int)(e->start_unix_ms % 1000);
+    msz[0] = (char)('0' + ms / 100);
+    msz[1] = (char)('0' + ms / 10 % 10);
+    msz[2] = (char)('0' + ms % 10);
+    memcpy(msz + 3, "Z\"", 2);
+    evbuffer_add(l->buf, l->when, l->when_len);
+    evbuffer_add(l->buf, msz, 5);
+    evbuffer_add(l->buf, ",\"client\":", 10);
     json_str(l->buf, e->client, strlen(e->client));
     evbuffer_add(l->buf, ",\"method\":", 10);
     json_str(l->buf, e->method, strlen(e->method));

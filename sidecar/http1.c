@@ -1,6 +1,7 @@
 #include "http1.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,7 @@ void http_head_reset(struct http_head *h)
     const char *chunk_start = h->chunk_start;
     uint64_t chunk_offset = h->chunk_offset;
 
-    memset(h, 0, sizeof(*h));
+    memset(h, 0, offsetof(struct http_head, hdr));
     h->buf = buf;
     h->cap = cap;
     h->chunk_start = chunk_start;
@@ -363,15 +364,81 @@ int http1_check_request(const struct http_head *req, const char **reason)
     return 0;
 }
 
-static int write_header(struct evbuffer *out, const struct http_head *h, const struct http_header *hd)
+/* A head is built here and handed to the output in one evbuffer_add: every add to
+ * a bufferevent's output runs its callbacks, and printf per header showed in
+ * profiles. The inline buffer holds ordinary heads; larger ones go to the heap. */
+struct head_out {
+    char *p;
+    size_t len, cap;
+    int oom;
+    char inline_buf[2048];
+};
+
+static void ho_init(struct head_out *o)
+{
+    o->p = o->inline_buf;
+    o->len = 0;
+    o->cap = sizeof(o->inline_buf);
+    o->oom = 0;
+}
+
+static void ho_add(struct head_out *o, const char *s, size_t n)
+{
+    if (o->oom)
+        return;
+    if (o->len + n > o->cap) {
+        size_t cap = o->cap * 2 > o->len + n ? o->cap * 2 : o->len + n;
+        char *p = o->p == o->inline_buf ? malloc(cap) : realloc(o->p, cap);
+        if (!p) {
+            o->oom = 1;
+            return;
+        }
+        if (o->p == o->inline_buf)
+            memcpy(p, o->inline_buf, o->len);
+        o->p = p;
+        o->cap = cap;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+static void ho_str(struct head_out *o, const char *s)
+{
+    ho_add(o, s, strlen(s));
+}
+
+static void ho_u64(struct head_out *o, uint64_t v)
+{
+    char digits[20];
+    size_t i = sizeof(digits);
+
+    do {
+        digits[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    ho_add(o, digits + i, sizeof(digits) - i);
+}
+
+/* Appends the head to <out> and frees what <o> holds; 0 or -ENOMEM. */
+static int ho_finish(struct head_out *o, struct evbuffer *out)
+{
+    int r = o->oom || evbuffer_add(out, o->p, o->len) < 0 ? -ENOMEM : 0;
+
+    if (o->p != o->inline_buf)
+        free(o->p);
+    return r;
+}
+
+static void write_header(struct head_out *o, const struct http_head *h, const struct http_header *hd)
 {
     const char *v;
     size_t vlen;
 
     trimmed(h, hd, &v, &vlen);
-    return evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)hd->name_len, h->buf + hd->name_off, (int)vlen, v) < 0
-               ? -ENOMEM
-               : 0;
+    ho_add(o, h->buf + hd->name_off, hd->name_len);
+    ho_add(o, ": ", 2);
+    ho_add(o, v, vlen);
+    ho_add(o, "\r\n", 2);
 }
 
 /* Headers nextup writes itself on the way to a peer, never copied. */
@@ -384,20 +451,27 @@ static int request_header_is_rewritten(const struct http_head *h, const struct h
 int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
                              const char *host_fallback, const char *proto)
 {
-    int i, have_xff = 0, r = 0;
+    struct head_out o;
+    int i, have_xff = 0;
 
-    r |= evbuffer_add_printf(out, "%s %.*s HTTP/1.1\r\n", llhttp_method_name((llhttp_method_t)req->method),
-                             (int)req->first_len, req->buf + req->first_off) < 0;
+    ho_init(&o);
+    ho_str(&o, llhttp_method_name((llhttp_method_t)req->method));
+    ho_add(&o, " ", 1);
+    ho_add(&o, req->buf + req->first_off, req->first_len);
+    ho_add(&o, " HTTP/1.1\r\n", 11);
     for (i = 0; i < req->n_hdr; i++) {
         const struct http_header *hd = &req->hdr[i];
         if (http1_is_hop_by_hop(req, req->buf + hd->name_off, hd->name_len) || request_header_is_rewritten(req, hd))
             continue;
-        r |= write_header(out, req, hd) != 0;
+        write_header(&o, req, hd);
     }
-    if (count_headers(req, "host") == 0 && host_fallback)
-        r |= evbuffer_add_printf(out, "Host: %s\r\n", host_fallback) < 0;
+    if (count_headers(req, "host") == 0 && host_fallback) {
+        ho_add(&o, "Host: ", 6);
+        ho_str(&o, host_fallback);
+        ho_add(&o, "\r\n", 2);
+    }
     /* Earlier hops' X-Forwarded-For values keep their order; this client goes last. */
-    r |= evbuffer_add(out, "X-Forwarded-For: ", 17);
+    ho_add(&o, "X-Forwarded-For: ", 17);
     for (i = 0; i < req->n_hdr; i++) {
         const char *v;
         size_t vlen;
@@ -406,23 +480,35 @@ int http1_write_request_head(struct evbuffer *out, const struct http_head *req, 
         trimmed(req, &req->hdr[i], &v, &vlen);
         if (vlen == 0)
             continue;
-        r |= evbuffer_add_printf(out, "%s%.*s", have_xff ? ", " : "", (int)vlen, v) < 0;
+        if (have_xff)
+            ho_add(&o, ", ", 2);
+        ho_add(&o, v, vlen);
         have_xff = 1;
     }
-    r |= evbuffer_add_printf(out, "%s%s\r\nX-Forwarded-Proto: %s\r\n", have_xff ? ", " : "", client_ip,
-                             proto ? proto : "http") < 0;
+    if (have_xff)
+        ho_add(&o, ", ", 2);
+    ho_str(&o, client_ip);
+    ho_add(&o, "\r\nX-Forwarded-Proto: ", 21);
+    ho_str(&o, proto ? proto : "http");
+    ho_add(&o, "\r\n", 2);
     if (req->upgrade) {
         size_t ulen;
         const char *up = http_head_get(req, "upgrade", &ulen);
-        if (up)
-            r |= evbuffer_add_printf(out, "Upgrade: %.*s\r\nConnection: upgrade\r\n", (int)ulen, up) < 0;
+        if (up) {
+            ho_add(&o, "Upgrade: ", 9);
+            ho_add(&o, up, ulen);
+            ho_add(&o, "\r\nConnection: upgrade\r\n", 23);
+        }
     }
-    if (req->chunked)
-        r |= evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    else if (req->has_content_length)
-        r |= evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", req->content_length) < 0;
-    r |= evbuffer_add(out, "\r\n", 2);
-    return r ? -ENOMEM : 0;
+    if (req->chunked) {
+        ho_add(&o, "Transfer-Encoding: chunked\r\n", 28);
+    } else if (req->has_content_length) {
+        ho_add(&o, "Content-Length: ", 16);
+        ho_u64(&o, req->content_length);
+        ho_add(&o, "\r\n", 2);
+    }
+    ho_add(&o, "\r\n", 2);
+    return ho_finish(&o, out);
 }
 
 enum resp_framing http1_response_framing(const struct http_head *resp, int request_is_head, int client_major,
@@ -441,48 +527,61 @@ int http1_write_response_head(struct evbuffer *out, const struct http_head *resp
                               int close, int client_http10)
 {
     const char *reason = resp->buf + resp->first_off;
-    int reason_len = (int)resp->first_len;
-    int i, r = 0;
+    size_t reason_len = resp->first_len;
+    int i, with_length = 0;
+    struct head_out o;
 
     if (reason_len == 0) {
         reason = http1_status_text(resp->status);
-        reason_len = (int)strlen(reason);
+        reason_len = strlen(reason);
     }
-    r |= evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", resp->status, reason_len, reason) < 0;
+    ho_init(&o);
+    ho_add(&o, "HTTP/1.1 ", 9);
+    ho_u64(&o, (uint64_t)resp->status);
+    ho_add(&o, " ", 1);
+    ho_add(&o, reason, reason_len);
+    ho_add(&o, "\r\n", 2);
     for (i = 0; i < resp->n_hdr; i++) {
         const struct http_header *hd = &resp->hdr[i];
         if (http1_is_hop_by_hop(resp, resp->buf + hd->name_off, hd->name_len) || name_is(resp, hd, "content-length"))
             continue;
-        r |= write_header(out, resp, hd) != 0;
+        write_header(&o, resp, hd);
     }
     switch (framing) {
     case RESP_NO_BODY:
         /* HEAD and 304 may state the length the body would have had. */
-        if (resp->has_content_length && resp->status != 204 && resp->status >= 200)
-            r |= evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", resp->content_length) < 0;
+        with_length = resp->has_content_length && resp->status != 204 && resp->status >= 200;
         break;
     case RESP_CONTENT_LENGTH:
-        r |= evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", resp->content_length) < 0;
+        with_length = 1;
         break;
     case RESP_CHUNKED:
-        r |= evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        ho_add(&o, "Transfer-Encoding: chunked\r\n", 28);
         break;
     case RESP_CLOSE:
         break;
     }
+    if (with_length) {
+        ho_add(&o, "Content-Length: ", 16);
+        ho_u64(&o, resp->content_length);
+        ho_add(&o, "\r\n", 2);
+    }
     if (resp->status == 101) {
         size_t ulen;
         const char *up = http_head_get(resp, "upgrade", &ulen);
-        if (up)
-            r |= evbuffer_add_printf(out, "Upgrade: %.*s\r\n", (int)ulen, up) < 0;
-        r |= evbuffer_add(out, "Connection: upgrade\r\n", 21);
+        if (up) {
+            ho_add(&o, "Upgrade: ", 9);
+            ho_add(&o, up, ulen);
+            ho_add(&o, "\r\n", 2);
+        }
+        ho_add(&o, "Connection: upgrade\r\n", 21);
     } else if (close || framing == RESP_CLOSE) {
-        r |= evbuffer_add(out, "Connection: close\r\n", 19);
+        ho_add(&o, "Connection: close\r\n", 19);
     } else if (client_http10) {
-        r |= evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+        ho_add(&o, "Connection: keep-alive\r\n", 24);
     }
-    r |= evbuffer_add(out, "\r\n", 2);
-    return r ? -ENOMEM : 0;
+    ho_add(&o, "\r\n", 2);
+    return ho_finish(&o, out);
 }
 
 const char *http1_status_text(int status)

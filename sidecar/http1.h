@@ -30,7 +30,6 @@ struct http_head {
     char *buf;                        /* owned: target/reason, then names and values */
     size_t len, cap;
     uint32_t first_off, first_len;    /* request target, or response reason phrase */
-    struct http_header hdr[HTTP_MAX_HEADERS];
     int n_hdr;
     int in_value;                     /* last data callback was a header value */
     int value_done;                   /* llhttp said the current value is complete */
@@ -49,6 +48,8 @@ struct http_head {
     int has_content_length;
     uint64_t content_length;
     int keep_alive;                   /* llhttp_should_keep_alive() */
+    /* Last: a reset clears only what comes before (entries past n_hdr are never read). */
+    struct http_header hdr[HTTP_MAX_HEADERS];
 };
 
 void http_head_reset(struct http_head *h);
