@@ -714,6 +714,26 @@ def parse_metrics(text):
     return out
 
 
+def freeze(pid, timeout=5.0):
+    """SIGSTOP <pid> and wait until every thread of it is stopped: the signal is
+    asynchronous, and on a busy machine a thread can run on for a while after kill()."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                pass
+        if states and all(st in ("T", "t") for st in states):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("pid %d not stopped %.0f s after SIGSTOP (thread states %r)" % (pid, timeout, states))
+        time.sleep(0.002)
+
+
 def metrics(nx):
     """nextup's /metrics, parsed (see parse_metrics)."""
     st, body = nx.admin_get("/metrics")

@@ -445,7 +445,7 @@ class BuiltinPolicyTest(RetryCase):
         rs = self.replicas(2, ["ok", "slow"])
         nx = self.start_nextup(rs.addrs, workers=1, env={"NEXTUP_RETRY_ON": ROLLING_RETRY_ON})
         frozen = rs[0]
-        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        H.freeze(frozen.proc.pid)
         self.addCleanup(self._kill_frozen, frozen)
         out, errors = {}, []
         lock = threading.Lock()
@@ -588,7 +588,10 @@ class KeepAliveRaceTest(RetryCase):
             m0 = H.metrics(nx)
             rid2 = new_id("k2")
             body2 = os.urandom(800)
-            os.kill(nx.pid, signal.SIGSTOP)
+            # The client has the response before nextup's worker has put the connection back
+            # in its pool (same callback, just after): on a busy machine that can take a moment.
+            time.sleep(0.1)
+            H.freeze(nx.pid)
             try:
                 c.send(H.request_bytes("POST", "/echo", host="127.0.0.1:%d" % nx.listen_port,
                                        headers=[("X-Request-Id", rid2)], body=body2))
