@@ -110,15 +110,6 @@ void upstream_pool_close_inactive(struct upstream_pool *pool)
         }
 }
 
-int upstream_pool_idle_count(const struct upstream_pool *pool)
-{
-    int i, n = 0;
-
-    for (i = 0; i < pool->n_peers; i++)
-        n += pool->idle[i].count;
-    return n;
-}
-
 void upstream_close(struct upconn *c)
 {
     if (!c)

@@ -60,9 +60,6 @@ void upstream_close(struct upconn *c);
 /* Bytes of ours the peer acknowledged (TCP_INFO), or -1 when unknown. */
 int64_t upstream_bytes_acked(const struct upconn *c);
 
-/* Idle connections pooled in total (for /debug and tests). */
-int upstream_pool_idle_count(const struct upstream_pool *pool);
-
 /* Closes the pooled connections of peers discovery removed. */
 void upstream_pool_close_inactive(struct upstream_pool *pool);
 
