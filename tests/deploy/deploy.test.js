@@ -29,6 +29,11 @@ const VARIANTS = {
   bpf: path.join(DEPLOY, 'kubernetes'),
   'no-bpf': path.join(DEPLOY, 'kubernetes', 'overlays', 'no-bpf'),
 };
+// Overlays on top of a variant, checked by their own tests below (their files come from Secrets
+// that only exist in a cluster, so the per-variant tests that start nextup do not apply as such).
+const OVERLAYS = {
+  'upstream-mtls': path.join(DEPLOY, 'kubernetes', 'overlays', 'upstream-mtls'),
+};
 const SIDECAR = 'nextup';
 const IMAGE_USER = 65532; // USER in deploy/Dockerfile, checked below
 
@@ -37,7 +42,7 @@ const IMAGE_USER = 65532; // USER in deploy/Dockerfile, checked below
 
 const rendered = {};
 const renderErrors = {};
-for (const [v, dir] of Object.entries(VARIANTS)) {
+for (const [v, dir] of Object.entries({ ...VARIANTS, ...OVERLAYS })) {
   try {
     rendered[v] = K.render(dir);
   } catch (e) {
@@ -707,3 +712,183 @@ for (const v of Object.keys(VARIANTS)) {
     assert.ok(out.exit.afterSigtermMs === undefined || out.exit.afterSigtermMs < spec.drainMs + 1000, `draining took ${out.exit.afterSigtermMs} ms`);
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// overlays/upstream-mtls: nextup -> orders over mutual TLS, files from Secrets
+
+const MTLS = 'upstream-mtls';
+const MTLS_SECRETS_SCRIPT = path.join(REPO, 'scripts', 'make-tls-secrets.sh');
+const TLS_FILE_VARS = ['NEXTUP_UPSTREAM_CA_FILE', 'NEXTUP_UPSTREAM_CERT_FILE', 'NEXTUP_UPSTREAM_KEY_FILE',
+  'NEXTUP_TLS_CERT_FILE', 'NEXTUP_TLS_KEY_FILE', 'NEXTUP_TLS_CLIENT_CA_FILE'];
+
+// The Secret volume mounted at a directory holding <file>: { mount, volume } or null.
+function secretMountOf(spec, container, file) {
+  for (const m of container.volumeMounts || []) {
+    if (path.dirname(file) !== m.mountPath.replace(/\/+$/, '')) continue;
+    const vol = (spec.volumes || []).find((x) => x.name === m.name);
+    return { mount: m, volume: vol };
+  }
+  return null;
+}
+
+// Runs scripts/make-tls-secrets.sh into a new temp dir: the dir (one subdirectory per Secret).
+function makeTestSecrets() {
+  for (const tool of ['openssl', 'nginx']) {
+    if (!which(tool) && !fs.existsSync(`/usr/sbin/${tool}`)) assert.fail(`${tool} is not installed: scripts/deps.sh test installs it`);
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nextup-mtls-'));
+  const r = spawnSync(MTLS_SECRETS_SCRIPT, [dir, 'shop'], { encoding: 'utf8', timeout: 30000 });
+  assert.equal(r.status, 0, `make-tls-secrets.sh failed: ${r.stderr}`);
+  return dir;
+}
+
+test(`${MTLS}: renders; every object is valid against the Kubernetes OpenAPI schema`, () => {
+  const problems = [];
+  for (const obj of objectsOf(MTLS)) {
+    for (const p of validateObject(obj)) problems.push(`${obj.kind}/${obj.metadata.name}: ${p.path || '.'}: ${p.message}`);
+  }
+  if (problems.length) fail(`${MTLS}: schema violations`, problems);
+});
+
+test(`${MTLS}: nextup's TLS files come from Secrets mounted whole and read-only, which the script makes`, () => {
+  const known = nextupHelp();
+  const sc = sidecarOf(MTLS);
+  const problems = [...sc.env.problems];
+  for (const e of sc.env.list) {
+    if (e.name.startsWith('NEXTUP_') && !known.has(e.name)) problems.push(`${e.name}: not a variable of ${BIN} --help`);
+  }
+  if (sc.env.vars.get('NEXTUP_UPSTREAM_TLS') !== 'on') problems.push('NEXTUP_UPSTREAM_TLS is not "on"');
+  for (const v of ['NEXTUP_UPSTREAM_CA_FILE', 'NEXTUP_UPSTREAM_CERT_FILE', 'NEXTUP_UPSTREAM_KEY_FILE']) {
+    if (!sc.env.vars.has(v)) problems.push(`${v} is not set`);
+  }
+  const secrets = makeTestSecrets();
+  try {
+    for (const v of TLS_FILE_VARS) {
+      const file = sc.env.vars.get(v);
+      if (!file) continue;
+      const found = secretMountOf(sc.spec, sc.container, file);
+      if (!found || !found.volume) { problems.push(`${v}=${file}: no volume is mounted at ${path.dirname(file)}`); continue; }
+      const { mount, volume } = found;
+      if (!volume.secret) problems.push(`${v}=${file}: volume ${volume.name} is not a Secret`);
+      // A subPath mount is never updated by the kubelet: rotation would not reach nextup.
+      if (mount.subPath || mount.subPathExpr) problems.push(`${v}: volume ${volume.name} is mounted with subPath (rotation would never reach nextup)`);
+      if (mount.readOnly !== true) problems.push(`${v}: volume ${volume.name} is not mounted readOnly`);
+      if (volume.secret && volume.secret.items) problems.push(`${v}: Secret ${volume.secret.secretName} has items: the key names are the file names here`);
+      if (volume.secret && !fs.existsSync(path.join(secrets, volume.secret.secretName, path.basename(file)))) {
+        problems.push(`${v}=${file}: scripts/make-tls-secrets.sh makes no key ${path.basename(file)} in Secret ${volume.secret.secretName}`);
+      }
+    }
+    if (!sc.env.vars.has('NEXTUP_TLS_RELOAD_MS')) problems.push('NEXTUP_TLS_RELOAD_MS is not set (rotation is the point of mounting the Secret whole)');
+  } finally {
+    fs.rmSync(secrets, { recursive: true, force: true });
+  }
+  if (problems.length) fail(`${MTLS}: nextup TLS settings`, problems);
+});
+
+// The overlay's orders nginx.conf and nextup environment, run on loopback with the script's
+// certificates: the paths of the mounts are replaced by the script's directories, the ports by
+// free ones, and the replica's name comes in as SNI (as from NEXTUP_UPSTREAMS in the cluster).
+test(`${MTLS}: the overlay's nginx and nextup, run here with the script's certificates, talk mutual TLS`, async (t) => {
+  const objects = objectsOf(MTLS);
+  const cm = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'orders-nginx');
+  assert.ok(cm && cm.data && cm.data['nginx.conf'], 'no ConfigMap orders-nginx with nginx.conf');
+  const orders = P.findContainer(objects, 'orders');
+  assert.ok(orders, 'no orders container');
+  const mountOf = (vol) => (orders.container.volumeMounts || []).find((m) => m.name === vol);
+  const tlsVol = (orders.spec.volumes || []).find((x) => x.secret);
+  assert.ok(tlsVol, 'the orders pod mounts no Secret');
+  const tlsMount = mountOf(tlsVol.name);
+  const tmpMount = (orders.container.volumeMounts || []).find((m) => m.mountPath === '/tmp');
+  assert.ok(tlsMount && tmpMount, 'orders mounts neither its Secret nor a writable /tmp');
+  const containerPort = P.resolvePort('http', orders.container);
+  const sc = sidecarOf(MTLS);
+  const upstreamEntry = P.splitHostPort(sc.env.vars.get('NEXTUP_UPSTREAMS').split(',')[0].trim());
+  assert.equal(upstreamEntry.port, containerPort, 'NEXTUP_UPSTREAMS port and the orders container port differ');
+
+  const secrets = makeTestSecrets();
+  const dir = path.join(secrets, 'run');
+  fs.mkdirSync(path.join(dir, 'tmp'), { recursive: true });
+  const children = [];
+  try {
+    const nginxPort = await freePort();
+    // One pass, so that a replaced path is never replaced again. /dev/stdout and /dev/stderr
+    // become files: Node's stdio pipes are sockets, which cannot be opened by name.
+    const swap = new Map([
+      [`${tlsMount.mountPath}/`, `${path.join(secrets, tlsVol.secret.secretName)}/`],
+      [`${tmpMount.mountPath}/`, `${path.join(dir, 'tmp')}/`],
+      ['/dev/stdout', path.join(dir, 'access.log')],
+      ['/dev/stderr', path.join(dir, 'error.log')],
+    ]);
+    const escape = (x) => x.replace(/[.*+?^${}()|[\]\\\/]/g, '\\$&');
+    let conf = cm.data['nginx.conf']
+      .replace(new RegExp([...swap.keys()].map(escape).join('|'), 'g'), (m) => swap.get(m))
+      .replace(new RegExp(`listen ${containerPort} ssl;`), `listen 127.0.0.1:${nginxPort} ssl;`);
+    assert.ok(conf.includes(`127.0.0.1:${nginxPort}`), `nginx.conf does not listen on ${containerPort} with ssl`);
+    conf = `daemon off;\n${conf}`;
+    fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
+    const nginxBin = fs.existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx';
+    const errLog = path.join(dir, 'error.log');
+    const check = spawnSync(nginxBin, ['-t', '-q', '-p', dir, '-e', errLog, '-c', path.join(dir, 'nginx.conf')], { encoding: 'utf8' });
+    assert.equal(check.status, 0, `nginx -t refuses the overlay's nginx.conf: ${check.stderr}`);
+    const ng = spawn(nginxBin, ['-p', dir, '-e', errLog, '-c', path.join(dir, 'nginx.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(ng);
+    const ngLog = () => { try { return fs.readFileSync(errLog, 'utf8'); } catch { return '(no error log)'; } };
+
+    const start = async (dropClientCert) => {
+      const [listen, admin] = [await freePort(), await freePort()];
+      const env = Object.fromEntries(sc.env.vars);
+      for (const v of TLS_FILE_VARS) {
+        if (!env[v]) continue;
+        const { volume } = secretMountOf(sc.spec, sc.container, env[v]);
+        env[v] = path.join(secrets, volume.secret.secretName, path.basename(env[v]));
+      }
+      Object.assign(env, {
+        NEXTUP_LISTEN: `127.0.0.1:${listen}`, NEXTUP_ADMIN: `127.0.0.1:${admin}`, NEXTUP_BPF: 'off',
+        NEXTUP_UPSTREAMS: `127.0.0.1:${nginxPort}`, NEXTUP_UPSTREAM_SNI: upstreamEntry.host,
+      });
+      if (dropClientCert) { delete env.NEXTUP_UPSTREAM_CERT_FILE; delete env.NEXTUP_UPSTREAM_KEY_FILE; }
+      const child = spawn(BIN, [], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+      children.push(child);
+      child.stderr.setEncoding('utf8');
+      child.err = '';
+      child.stderr.on('data', (d) => { child.err += d; });
+      let ready = 0;
+      for (let i = 0; i < 50 && ready !== 200; i++) {
+        ready = await httpGet(admin, '/readyz');
+        if (ready !== 200) await sleep(100);
+      }
+      assert.equal(ready, 200, `nextup never ready:\n${child.err}`);
+      child.listen = listen;
+      return child;
+    };
+    const call = (port) => new Promise((resolve) => {
+      const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 5000, agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => { body += d; });
+        res.on('end', () => resolve({ status: res.statusCode, body }));
+      });
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.on('error', (e) => resolve({ status: 0, body: String(e) }));
+    });
+
+    const nx = await start(false);
+    const got = [];
+    for (let i = 0; i < 5; i++) got.push(await call(nx.listen));
+    const bad = got.filter((g) => g.status !== 200 || !/^orders replica /.test(g.body));
+    assert.deepEqual(bad, [], `calls through nextup over mutual TLS failed:\n${nx.err}\n--- nginx ---\n${ngLog()}`);
+    t.diagnostic(`5 calls through nextup -> nginx (mutual TLS, SNI ${upstreamEntry.host}): ${got[0].body.trim()}`);
+
+    // Without its client certificate nextup must be turned away: nginx answers 400 for a missing
+    // certificate (it does not fail the handshake), and nextup passes that answer on unchanged.
+    const anon = await start(true);
+    const r = await call(anon.listen);
+    assert.equal(r.status, 400, `without a client certificate the replica should refuse (400), got ${r.status} ${r.body}`);
+    assert.match(r.body, /certificate/i, 'the 400 should be nginx\'s "No required SSL certificate was sent"');
+  } finally {
+    for (const c of children) c.kill('SIGTERM');
+    await sleep(300);
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    fs.rmSync(secrets, { recursive: true, force: true });
+  }
+});
