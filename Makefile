@@ -4,6 +4,7 @@
 #   make asan       the same tests with ASan+UBSan builds (build-asan/)
 #   make demo       three replicas, nextup, a client load and a restart
 #   make bench      wrk against direct, nextup, nginx, HAProxy
+#   make fuzz       libFuzzer on the HTTP/1 head code for FUZZ_SECONDS (60)
 # V=1 shows full commands. SAN=address,undefined builds with sanitizers.
 
 .DELETE_ON_ERROR:
@@ -35,7 +36,7 @@ UNIT_BINS    := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 BPF_SKELS :=
 -include bpf/bpf.mk
 
-.PHONY: all test unit e2e asan demo bench compare clean examples test-deploy deploy-image-check
+.PHONY: all test unit e2e asan demo bench compare clean examples test-deploy deploy-image-check fuzz fuzz-smoke
 
 all: $(BUILD)/nextup examples
 
@@ -93,6 +94,38 @@ unit: $(UNIT_BINS) examples
 e2e: $(BUILD)/nextup examples
 	NEXTUP_BIN=$(abspath $(BUILD)/nextup) NEXTUP_EXAMPLES=$(abspath $(BUILD)/examples) python3 -m unittest discover -s tests/e2e -p 'test_*.py' -v
 
+# libFuzzer on sidecar/http1.c (tests/fuzz/fuzz_http1.c), with ASan and UBSan, in build-fuzz/.
+# fuzz-smoke (part of make test): a fixed seed and a fixed number of runs over the seeds, so
+# that it is the same run every time; fuzz: FUZZ_SECONDS (60) of new inputs, kept in build-fuzz/corpus.
+FUZZ_BUILD   := build-fuzz
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_SECONDS ?= 60
+FUZZ_LLHTTP  := $(FUZZ_BUILD)/llhttp.o $(FUZZ_BUILD)/api.o $(FUZZ_BUILD)/http.o
+
+$(FUZZ_BUILD)/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/.deps-build
+	@mkdir -p $(dir $@)
+	@echo "  CC      $< (llhttp, fuzz)"
+	$(Q)clang -std=c11 -I$(LLHTTP_INC_DIR) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -w -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_http1: tests/fuzz/fuzz_http1.c sidecar/http1.c sidecar/http1.h $(FUZZ_LLHTTP)
+	@echo "  CC      $< (libFuzzer)"
+	$(Q)clang $(BASE_CFLAGS) -O1 -g $(WARN) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ \
+		tests/fuzz/fuzz_http1.c sidecar/http1.c $(FUZZ_LLHTTP) -levent
+
+# libFuzzer writes new inputs into its first directory: a scratch one, never the seeds.
+fuzz-smoke: $(FUZZ_BUILD)/fuzz_http1
+	$(Q)rm -rf $(FUZZ_BUILD)/smoke && mkdir -p $(FUZZ_BUILD)/smoke
+	$(Q)$(FUZZ_BUILD)/fuzz_http1 -seed=1 -runs=200000 -max_len=2048 -artifact_prefix=$(FUZZ_BUILD)/ \
+		$(FUZZ_BUILD)/smoke tests/fuzz/seeds/http1 2>$(FUZZ_BUILD)/smoke.log \
+		|| { grep -E -m3 'property broken|runtime error|ERROR: AddressSanitizer|SUMMARY' $(FUZZ_BUILD)/smoke.log; \
+		     echo "fuzz-smoke: FAILED (log $(FUZZ_BUILD)/smoke.log, input $(FUZZ_BUILD)/crash-*)"; exit 1; }
+	$(Q)tail -n 1 $(FUZZ_BUILD)/smoke.log
+
+fuzz: $(FUZZ_BUILD)/fuzz_http1
+	@mkdir -p $(FUZZ_BUILD)/corpus
+	$(FUZZ_BUILD)/fuzz_http1 -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -artifact_prefix=$(FUZZ_BUILD)/ \
+		$(FUZZ_BUILD)/corpus tests/fuzz/seeds/http1
+
 # Offline checks of deploy/ (Kubernetes manifests, Dockerfile) against the built nextup.
 # npm ci installs the pinned packages into tests/deploy/node_modules.
 test-deploy: $(BUILD)/nextup
@@ -105,7 +138,7 @@ deploy-image-check:
 
 test:
 	$(Q)scripts/deps.sh test
-	$(Q)$(MAKE) --no-print-directory unit e2e test-deploy
+	$(Q)$(MAKE) --no-print-directory unit fuzz-smoke e2e test-deploy
 
 asan:
 	$(Q)scripts/deps.sh test
@@ -128,6 +161,6 @@ bench:
 	$(Q)bench/run.sh $(BUILD)/nextup
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(wildcard $(BUILD)/obj/*.d)

@@ -34,6 +34,8 @@ static int head_append(struct http_head *h, const char *at, size_t len, size_t l
 {
     if (h->len + len > limit || h->len + len > UINT32_MAX)
         return -E2BIG;
+    if (len == 0)
+        return 0;   /* llhttp may call with nothing; buf may still be NULL */
     if (h->len + len > h->cap) {
         size_t cap = h->cap ? h->cap : 1024;
         char *nb;
@@ -526,7 +528,8 @@ enum resp_framing http1_response_framing(const struct http_head *resp, int reque
 int http1_write_response_head(struct evbuffer *out, const struct http_head *resp, enum resp_framing framing,
                               int close, int client_http10)
 {
-    const char *reason = resp->buf + resp->first_off;
+    /* No reason phrase and no header: nothing was buffered, and buf is NULL. */
+    const char *reason = resp->first_len ? resp->buf + resp->first_off : NULL;
     size_t reason_len = resp->first_len;
     int i, with_length = 0;
     struct head_out o;
