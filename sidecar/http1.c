@@ -24,6 +24,20 @@ void http_head_reset(struct http_head *h)
     h->chunk_offset = chunk_offset;
 }
 
+void http_head_take_parser_facts(struct http_head *h, const llhttp_t *p)
+{
+    /* The fields llhttp's getters return (they take a non-const parser). */
+    h->method = p->method;
+    h->status = p->status_code;
+    h->major = p->http_major;
+    h->minor = p->http_minor;
+    h->upgrade = p->upgrade;
+    h->chunked = (p->flags & F_CHUNKED) != 0;
+    h->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    h->content_length = p->content_length;
+    h->keep_alive = llhttp_should_keep_alive(p);
+}
+
 void http_head_free(struct http_head *h)
 {
     free(h->buf);

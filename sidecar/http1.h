@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <llhttp.h>
+
 struct evbuffer;
 
 #define HTTP_MAX_HEADERS 128
@@ -53,6 +55,9 @@ struct http_head {
 };
 
 void http_head_reset(struct http_head *h);
+/* At on_headers_complete: method, status, version, upgrade, framing and
+ * keep-alive, as <p> parsed them, into <h>. */
+void http_head_take_parser_facts(struct http_head *h, const llhttp_t *p);
 void http_head_free(struct http_head *h);
 
 /* Feeders; each returns 0 or -ENOMEM / -E2BIG (more than <limit> bytes held) / -EPROTO (obs-fold). */

@@ -614,26 +614,13 @@ static int on_resp_value_complete(llhttp_t *p)
     return 0;
 }
 
-static void head_take_parser_facts(struct http_head *h, llhttp_t *p)
-{
-    h->method = llhttp_get_method(p);
-    h->status = llhttp_get_status_code(p);
-    h->major = llhttp_get_http_major(p);
-    h->minor = llhttp_get_http_minor(p);
-    h->upgrade = llhttp_get_upgrade(p);
-    h->chunked = (p->flags & F_CHUNKED) != 0;
-    h->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
-    h->content_length = p->content_length;
-    h->keep_alive = llhttp_should_keep_alive(p);
-}
-
 static int on_req_headers_complete(llhttp_t *p)
 {
     struct downstream *ds = req_ds(p);
     const char *reason = NULL;
     int status;
 
-    head_take_parser_facts(&ds->req, p);
+    http_head_take_parser_facts(&ds->req, p);
     metrics_inc(M_REQUESTS);
     status = http1_check_request(&ds->req, &reason);
     if (status)
@@ -1040,7 +1027,7 @@ static int on_resp_headers_complete(llhttp_t *p)
     int is_head = ds->req.method == HTTP_HEAD;
     int close;
 
-    head_take_parser_facts(&ds->resp, p);
+    http_head_take_parser_facts(&ds->resp, p);
     {
         const char *reason;
         if (http1_check_fields(&ds->resp, &reason) < 0 ||

@@ -76,21 +76,12 @@ static int on_value_complete(llhttp_t *p)
     return 0;
 }
 
-/* The facts sidecar/proxy.c's head_take_parser_facts() copies; the head ends here. */
+/* The head ends here, as in sidecar/proxy.c. */
 static int on_headers_complete(llhttp_t *p)
 {
     struct msg *m = p->data;
-    struct http_head *h = &m->head;
 
-    h->method = llhttp_get_method(p);
-    h->status = llhttp_get_status_code(p);
-    h->major = llhttp_get_http_major(p);
-    h->minor = llhttp_get_http_minor(p);
-    h->upgrade = llhttp_get_upgrade(p);
-    h->chunked = (p->flags & F_CHUNKED) != 0;
-    h->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
-    h->content_length = p->content_length;
-    h->keep_alive = llhttp_should_keep_alive(p);
+    http_head_take_parser_facts(&m->head, p);
     m->headers_done = 1;
     return HPE_PAUSED;
 }
