@@ -714,6 +714,19 @@ def parse_metrics(text):
     return out
 
 
+def run_threads(target, argsets, timeout):
+    """Runs target(*args) for every args in <argsets>, each in a daemon thread, all started
+    together, and waits up to <timeout> s in all: the threads still running (the caller
+    fails on them)."""
+    threads = [threading.Thread(target=target, args=tuple(a), daemon=True) for a in argsets]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    return [t for t in threads if t.is_alive()]
+
+
 def freeze(pid, timeout=5.0):
     """SIGSTOP <pid> and wait until every thread of it is stopped: the signal is
     asynchronous, and on a busy machine a thread can run on for a while after kill()."""

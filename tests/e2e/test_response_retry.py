@@ -209,14 +209,10 @@ class BuiltinPolicyTest(RetryCase):
                     conn.close()
 
         m0 = H.metrics(nx)
-        threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(n_threads)]
         t_burst = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
+        running = H.run_threads(client, [(t,) for t in range(n_threads)], timeout=30)
         took = time.monotonic() - t_burst
-        self.assertFalse(any(t.is_alive() for t in threads), "burst threads still running after 30 s")
+        self.assertEqual(running, [], "burst threads still running after 30 s")
         self.assertEqual(errors, [])
         m = H.metrics(nx)
         age = time.monotonic() - t_start
@@ -399,12 +395,8 @@ class BuiltinPolicyTest(RetryCase):
         retried = set()
         for rnd in range(8):
             nx = self.start_nextup(rs.addrs, env=env)
-            threads = [threading.Thread(target=one, args=(nx, i), daemon=True) for i in range(12)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=15)
-            self.assertFalse(any(t.is_alive() for t in threads), "GETs still running after 15 s")
+            running = H.run_threads(one, [(nx, i) for i in range(12)], timeout=15)
+            self.assertEqual(running, [], "GETs still running after 15 s")
             nx.expect_exit = True  # stopped here, by PID, to free the CPU for the next round
             nx.stop()
             retried = {e["id"] for e in rs.entries() if e["name"] == "r1"}

@@ -276,11 +276,8 @@ class UpstreamTLSTest(TLSCase):
             if c is not None:
                 c.close()
 
-        threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=40)
+        running = H.run_threads(client, [(t,) for t in range(8)], timeout=40)
+        self.assertEqual(running, [], "clients still running after 40 s")
         bad = [x for x in results if x[0] != 200]
         print("\n  8 TLS clients x 25 requests over upstream TLS: %d answers, %d not 200" % (len(results), len(bad)))
         self.assertEqual(len(results), 200, "clients did not finish in time")
@@ -328,11 +325,8 @@ class UpstreamTLSTest(TLSCase):
                     if c is not None:
                         c.close()
 
-            threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=15)
+            if H.run_threads(client, [(t,) for t in range(8)], timeout=15):
+                bad.append("round %d: clients still running after 15 s" % rnd)
             if bad:
                 failed_rounds.append((rnd, bad))
             self.stop_nextup(nx)
