@@ -68,9 +68,10 @@ def listener_env(cert=None, **extra):
 
 class TLSCase(H.NextupCase):
 
-    def nginx(self, name, cert, client_ca=None, protocols="TLSv1.2 TLSv1.3", keepalive="60s", big_bytes=0):
+    def nginx(self, name, cert, client_ca=None, protocols="TLSv1.2 TLSv1.3", keepalive="60s", big_bytes=0,
+              status=200):
         r = T.NginxTLSReplica(name, cert, client_ca=client_ca, protocols=protocols, keepalive=keepalive,
-                              big_bytes=big_bytes)
+                              big_bytes=big_bytes, status=status)
         self.addCleanup(self._nginx_cleanup, r)
         return r
 
@@ -332,6 +333,41 @@ class UpstreamTLSTest(TLSCase):
             self.stop_nextup(nx)
         self.assertEqual(failed_rounds, [], "%d of 10 rounds had failed or hung requests (first requests over "
                          "concurrently made upstream TLS connections): %r" % (len(failed_rounds), failed_rounds[:3]))
+
+    def test_replica_503_over_tls_retried_and_never_pooled(self):
+        # The response hook over TLS: a replica answering 503 has its response aborted before any
+        # byte goes downstream and the GET retried on the other replica; the aborted TLS
+        # connection is closed, not pooled. A POST without Idempotency-Key is not replayed: the
+        # client gets the replica's own 503, unchanged. (Gateway errors do not eject here, so that
+        # the 503 replica keeps being picked.)
+        bad = self.nginx("down", CERTS.server, status=503)
+        good = self.nginx("up", CERTS.server)
+        nx = self.start_nextup(["localhost:%d" % bad.port, "localhost:%d" % good.port],
+                               env=upstream_env(NEXTUP_BPF="off", NEXTUP_EJECT_GATEWAY_ERRORS="0"), workers=1)
+        m0 = H.metrics(nx)
+        for i, r in enumerate(self.get_many(nx, 20, keepalive=True)):
+            self.assertEqual((r.status, r.get("x-backend"), r.body), (200, "up", b"up\n"), "GET %d: %r" % (i, r))
+        m1 = H.metrics(nx)
+        status_retries = H.retry_counts(m1)["retries"]["status"] - H.retry_counts(m0)["retries"]["status"]
+        at_bad = len(bad.wait_entries(status_retries)) if status_retries else 0
+        print("\n  20 GETs, one replica answering 503 over TLS: %d retried on status, %d requests at it"
+              % (status_retries, at_bad))
+        self.assertGreater(status_retries, 0, "no GET went to the 503 replica: the test proved nothing")
+        self.assertEqual(at_bad, status_retries, "every request the 503 replica saw should have been retried")
+        # Each aborted response closed its TLS connection: one new connection per 503 answer.
+        conns = {e["conn"] for e in bad.access_entries()}
+        self.assertEqual(len(conns), at_bad, "an aborted TLS connection was reused: %r" % bad.access_entries())
+        # A POST that lands on the 503 replica is not replayed: its 503 comes back unchanged.
+        seen_503 = None
+        for i in range(12):
+            r = self.roundtrip(nx, "POST", "/p/%d" % i, body=b"x" * 10)
+            if r.status == 503:
+                seen_503 = r
+                break
+            self.assertEqual((r.status, r.get("x-backend")), (200, "up"))
+        self.assertIsNotNone(seen_503, "12 POSTs never reached the 503 replica")
+        self.assertEqual((seen_503.get("x-backend"), seen_503.body), ("down", b"down\n"),
+                         "the replica's 503 was not passed on unchanged: %r %r" % (seen_503, seen_503.body))
 
     def test_ip_entry_with_sni(self):
         r = self.nginx("sni", CERTS.server)

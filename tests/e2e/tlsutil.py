@@ -338,7 +338,7 @@ http {{
         location / {{
             default_type text/plain;
             add_header X-Backend {name} always;
-            return 200 "{name}\\n";
+            return {status} "{name}\\n";
         }}
     }}
 }}
@@ -347,14 +347,14 @@ http {{
 
 class NginxTLSReplica:
     """nginx serving TLS on 127.0.0.1:<port> with <cert> (a Cert); every request answers
-    200 "<name>\\n" with X-Backend: <name>. <client_ca>: ssl_verify_client on with that CA
+    <status> (200) "<name>\\n" with X-Backend: <name>. <client_ca>: ssl_verify_client on with that CA
     (nginx then answers 400 to a client without a valid certificate; it does not fail the
     handshake). GET /big serves <big_bytes> random bytes; request bodies of any size are accepted. The access log records, per request, the connection serial, the protocol,
     whether the session was resumed, ALPN, SNI and the client certificate's verdict.
     Runs in the foreground (daemon off) so that the Popen PID is the master; stopped by PID."""
 
     def __init__(self, name, cert, client_ca=None, protocols="TLSv1.2 TLSv1.3", port=0, keepalive="60s",
-                 big_bytes=0):
+                 big_bytes=0, status=200):
         if not os.access(NGINX, os.X_OK):
             raise unittest_skip("nginx is not installed (%s)" % NGINX)
         self.name = name
@@ -382,7 +382,7 @@ class NginxTLSReplica:
             with open(conf, "w") as f:
                 f.write(NGINX_CONF.format(dir=self.dir, port=self.port, cert=cert.cert, key=cert.key,
                                           protocols=protocols, client_verify=cv, name=name,
-                                          keepalive=keepalive))
+                                          keepalive=keepalive, status=int(status)))
             self.stderr = open(os.path.join(self.dir, "stderr"), "wb")
             self.proc = subprocess.Popen([NGINX, "-p", self.dir, "-e", self.error_log, "-c", conf],
                                          stdin=subprocess.DEVNULL, stdout=self.stderr, stderr=self.stderr)
