@@ -83,16 +83,6 @@ PIN_DIR=""
 MOUNTED_BPFFS=""
 STATS_RESTORE=""          # kernel.bpf_stats_enabled to put back
 
-show_logs() {
-  local f
-  for f in "$@"; do
-    [ -s "$f" ] || continue
-    echo "--- $f (last 20 lines):" >&2
-    tail -n 20 "$f" >&2
-  done
-}
-
-
 remove_pins() {            # remove_pins DIR: the pinned maps and the directory
   [ -n "$1" ] && [ -d "$1" ] || return 0
   rm -f "$1"/peer_stats "$1"/peer_stats_meta
@@ -145,10 +135,7 @@ BACKEND="127.0.0.1:$BACKEND_PORT"
 n_runs=$(( RUNS * 4 ))
 est=$(( n_runs * (DURATION + WARMUP + 2) + 5 ))
 say "churn bench: $RUNS run(s) x 4 configurations x ${DURATION}s, wrk -t$THREADS -c$CONNS -H 'Connection: close'"
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
-  say "warning: the machine is busy (load average $LOAD_START on $(nproc) CPUs): expect noisy numbers"
-fi
+note_load
 say "estimated total run time: ~${est}s"
 
 # ---------------------------------------------------------------- backend
@@ -377,12 +364,7 @@ echo "   $params"
 echo "   $machine"
 echo "   $versions"
 echo
-awk -F'\t' '{ for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
-  END { for (r = 1; r <= n; r++) { line = ""
-          for (i = 1; i <= nf; i++) line = line (i == 1 ? sprintf("%-" w[i] "s", c[r, i]) : sprintf("  %" w[i] "s", c[r, i]))
-          print line
-          if (r == 1) { line = ""; for (i = 1; i <= nf; i++) { d = sprintf("%" w[i] "s", ""); gsub(/ /, "-", d); line = line (i == 1 ? d : "  " d) } print line } } }' \
-  "$WORK/table.tsv"
+print_table "$WORK/table.tsv"
 echo
 echo "   $kernel_note"
 echo "   $stats_note"

@@ -49,3 +49,31 @@ to_ms() {                  # wrk latency "245.00us" / "1.20ms" / "2.00s" / "1.00
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
   if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+show_logs() {              # show_logs FILE...: the last lines of each non-empty file, on stderr
+  local f
+  for f in "$@"; do
+    [ -s "$f" ] || continue
+    echo "--- $f (last 20 lines):" >&2
+    tail -n 20 "$f" >&2
+  done
+}
+
+# note_load: the load average now into LOAD_START, with a warning when the machine is already busy.
+note_load() {
+  LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+  if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+    say "warning: the machine is busy (load average $LOAD_START on $(nproc) CPUs): expect noisy numbers"
+  fi
+}
+
+# print_table FILE: a tab-separated table as aligned text, first column left-aligned, the others
+# right-aligned, a dashed rule under the header row.
+print_table() {
+  awk -F'\t' '{ for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
+    END { for (r = 1; r <= n; r++) { line = ""
+            for (i = 1; i <= nf; i++) line = line (i == 1 ? sprintf("%-" w[i] "s", c[r, i]) : sprintf("  %" w[i] "s", c[r, i]))
+            print line
+            if (r == 1) { line = ""; for (i = 1; i <= nf; i++) { d = sprintf("%" w[i] "s", ""); gsub(/ /, "-", d); line = line (i == 1 ? d : "  " d) } print line } } }' \
+    "$1"
+}

@@ -100,16 +100,6 @@ declare -A PID=()          # target -> main pid
 SAMPLER_PID=""
 declare -A NEXTUP_EXIT=()  # nextup / nextup-tls -> exit status after SIGTERM
 
-show_logs() {              # show_logs FILE...: the last lines of each non-empty file, on stderr
-  local f
-  for f in "$@"; do
-    [ -s "$f" ] || continue
-    echo "--- $f (last 20 lines):" >&2
-    tail -n 20 "$f" >&2
-  done
-}
-
-
 cleanup() {
   local rc=$? t st
   trap - EXIT INT TERM
@@ -165,10 +155,7 @@ fi
 n_runs=$(( RUNS * N_TARGETS ))
 est=$(( N_TARGETS * (WARMUP + 1) + n_runs * (DURATION + 1) + 10 ))
 say "nextup bench: $RUNS round(s) x $N_TARGETS targets x ${DURATION}s, wrk -t$THREADS -c$CONNS, warm-up ${WARMUP}s per target"
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
-  say "warning: the machine is busy (load average $LOAD_START on $(nproc) CPUs): expect noisy numbers"
-fi
+note_load
 say "estimated total run time: ~${est}s ($(( est / 60 ))m$(( est % 60 ))s)"
 
 # ---------------------------------------------------------------- configs
@@ -568,13 +555,7 @@ echo "== nextup bench — $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "   $params"
 echo "   $machine; $versions"
 echo
-# aligned text table: first column left-aligned, the others right-aligned
-awk -F'\t' '{ for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
-  END { for (r = 1; r <= n; r++) { line = ""
-          for (i = 1; i <= nf; i++) line = line (i == 1 ? sprintf("%-" w[i] "s", c[r, i]) : sprintf("  %" w[i] "s", c[r, i]))
-          print line
-          if (r == 1) { line = ""; for (i = 1; i <= nf; i++) { d = sprintf("%" w[i] "s", ""); gsub(/ /, "-", d); line = line (i == 1 ? d : "  " d) } print line } } }' \
-  "$WORK/table.tsv"
+print_table "$WORK/table.tsv"
 echo
 echo "   medians over $RUNS run(s); vs = ratio of median req/s; peak RSS = max VmRSS sampled every 0.25 s"
 echo "   (nginx proxy: master + 2 workers summed); errors = non-2xx + socket errors reported by wrk, all runs"
