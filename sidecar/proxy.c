@@ -1071,7 +1071,9 @@ static int on_resp_headers_complete(llhttp_t *p)
     ds->framing = http1_response_framing(&ds->resp, is_head, ds->req.major, ds->req.minor);
     if (ds->resp.status == 101 && !ds->req.upgrade)
         return -1;
-    close = !ds->keep_alive || ds->client_eof || ds->w->draining || ds->resp.status == 101;
+    /* A body that ends with the close (an HTTP/1.0 client, no length) ends the connection too. */
+    close = !ds->keep_alive || ds->client_eof || ds->w->draining || ds->resp.status == 101 ||
+            ds->framing == RESP_CLOSE;
     if (close)
         ds->keep_alive = 0;
     if (http1_write_response_head(out, &ds->resp, ds->framing, close,
@@ -1324,15 +1326,15 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
             parse_response(ds);
         if (ds->state == DS_CLOSING || ds->up != c || ds->resp_complete)
             return;
-        if (llhttp_finish(&ds->resp_parser) == HPE_OK && ds->framing == RESP_CLOSE) {
-            ds->resp_complete = 1;
+        /* llhttp_finish() runs on_resp_complete for a body that ends with the
+         * close, and returns the HPE_PAUSED that callback returns. */
+        llhttp_finish(&ds->resp_parser);
+        if (ds->resp_complete) {
             ex_finish(ds);
             return;
         }
-        if (!ds->resp_complete) {
-            LOG_WARN("%s: %s: response cut short", ds->client_ip, ds->peer->addr_text);
-            ds_close_after_write(ds);
-        }
+        LOG_WARN("%s: %s: response cut short", ds->client_ip, ds->peer->addr_text);
+        ds_close_after_write(ds);
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
@@ -1350,7 +1352,8 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         parse_response(ds);
         if (ds->state == DS_CLOSING || ds->up != c || ds->resp_head_done)
             return;
-        if (llhttp_finish(&ds->resp_parser) == HPE_OK && ds->resp_complete) {
+        llhttp_finish(&ds->resp_parser);
+        if (ds->resp_complete) {
             ex_finish(ds);
             return;
         }

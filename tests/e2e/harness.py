@@ -1227,3 +1227,48 @@ def read_request_head(conn, timeout=2.0):
             break
         data += piece
     return data
+
+
+class ThreadedRawServer(RawServer):
+    """A RawServer whose connections are handled side by side, each in its own
+    thread (for upstreams that keep connections open while others come)."""
+
+    def _run(self):
+        threads = []
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            self.accepted += 1
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            threads.append(t)
+            threads = [x for x in threads if x.is_alive()]
+        for t in threads:
+            t.join(timeout=2)
+
+    def _serve(self, conn):
+        try:
+            self.handle(conn)
+        except Exception as e:  # the test reads .error
+            if not self._stop.is_set():
+                self.error = repr(e)
+        finally:
+            conn.close()
+
+
+def open_fds(pid):
+    """How many file descriptors <pid> has open."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def access_lines(nx):
+    """nextup's access log lines so far (the JSON objects in its stdout/stderr file)."""
+    out = []
+    for line in nx.stderr_text().splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
