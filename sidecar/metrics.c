@@ -76,6 +76,13 @@ void metrics_write_prometheus(struct evbuffer *out)
     counter(out, "nextup_tls_reloads_total", "Certificate sets taken after a change on disk.", M_TLS_RELOADS);
     counter(out, "nextup_tls_reload_failures_total", "Changed certificate sets refused; the old ones stayed.",
             M_TLS_RELOAD_FAILURES);
+    evbuffer_add_printf(out, "# HELP nextup_upstream_protocol_errors_total Upstream connections closed because "
+                             "they sent bytes no request asked for, by where the bytes came.\n"
+                             "# TYPE nextup_upstream_protocol_errors_total counter\n"
+                             "nextup_upstream_protocol_errors_total{reason=\"idle_bytes\"} %" PRIu64 "\n"
+                             "nextup_upstream_protocol_errors_total{reason=\"bytes_after_response\"} %" PRIu64 "\n"
+                             "nextup_upstream_protocol_errors_total{reason=\"body_after_head\"} %" PRIu64 "\n",
+                        get(M_PROTO_IDLE_BYTES), get(M_PROTO_AFTER_RESPONSE), get(M_PROTO_HEAD_BODY));
     counter(out, "nextup_dns_refreshes_total", "Re-resolutions of upstream host names that got an answer.",
             M_DNS_REFRESHES);
     counter(out, "nextup_dns_failures_total",

@@ -33,6 +33,7 @@ struct peer {
     _Atomic int ejections;           /* times ejected in a row: the ejection time doubles with each */
     _Atomic int64_t ejected_until_ms; /* monotonic ms; ejected while now is before it */
     _Atomic int eject_reason;        /* enum peer_eject_reason of the last ejection */
+    _Atomic int64_t no_reuse_until_ms; /* monotonic ms: its connections are not pooled (it sent unasked bytes) */
     /* What nextup saw of this peer (L7), for /debug/peers and /metrics. */
     _Atomic uint64_t ejections_total;
     _Atomic uint64_t responses, gateway_errors, connect_failures;

@@ -18,6 +18,7 @@
 #include <llhttp.h>
 
 #include "accesslog.h"
+#include "clock.h"
 #include "config.h"
 #include "hook.h"
 #include "http1.h"
@@ -135,10 +136,7 @@ static struct retry_budget budget;
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_mono_ms();
 }
 
 static llhttp_settings_t req_settings;
@@ -172,10 +170,7 @@ static void count_response(int status)
 
 static int64_t unix_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_unix_ms();
 }
 
 static void retry_log_add(struct downstream *ds, int cause, int status)
@@ -1155,9 +1150,16 @@ static void tunnel_move(struct bufferevent *from, struct bufferevent *to, int *p
  * with the next request on this client connection or close it. */
 static void ex_finish(struct downstream *ds)
 {
-    int reusable = llhttp_should_keep_alive(&ds->resp_parser) && ds->req_complete &&
-                   evbuffer_get_length(bufferevent_get_input(ds->up->bev)) == 0 &&
+    /* Bytes behind a complete response answer no request of ours: whatever they
+     * are, the connection can no longer be trusted to frame the next answer. */
+    int stray = evbuffer_get_length(bufferevent_get_input(ds->up->bev)) > 0;
+    int reusable = llhttp_should_keep_alive(&ds->resp_parser) && ds->req_complete && !stray &&
                    evbuffer_get_length(bufferevent_get_output(ds->up->bev)) == 0;
+
+    if (stray && ds->resp.status != 101) {
+        metrics_inc(ds->req.method == HTTP_HEAD ? M_PROTO_HEAD_BODY : M_PROTO_AFTER_RESPONSE);
+        upstream_distrust(ds->peer);
+    }
 
     event_del(ds->req_timer);
     event_del(ds->try_timer);

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "peers.h"
@@ -119,6 +120,15 @@ void upstream_close(struct upconn *c)
     free(c);
 }
 
+void upstream_distrust(struct peer *peer)
+{
+    int64_t now = clock_mono_ms();
+
+    if (atomic_exchange(&peer->no_reuse_until_ms, now + UPSTREAM_DISTRUST_MS) <= now)
+        LOG_WARN("%s sent bytes no request asked for: its connections are not reused for %d s", peer->addr_text,
+                 UPSTREAM_DISTRUST_MS / 1000);
+}
+
 /* While pooled, any byte or event from the peer means the connection is no
  * longer usable: an idle HTTP/1.1 server has nothing to say. */
 static void idle_read_cb(struct bufferevent *bev, void *arg)
@@ -126,7 +136,8 @@ static void idle_read_cb(struct bufferevent *bev, void *arg)
     struct upconn *c = arg;
 
     (void)bev;
-    LOG_DEBUG("pooled connection to %s sent data while idle: closed", c->peer->addr_text);
+    metrics_inc(M_PROTO_IDLE_BYTES);
+    upstream_distrust(c->peer);
     idle_unlink(c);
     upstream_close(c);
 }
@@ -142,15 +153,49 @@ static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
     upstream_close(c);
 }
 
+/* Whether pooled <c> is still quiet: nothing arrived since the loop last looked.
+ * The pool's read watch sees what came before the last poll; this asks the
+ * kernel about what came after (one recv), so that bytes or a FIN that reached
+ * the socket before the next request is written never meet that request: no
+ * stray response can pass for its answer. TLS records that are not application
+ * data (session tickets) may arrive at any time, so a TLS connection is left to
+ * the read watch, which only sees decrypted bytes. */
+static int idle_still_quiet(struct upconn *c)
+{
+    char byte;
+    ssize_t n;
+
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+        n = 1;
+    } else {
+        if (c->tls)
+            return 1;
+        n = recv(bufferevent_getfd(c->bev), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return 1;
+    }
+    if (n > 0) {
+        metrics_inc(M_PROTO_IDLE_BYTES);
+        upstream_distrust(c->peer);
+    } else {
+        LOG_DEBUG("pooled connection to %s was closed by the peer: not reused", c->peer->addr_text);
+    }
+    return 0;
+}
+
 struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, int fresh)
 {
     struct idle_list *l = &pool->idle[peer->index];
     struct upconn *c;
     int one = 1;
 
-    if (!fresh && l->head) {
+    while (!fresh && l->head) {
         c = l->head;
         idle_unlink(c);
+        if (!idle_still_quiet(c)) {
+            upstream_close(c);
+            continue;
+        }
         bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
         bufferevent_set_timeouts(c->bev, NULL, NULL);
         c->reused = 1;
@@ -211,6 +256,7 @@ void upstream_release(struct upconn *c)
     struct idle_list *l = &pool->idle[c->peer->index];
 
     if (l->count >= pool->max_idle || !peer_is_active(c->peer) ||
+        atomic_load_explicit(&c->peer->no_reuse_until_ms, memory_order_relaxed) > clock_mono_ms() ||
         evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
         evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
         upstream_close(c);

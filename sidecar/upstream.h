@@ -54,6 +54,12 @@ void upstream_tls_keep_session(struct upconn *c);
  * buffers, closed otherwise. <c> must not be used afterwards. */
 void upstream_release(struct upconn *c);
 
+/* <peer> sent bytes no request asked for: for UPSTREAM_DISTRUST_MS its
+ * connections close after each response instead of going back to the pool, so
+ * that no later stray of its can pass for the answer to another request. */
+#define UPSTREAM_DISTRUST_MS 60000
+void upstream_distrust(struct peer *peer);
+
 /* Closes <c> and frees it. */
 void upstream_close(struct upconn *c);
 
