@@ -101,7 +101,8 @@ struct downstream {
     llhttp_t resp_parser;
     struct http_head resp;
     int resp_any;                         /* a response byte arrived on this attempt */
-    int resp_head_done;                   /* the head went downstream: no retry from here on */
+    int resp_head_done;                   /* the head was written: no retry from here on */
+    int resp_committed;                   /* ... and moved to the client's output: the client may have it */
     int resp_complete;
     enum resp_framing framing;
     struct event *req_timer;              /* owned: NEXTUP_REQUEST_TIMEOUT_MS until the response head */
@@ -1014,10 +1015,19 @@ static int on_resp_value(llhttp_t *p, const char *at, size_t len)
     return resp_feed_result(ds, http_head_add_value(&ds->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
 }
 
+/* Where the response parser's callbacks write what goes to the client: the
+ * worker's stage, moved to the client's output once a parse batch ends well
+ * (commit_response), so that a response found bad in the batch that brought its
+ * head has sent nothing, and a 502 can still be given. */
+static struct evbuffer *resp_out(struct downstream *ds)
+{
+    return ds->w->resp_stage;
+}
+
 static int on_resp_headers_complete(llhttp_t *p)
 {
     struct downstream *ds = p->data;
-    struct evbuffer *out = bufferevent_get_output(ds->bev);
+    struct evbuffer *out = resp_out(ds);
     struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
     int is_head = ds->req.method == HTTP_HEAD;
     int close;
@@ -1075,7 +1085,6 @@ static int on_resp_headers_complete(llhttp_t *p)
                                   ds->req.major == 1 && ds->req.minor == 0) < 0)
         return -1;
     ds->resp_head_done = 1;
-    count_response(ds->resp.status);
     bufferevent_set_timeouts(ds->up->bev, &idle, NULL);
     return is_head ? 1 : 0;
 }
@@ -1083,7 +1092,7 @@ static int on_resp_headers_complete(llhttp_t *p)
 static int on_resp_body(llhttp_t *p, const char *at, size_t len)
 {
     struct downstream *ds = p->data;
-    struct evbuffer *out = bufferevent_get_output(ds->bev);
+    struct evbuffer *out = resp_out(ds);
 
     if (ds->held_state == HELD_COLLECTING) {
         if (evbuffer_get_length(ds->held_body) + len > HELD_BODY_MAX || evbuffer_add(ds->held_body, at, len) < 0) {
@@ -1113,10 +1122,18 @@ static int on_resp_complete(llhttp_t *p)
         http_head_reset(&ds->resp);
         return 0;
     }
-    if (ds->framing == RESP_CHUNKED && evbuffer_add(bufferevent_get_output(ds->bev), "0\r\n\r\n", 5) < 0)
+    if (ds->framing == RESP_CHUNKED && evbuffer_add(resp_out(ds), "0\r\n\r\n", 5) < 0)
         return -1;
     ds->resp_complete = 1;
     return HPE_PAUSED;
+}
+
+/* A tunnel with no byte either way for NEXTUP_IDLE_TIMEOUT_MS is closed (ds_timer_cb). */
+static void tunnel_touch(struct downstream *ds)
+{
+    struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
+
+    evtimer_add(ds->timer, &idle);
 }
 
 /* After 101: both sides' leftover bytes cross over, then plain relaying. */
@@ -1133,6 +1150,7 @@ static void start_tunnel(struct downstream *ds)
     evbuffer_add_buffer(bufferevent_get_output(ds->bev), bufferevent_get_input(ub));
     bufferevent_enable(ds->bev, EV_READ);
     bufferevent_enable(ub, EV_READ);
+    tunnel_touch(ds);
     flush_now(ds->bev);
     flush_now(ub);
 }
@@ -1178,6 +1196,7 @@ static void ex_finish(struct downstream *ds)
     ds->state = DS_IDLE;
     ds->req_complete = 0;
     ds->resp_head_done = 0;
+    ds->resp_committed = 0;
     ds->resp_complete = 0;
     ds->sent_any = 0;
     ds->replay_whole = 1;
@@ -1203,6 +1222,21 @@ static void ex_finish(struct downstream *ds)
         ds_parse_input(ds);
 }
 
+/* Moves what the parser staged to the client's output; the first time, the
+ * response counts as sent. */
+static void commit_response(struct downstream *ds)
+{
+    struct evbuffer *stage = ds->w->resp_stage;
+
+    if (evbuffer_get_length(stage) == 0)
+        return;
+    if (!ds->resp_committed) {
+        ds->resp_committed = 1;
+        count_response(ds->resp.status);
+    }
+    evbuffer_add_buffer(bufferevent_get_output(ds->bev), stage);
+}
+
 /* Runs the response parser over what the upstream sent. */
 static void parse_response(struct downstream *ds)
 {
@@ -1212,6 +1246,13 @@ static void parse_response(struct downstream *ds)
     if (evbuffer_get_length(in) > 0)
         ds->resp_any = 1;
     err = parse_evbuffer(&ds->resp_parser, in, &ds->resp, &ds->resp_offset);
+    if (parse_failed(err) && !ds->resp_committed) {
+        /* Bad before any of it reached the client (a bad first chunk): the
+         * attempt failed like one with a malformed head. */
+        evbuffer_drain(ds->w->resp_stage, evbuffer_get_length(ds->w->resp_stage));
+        ds->resp_head_done = 0;
+    }
+    commit_response(ds);
     if (ds->retry_after_abort) {
         /* An aborted response is never pooled: its body may be unread. A body
          * still on its way is not waited for: the held copy is kept only if whole. */
@@ -1266,9 +1307,10 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 {
     struct downstream *ds = arg;
 
-    if (ds->state == DS_TUNNEL)
+    if (ds->state == DS_TUNNEL) {
         tunnel_move(bev, ds->bev, &ds->up_paused);
-    else
+        tunnel_touch(ds);
+    } else
         parse_response(ds);
     ds_flush(ds);
 }
@@ -1331,6 +1373,7 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         /* llhttp_finish() runs on_resp_complete for a body that ends with the
          * close, and returns the HPE_PAUSED that callback returns. */
         llhttp_finish(&ds->resp_parser);
+        commit_response(ds);
         if (ds->resp_complete) {
             ex_finish(ds);
             return;
@@ -1355,6 +1398,7 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         if (ds->state == DS_CLOSING || ds->up != c || ds->resp_head_done)
             return;
         llhttp_finish(&ds->resp_parser);
+        commit_response(ds);
         if (ds->resp_complete) {
             ex_finish(ds);
             return;
@@ -1418,6 +1462,7 @@ static void ds_read_cb(struct bufferevent *bev, void *arg)
     if (ds->state == DS_TUNNEL) {
         if (ds->up)
             tunnel_move(bev, ds->up->bev, &ds->client_paused);
+        tunnel_touch(ds);
     } else if (ds->lingering) {
         linger_drain(ds);
         return;
@@ -1526,7 +1571,9 @@ static void ds_timer_cb(evutil_socket_t fd, short what, void *arg)
         ds_reply_error(ds, 408, "request head not received within NEXTUP_HEADER_TIMEOUT_MS");
         return;
     }
-    if (ds->state == DS_IDLE || ds->lingering)
+    if (ds->state == DS_TUNNEL)
+        LOG_INFO("%s: tunnel idle for NEXTUP_IDLE_TIMEOUT_MS: closed", ds->client_ip);
+    if (ds->state == DS_IDLE || ds->state == DS_TUNNEL || ds->lingering)
         ds_abort(ds);
 }
 
@@ -1564,6 +1611,10 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
     (void)peer_len;
     if (!ds)
         return -ENOMEM;
+    if (!w->resp_stage && !(w->resp_stage = evbuffer_new())) {
+        free(ds);
+        return -ENOMEM;
+    }
     ds->w = w;
     ds->timer = evtimer_new(w->base, ds_timer_cb, ds);
     ds->req_timer = evtimer_new(w->base, req_timer_cb, ds);
@@ -1651,6 +1702,9 @@ void proxy_free_all(struct worker *w)
 {
     while (w->conns)
         ds_free_cb(-1, 0, w->conns);
+    if (w->resp_stage)
+        evbuffer_free(w->resp_stage);
+    w->resp_stage = NULL;
 }
 
 struct downstream *downstream_next(struct downstream *ds)

@@ -16,6 +16,7 @@ struct config;
 struct peers;
 struct event_base;
 struct event;
+struct evbuffer;
 struct evconnlistener;
 struct upstream_pool;
 struct downstream;
@@ -33,6 +34,7 @@ struct worker {
     struct upstream_pool *pool;           /* owned */
     struct access_log *alog;              /* owned */
     uint64_t rng;                         /* selection randomness, this thread only */
+    struct evbuffer *resp_stage;          /* owned by proxy.c: response bytes of one parse, until committed */
     struct downstream *conns;             /* live client connections (list head) */
     int n_conns;
     int draining;

@@ -356,5 +356,55 @@ class StrayWindowMeasure(H.NextupCase):
         self.assertIsNone(srv.error)
 
 
+
+class TunnelAndFramingTest(H.NextupCase):
+
+    def test_idle_tunnel_closed_at_the_idle_timeout(self):
+        b = self.start_backend("ws")
+        nx = self.start_nextup(b, env={"NEXTUP_IDLE_TIMEOUT_MS": "600", "NEXTUP_BPF": "off"})
+        c = self.connect(nx, timeout=5)
+        self.addCleanup(c.close)
+        key = "dGhlIHNhbXBsZSBub25jZQ=="
+        c.send(H.request_bytes("GET", "/ws", headers=[("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                                       ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]))
+        self.assertEqual(c.read_response().status, 101)
+        # Traffic keeps it open past the timeout...
+        for _ in range(4):
+            time.sleep(0.3)
+            c.send(H.backend_mod.ws_frame(1, b"ping", mask=b"abcd"))
+            self.assertEqual(c._read_exact(6)[2:], b"ping")
+        # ...silence ends it.
+        t0 = time.monotonic()
+        self.assertTrue(c.wait_closed(3), "an idle tunnel stayed open 3 s with NEXTUP_IDLE_TIMEOUT_MS=600")
+        took = time.monotonic() - t0
+        self.assertGreater(took, 0.4)
+        self.assertLess(took, 1.5)
+
+    def test_bad_chunk_right_after_the_head_is_a_502(self):
+        bad = GarbageAnswer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        self.addCleanup(bad.stop)
+        nx = self.start_nextup([bad.addr], env={"NEXTUP_BPF": "off"})
+        c = self.connect(nx, timeout=5)
+        self.addCleanup(c.close)
+        c.send(H.request_bytes("GET", "/"))
+        try:
+            r = c.read_response()
+        except H.ConnectionClosed as e:
+            self.fail("empty reply for a response whose first chunk was invalid (%s)" % e)
+        self.assertPlainError(r, 502)
+
+
+class GarbageAnswer(H.RawServer):
+    """Answers every request with fixed bytes in one write, then closes."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        super().__init__()
+
+    def handle(self, conn):
+        H.read_request_head(conn)
+        conn.sendall(self.answer)
+
+
 if __name__ == "__main__":
     unittest.main()
