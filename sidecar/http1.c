@@ -41,7 +41,25 @@ void http_head_take_parser_facts(struct http_head *h, const llhttp_t *p)
 void http_head_free(struct http_head *h)
 {
     free(h->buf);
+    free(h->hdr);
     memset(h, 0, sizeof(*h));
+}
+
+/* Room for one more header entry: most heads have a handful, so the array
+ * starts small and doubles, rather than every connection holding 128. */
+static int head_grow_hdr(struct http_head *h)
+{
+    int cap = h->hdr_cap ? h->hdr_cap * 2 : 16;
+    struct http_header *nh;
+
+    if (cap > HTTP_MAX_HEADERS)
+        cap = HTTP_MAX_HEADERS;
+    nh = realloc(h->hdr, (size_t)cap * sizeof(*nh));
+    if (!nh)
+        return -ENOMEM;
+    h->hdr = nh;
+    h->hdr_cap = cap;
+    return 0;
 }
 
 static int head_append(struct http_head *h, const char *at, size_t len, size_t limit)
@@ -82,6 +100,8 @@ int http_head_add_field(struct http_head *h, const char *at, size_t len, size_t 
             h->too_many = 1;
             return -E2BIG;
         }
+        if (h->n_hdr == h->hdr_cap && head_grow_hdr(h) < 0)
+            return -ENOMEM;
         h->hdr[h->n_hdr].name_off = (uint32_t)h->len;
         h->hdr[h->n_hdr].name_len = 0;
         h->hdr[h->n_hdr].value_off = (uint32_t)h->len;

@@ -51,7 +51,8 @@ struct http_head {
     uint64_t content_length;
     int keep_alive;                   /* llhttp_should_keep_alive() */
     /* Last: a reset clears only what comes before (entries past n_hdr are never read). */
-    struct http_header hdr[HTTP_MAX_HEADERS];
+    struct http_header *hdr;          /* owned: hdr_cap entries, grown as headers come (up to HTTP_MAX_HEADERS) */
+    int hdr_cap;
 };
 
 void http_head_reset(struct http_head *h);

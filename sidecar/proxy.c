@@ -15,6 +15,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <llhttp.h>
 
 #include "accesslog.h"
@@ -58,12 +59,33 @@ enum fail_class {
     FAIL_TLS,              /* TCP connected, TLS handshake failed (certificate refused, ...) */
 };
 
+/* What only a request in hand needs: taken when its first byte arrives, given
+ * back when the connection goes idle, so that an idle keep-alive connection
+ * holds none of it (a worker keeps a few for the next request). */
+struct request_state {
+    struct request_state *next_free;      /* worker's cache link */
+    struct evbuffer *tosend;              /* owned: produced, not yet handed to a connection */
+    struct evbuffer *replay;              /* owned: every byte produced, while replay_whole */
+    llhttp_t resp_parser;
+    struct http_head resp;
+    struct event req_timer;               /* NEXTUP_REQUEST_TIMEOUT_MS until the response head */
+    struct event try_timer;               /* NEXTUP_PER_TRY_TIMEOUT_MS for one attempt */
+    struct event backoff_timer;           /* delay before a retry to a peer already tried */
+    /* The last response aborted for a retry, kept whole when it arrived whole,
+     * so that if no later attempt gets a response the client still gets a real
+     * one (DESIGN invariant 3), not a made-up 502. */
+    struct http_head held;                /* owned buffer */
+    struct evbuffer *held_body;           /* owned */
+    struct { uint8_t cause; uint16_t status; } retry_log[18];  /* for the access log */
+    int n_retry_log;
+};
+
 struct downstream {
     struct worker *w;
     struct downstream *next, *prev;       /* worker's list */
     struct bufferevent *bev;              /* owned: the client socket */
-    struct event *timer;                  /* owned: header / idle timeout */
-    struct event *free_ev;                /* owned: deferred free, never inside a callback of ours */
+    struct event timer;                   /* header / idle timeout */
+    struct event free_ev;                 /* deferred free, never inside a callback of ours */
     llhttp_t parser;
     enum ds_state state;
     char client_ip[INET6_ADDRSTRLEN];
@@ -79,8 +101,6 @@ struct downstream {
     int up_paused;                        /* upstream reads stopped: client output is full */
 
     /* The request being served. */
-    struct evbuffer *tosend;              /* owned: produced, not yet handed to a connection */
-    struct evbuffer *replay;              /* owned: every byte produced, while replay_whole */
     int replay_whole;
     int sent_any;                         /* some byte went to a connection */
     struct peer_mask tried;
@@ -98,31 +118,20 @@ struct downstream {
     int lingering;                        /* closing: the rest of the request body is read and dropped */
     uint64_t lingered;
     const char *tls_fail_reason;          /* "verify" or "handshake" for a FAIL_TLS */
-    llhttp_t resp_parser;
-    struct http_head resp;
     int resp_any;                         /* a response byte arrived on this attempt */
     int resp_head_done;                   /* the head was written: no retry from here on */
     int resp_committed;                   /* ... and moved to the client's output: the client may have it */
     int resp_complete;
     enum resp_framing framing;
-    struct event *req_timer;              /* owned: NEXTUP_REQUEST_TIMEOUT_MS until the response head */
-    struct event *try_timer;              /* owned: NEXTUP_PER_TRY_TIMEOUT_MS for one attempt */
-    struct event *backoff_timer;          /* owned: delay before a retry to a peer already tried */
     int has_idempotency_key;
     int retry_after_abort;                /* the hook aborted this response: retry once the parser returns */
     const struct nextup_error *hook_error; /* the hook ended the request with this error */
     void *user_ctx;                       /* the hook's per-request pointer, freed by request_done */
-    /* The last response aborted for a retry, kept whole when it arrived whole,
-     * so that if no later attempt gets a response the client still gets a real
-     * one (DESIGN invariant 3), not a made-up 502. */
-    struct http_head held;                /* owned buffer */
-    struct evbuffer *held_body;           /* owned */
+    struct request_state *rq;             /* owned while a request is in hand; NULL on an idle connection */
     enum { HELD_NONE, HELD_COLLECTING, HELD_WHOLE } held_state;
     /* For the access log. */
     int64_t start_mono_ms, start_unix_ms;
     uint64_t resp_bytes;                  /* body bytes sent to the client */
-    struct { uint8_t cause; uint16_t status; } retry_log[18];
-    int n_retry_log;
     int logged;                           /* this request's line is written */
     int aborted_status;                   /* status of the response the hook last aborted */
 };
@@ -176,10 +185,10 @@ static int64_t unix_ms(void)
 
 static void retry_log_add(struct downstream *ds, int cause, int status)
 {
-    if (ds->n_retry_log < (int)(sizeof(ds->retry_log) / sizeof(ds->retry_log[0]))) {
-        ds->retry_log[ds->n_retry_log].cause = (uint8_t)cause;
-        ds->retry_log[ds->n_retry_log].status = (uint16_t)status;
-        ds->n_retry_log++;
+    if (ds->rq->n_retry_log < (int)(sizeof(ds->rq->retry_log) / sizeof(ds->rq->retry_log[0]))) {
+        ds->rq->retry_log[ds->rq->n_retry_log].cause = (uint8_t)cause;
+        ds->rq->retry_log[ds->rq->n_retry_log].status = (uint16_t)status;
+        ds->rq->n_retry_log++;
     }
 }
 
@@ -193,18 +202,19 @@ static void log_request(struct downstream *ds, int status)
     char texts[18][24];
     const char *reasons[18];
     struct access_entry e;
-    int i;
+    int i, n_retries;
 
     /* Nothing to say about a connection that sent nothing; a bad request line is logged as "-". */
     if (ds->logged || (ds->req.first_len == 0 && ds->state == DS_IDLE))
         return;
     ds->logged = 1;
-    for (i = 0; i < ds->n_retry_log; i++) {
-        int c = ds->retry_log[i].cause;
+    n_retries = ds->rq ? ds->rq->n_retry_log : 0;
+    for (i = 0; i < n_retries; i++) {
+        int c = ds->rq->retry_log[i].cause;
         if (c == RETRY_LOG_KEEPALIVE_RACE)
             snprintf(texts[i], sizeof(texts[i]), "keepalive_race");
         else if (c == CAUSE_STATUS)
-            snprintf(texts[i], sizeof(texts[i]), "status_%d", ds->retry_log[i].status);
+            snprintf(texts[i], sizeof(texts[i]), "status_%d", ds->rq->retry_log[i].status);
         else
             snprintf(texts[i], sizeof(texts[i]), "%s", cause_names[c]);
         reasons[i] = texts[i];
@@ -221,7 +231,7 @@ static void log_request(struct downstream *ds, int status)
     e.upstream = ds->peer && ds->attempts ? ds->peer->addr_text : "";
     e.attempts = ds->attempts;
     e.retries = reasons;
-    e.n_retries = ds->n_retry_log;
+    e.n_retries = n_retries;
     access_log_write(ds->w->alog, &e);
 }
 
@@ -289,10 +299,93 @@ static void request_end(struct downstream *ds)
 
 static void stop_timers(struct downstream *ds)
 {
-    event_del(ds->timer);
-    event_del(ds->req_timer);
-    event_del(ds->try_timer);
-    event_del(ds->backoff_timer);
+    event_del(&ds->timer);
+    if (ds->rq) {
+        event_del(&ds->rq->req_timer);
+        event_del(&ds->rq->try_timer);
+        event_del(&ds->rq->backoff_timer);
+    }
+}
+
+/* A worker keeps at most this many request states for reuse. */
+#define RQ_CACHE_MAX 64
+
+static void req_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void try_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void backoff_cb(evutil_socket_t fd, short what, void *arg);
+
+static void rq_destroy(struct request_state *rq)
+{
+    evbuffer_free(rq->tosend);
+    evbuffer_free(rq->replay);
+    evbuffer_free(rq->held_body);
+    http_head_free(&rq->resp);
+    http_head_free(&rq->held);
+    free(rq);
+}
+
+/* Gives <ds> its request state (from the worker's cache, else new). 0 or -ENOMEM. */
+static int rq_take(struct downstream *ds)
+{
+    struct worker *w = ds->w;
+    struct request_state *rq = w->rq_free;
+
+    if (ds->rq)
+        return 0;
+    if (rq) {
+        w->rq_free = rq->next_free;
+        w->n_rq_free--;
+    } else {
+        rq = calloc(1, sizeof(*rq));
+        if (!rq)
+            return -ENOMEM;
+        rq->tosend = evbuffer_new();
+        rq->replay = evbuffer_new();
+        rq->held_body = evbuffer_new();
+        if (!rq->tosend || !rq->replay || !rq->held_body) {
+            if (rq->tosend)
+                evbuffer_free(rq->tosend);
+            if (rq->replay)
+                evbuffer_free(rq->replay);
+            if (rq->held_body)
+                evbuffer_free(rq->held_body);
+            free(rq);
+            return -ENOMEM;
+        }
+    }
+    evtimer_assign(&rq->req_timer, w->base, req_timer_cb, ds);
+    evtimer_assign(&rq->try_timer, w->base, try_timer_cb, ds);
+    evtimer_assign(&rq->backoff_timer, w->base, backoff_cb, ds);
+    ds->rq = rq;
+    return 0;
+}
+
+/* Takes <ds>'s request state back: timers stopped, buffers emptied, cached or freed. */
+static void rq_give_back(struct downstream *ds)
+{
+    struct request_state *rq = ds->rq;
+    struct worker *w = ds->w;
+
+    if (!rq)
+        return;
+    ds->rq = NULL;
+    event_del(&rq->req_timer);
+    event_del(&rq->try_timer);
+    event_del(&rq->backoff_timer);
+    evbuffer_drain(rq->tosend, evbuffer_get_length(rq->tosend));
+    evbuffer_drain(rq->replay, evbuffer_get_length(rq->replay));
+    evbuffer_drain(rq->held_body, evbuffer_get_length(rq->held_body));
+    rq->n_retry_log = 0;
+    if (w->n_rq_free >= RQ_CACHE_MAX) {
+        rq_destroy(rq);
+        return;
+    }
+    /* Kept with their head buffers: the next request reuses them as they are. */
+    http_head_reset(&rq->resp);
+    http_head_reset(&rq->held);
+    rq->next_free = w->rq_free;
+    w->rq_free = rq;
+    w->n_rq_free++;
 }
 
 static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
@@ -311,17 +404,9 @@ static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
     if (ds->next)
         ds->next->prev = ds->prev;
     bufferevent_free(ds->bev);
-    event_free(ds->timer);
-    event_free(ds->req_timer);
-    event_free(ds->try_timer);
-    event_free(ds->backoff_timer);
-    event_free(ds->free_ev);
-    evbuffer_free(ds->tosend);
-    evbuffer_free(ds->replay);
-    evbuffer_free(ds->held_body);
-    http_head_free(&ds->held);
+    event_del(&ds->timer);
+    rq_give_back(ds);
     http_head_free(&ds->req);
-    http_head_free(&ds->resp);
     free(ds);
     worker_connection_closed(w);
 }
@@ -331,14 +416,14 @@ static void ds_abort(struct downstream *ds)
 {
     /* A request cut short: 499 (client gone) unless a response head already went out. */
     if (ds->state != DS_IDLE && ds->state != DS_CLOSING && ds->state != DS_TUNNEL)
-        log_request(ds, ds->resp_head_done ? ds->resp.status : 499);
+        log_request(ds, ds->resp_head_done ? ds->rq->resp.status : 499);
     ds->aborted = 1;
     up_detach(ds, 0);
     bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
     bufferevent_disable(ds->bev, EV_READ | EV_WRITE);
     stop_timers(ds);
     ds->state = DS_CLOSING;
-    event_active(ds->free_ev, 0, 0);
+    event_active(&ds->free_ev, 0, 0);
 }
 
 /* Closes once the bytes already queued for the client are written. */
@@ -377,7 +462,7 @@ static void ds_close_after_write(struct downstream *ds)
         struct timeval tv = ms_tv(LINGER_MS);
         bufferevent_setwatermark(ds->bev, EV_READ, 0, 0);
         bufferevent_enable(ds->bev, EV_READ);
-        evtimer_add(ds->timer, &tv);
+        evtimer_add(&ds->timer, &tv);
         linger_half_close(ds);
     }
     /* The write callback frees when the output is empty; the idle timeout bounds a client that never reads. */
@@ -403,17 +488,17 @@ static void reply_held(struct downstream *ds, const char *why_not_later)
     int is_head = ds->req.method == HTTP_HEAD;
 
     LOG_INFO("%s: later attempts failed (%s); forwarding the %d held from an earlier attempt", ds->client_ip,
-             why_not_later, ds->held.status);
+             why_not_later, ds->rq->held.status);
     /* Its body is whole in memory now: a Content-Length says so, whatever the peer's framing was. */
-    ds->held.chunked = 0;
-    ds->held.has_content_length = 1;
-    ds->held.content_length = evbuffer_get_length(ds->held_body);
-    count_response(ds->held.status);
-    ds->resp_bytes = is_head ? 0 : evbuffer_get_length(ds->held_body);
-    log_request(ds, ds->held.status);
-    if (http1_write_response_head(out, &ds->held, is_head ? RESP_NO_BODY : RESP_CONTENT_LENGTH, 1,
+    ds->rq->held.chunked = 0;
+    ds->rq->held.has_content_length = 1;
+    ds->rq->held.content_length = evbuffer_get_length(ds->rq->held_body);
+    count_response(ds->rq->held.status);
+    ds->resp_bytes = is_head ? 0 : evbuffer_get_length(ds->rq->held_body);
+    log_request(ds, ds->rq->held.status);
+    if (http1_write_response_head(out, &ds->rq->held, is_head ? RESP_NO_BODY : RESP_CONTENT_LENGTH, 1,
                                   ds->req.major == 1 && ds->req.minor == 0) < 0 ||
-        (!is_head && evbuffer_add_buffer(out, ds->held_body) < 0)) {
+        (!is_head && evbuffer_add_buffer(out, ds->rq->held_body) < 0)) {
         ds_abort(ds);
         return;
     }
@@ -452,18 +537,18 @@ static void ds_reply_error(struct downstream *ds, int status, const char *reason
 
 static struct evbuffer *request_sink(struct downstream *ds)
 {
-    return ds->up && ds->up_connected ? bufferevent_get_output(ds->up->bev) : ds->tosend;
+    return ds->up && ds->up_connected ? bufferevent_get_output(ds->up->bev) : ds->rq->tosend;
 }
 
 static void replay_keep(struct downstream *ds, const void *data, size_t len)
 {
     if (!ds->replay_whole)
         return;
-    if (!retry_buffer_fits(evbuffer_get_length(ds->replay), len, (uint64_t)ds->w->cfg->retry_buffer_bytes) ||
-        evbuffer_add(ds->replay, data, len) < 0) {
+    if (!retry_buffer_fits(evbuffer_get_length(ds->rq->replay), len, (uint64_t)ds->w->cfg->retry_buffer_bytes) ||
+        evbuffer_add(ds->rq->replay, data, len) < 0) {
         /* Past the retry buffer the request still streams, but it cannot be replayed. */
         ds->replay_whole = 0;
-        evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));
+        evbuffer_drain(ds->rq->replay, evbuffer_get_length(ds->rq->replay));
     }
 }
 
@@ -472,7 +557,7 @@ static int produce(struct downstream *ds, const void *data, size_t len)
     struct evbuffer *sink = request_sink(ds);
 
     replay_keep(ds, data, len);
-    if (sink != ds->tosend) {
+    if (sink != ds->rq->tosend) {
         ds->sent_any = 1;
         ds->attempt_bytes += len;
     }
@@ -504,7 +589,7 @@ static int evbuffer_copy_all(struct evbuffer *dst, struct evbuffer *src)
 
 static void check_client_backpressure(struct downstream *ds)
 {
-    if (!ds->client_paused && evbuffer_get_length(request_sink(ds)) > HIGH_WATER) {
+    if (ds->rq && !ds->client_paused && evbuffer_get_length(request_sink(ds)) > HIGH_WATER) {
         bufferevent_disable(ds->bev, EV_READ);
         ds->client_paused = 1;
     }
@@ -563,9 +648,12 @@ static int on_req_begin(llhttp_t *p)
     struct downstream *ds = req_ds(p);
     struct timeval tv = ms_tv(ds->w->cfg->header_timeout_ms);
 
+    if (rq_take(ds) < 0)
+        return parser_fail(ds, 503, "out of memory");
+
     http_head_reset(&ds->req);
     ds->state = DS_HEAD;
-    evtimer_add(ds->timer, &tv);
+    evtimer_add(&ds->timer, &tv);
     return 0;
 }
 
@@ -606,7 +694,7 @@ static int on_req_value_complete(llhttp_t *p)
 
 static int on_resp_value_complete(llhttp_t *p)
 {
-    http_head_value_complete(&((struct downstream *)p->data)->resp);
+    http_head_value_complete(&((struct downstream *)p->data)->rq->resp);
     return 0;
 }
 
@@ -624,7 +712,7 @@ static int on_req_headers_complete(llhttp_t *p)
     ds->keep_alive = ds->req.keep_alive && !ds->w->draining;
     ds->state = DS_BODY;
     ds->start_pending = 1;
-    event_del(ds->timer);
+    event_del(&ds->timer);
     return 0;
 }
 
@@ -688,16 +776,16 @@ static void start_request(struct downstream *ds)
         return;
     }
     /* The head goes first into tosend; body bytes already parsed in this batch follow it. */
-    evbuffer_prepend_buffer(ds->tosend, head);
+    evbuffer_prepend_buffer(ds->rq->tosend, head);
     evbuffer_free(head);
     if (ds->replay_whole) {
         struct evbuffer *copy = evbuffer_new();
-        if (!copy || evbuffer_copy_all(copy, ds->tosend) < 0 ||
+        if (!copy || evbuffer_copy_all(copy, ds->rq->tosend) < 0 ||
             !retry_buffer_fits(0, evbuffer_get_length(copy), (uint64_t)ds->w->cfg->retry_buffer_bytes)) {
             ds->replay_whole = 0;
         } else {
-            evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));
-            evbuffer_add_buffer(ds->replay, copy);
+            evbuffer_drain(ds->rq->replay, evbuffer_get_length(ds->rq->replay));
+            evbuffer_add_buffer(ds->rq->replay, copy);
         }
         if (copy)
             evbuffer_free(copy);
@@ -707,7 +795,7 @@ static void start_request(struct downstream *ds)
         evbuffer_add(bufferevent_get_output(ds->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
     if (!ds->req_complete)
         bufferevent_set_timeouts(ds->bev, &idle, &idle);
-    evtimer_add(ds->req_timer, &tv);
+    evtimer_add(&ds->rq->req_timer, &tv);
     ex_attempt(ds, 0);
 }
 
@@ -725,11 +813,11 @@ static void ex_connected(struct downstream *ds)
         upstream_tls_keep_session(c);
     }
     ds->acked_base = c->acked_at_open >= 0 ? c->acked_at_open + (int64_t)c->bytes_done : -1;
-    ds->attempt_bytes = evbuffer_get_length(ds->tosend);
+    ds->attempt_bytes = evbuffer_get_length(ds->rq->tosend);
     if (ds->attempt_bytes > 0)
         ds->sent_any = 1;
     bufferevent_disable(ub, EV_WRITE);
-    evbuffer_add_buffer(bufferevent_get_output(ub), ds->tosend);
+    evbuffer_add_buffer(bufferevent_get_output(ub), ds->rq->tosend);
     bufferevent_enable(ub, EV_READ);
     flush_now(ub);
 }
@@ -753,8 +841,8 @@ static int rewind_request(struct downstream *ds)
 {
     if (!ds->sent_any)
         return 0;
-    evbuffer_drain(ds->tosend, evbuffer_get_length(ds->tosend));
-    return evbuffer_copy_all(ds->tosend, ds->replay);
+    evbuffer_drain(ds->rq->tosend, evbuffer_get_length(ds->rq->tosend));
+    return evbuffer_copy_all(ds->rq->tosend, ds->rq->replay);
 }
 
 static void backoff_cb(evutil_socket_t fd, short what, void *arg)
@@ -821,7 +909,7 @@ static void retry_go(struct downstream *ds, enum retry_cause cause)
         delay = retry_backoff_ms(&w->cfg->retry, ds->retries, peers_rand(&w->rng));
     if (delay > 0) {
         struct timeval tv = ms_tv(delay);
-        evtimer_add(ds->backoff_timer, &tv);
+        evtimer_add(&ds->rq->backoff_timer, &tv);
         return;
     }
     ex_attempt(ds, 0);
@@ -846,7 +934,7 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
     enum retry_cause cause;
 
     up_detach(ds, 0);
-    event_del(ds->try_timer);
+    event_del(&ds->rq->try_timer);
     if (cls == FAIL_CLOSED && reused && !ds->resp_any && !ds->race_resent && request_replayable(ds) && none_acked) {
         /* The keep-alive race: the peer closed the pooled connection as we reused it,
          * and its kernel acknowledged none of the request (a peer that got the bytes
@@ -966,14 +1054,14 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
     }
     ds->up = c;
     atomic_fetch_add_explicit(&p->outstanding, 1, memory_order_relaxed);
-    llhttp_init(&ds->resp_parser, HTTP_RESPONSE, &resp_settings);
-    ds->resp_parser.data = ds;
-    http_head_reset(&ds->resp);
+    llhttp_init(&ds->rq->resp_parser, HTTP_RESPONSE, &resp_settings);
+    ds->rq->resp_parser.data = ds;
+    http_head_reset(&ds->rq->resp);
     bufferevent_setcb(c->bev, up_read_cb, up_write_cb, up_event_cb, ds);
     bufferevent_setwatermark(c->bev, EV_READ, 0, HIGH_WATER);
     if (w->cfg->per_try_timeout_ms > 0) {
         struct timeval tv = ms_tv(w->cfg->per_try_timeout_ms);
-        evtimer_add(ds->try_timer, &tv);
+        evtimer_add(&ds->rq->try_timer, &tv);
     }
     if (c->reused)
         ex_connected(ds);
@@ -986,13 +1074,13 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
 static int on_resp_begin(llhttp_t *p)
 {
     struct downstream *ds = p->data;
-    http_head_reset(&ds->resp);
+    http_head_reset(&ds->rq->resp);
     return 0;
 }
 
 static int resp_feed_result(struct downstream *ds, int r)
 {
-    if (r == 0 && http_head_size(&ds->resp) <= (size_t)ds->w->cfg->max_header_bytes)
+    if (r == 0 && http_head_size(&ds->rq->resp) <= (size_t)ds->w->cfg->max_header_bytes)
         return 0;
     return -1;
 }
@@ -1000,19 +1088,19 @@ static int resp_feed_result(struct downstream *ds, int r)
 static int on_resp_status(llhttp_t *p, const char *at, size_t len)
 {
     struct downstream *ds = p->data;
-    return resp_feed_result(ds, http_head_add_first(&ds->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
+    return resp_feed_result(ds, http_head_add_first(&ds->rq->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
 }
 
 static int on_resp_field(llhttp_t *p, const char *at, size_t len)
 {
     struct downstream *ds = p->data;
-    return resp_feed_result(ds, http_head_add_field(&ds->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
+    return resp_feed_result(ds, http_head_add_field(&ds->rq->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
 }
 
 static int on_resp_value(llhttp_t *p, const char *at, size_t len)
 {
     struct downstream *ds = p->data;
-    return resp_feed_result(ds, http_head_add_value(&ds->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
+    return resp_feed_result(ds, http_head_add_value(&ds->rq->resp, at, len, (size_t)ds->w->cfg->max_header_bytes));
 }
 
 /* Where the response parser's callbacks write what goes to the client: the
@@ -1032,56 +1120,56 @@ static int on_resp_headers_complete(llhttp_t *p)
     int is_head = ds->req.method == HTTP_HEAD;
     int close;
 
-    http_head_take_parser_facts(&ds->resp, p);
+    http_head_take_parser_facts(&ds->rq->resp, p);
     {
         const char *reason;
-        if (http1_check_fields(&ds->resp, &reason) < 0 ||
-            (!http1_only_chunked(&ds->resp) && (reason = "unsupported transfer coding"))) {
+        if (http1_check_fields(&ds->rq->resp, &reason) < 0 ||
+            (!http1_only_chunked(&ds->rq->resp) && (reason = "unsupported transfer coding"))) {
             LOG_WARN("%s: %s: bad response head: %s", ds->client_ip, ds->peer->addr_text, reason);
             return -1;
         }
     }
     /* Interim responses (100, 103) are not forwarded: nextup answered the
      * client's 100-continue itself, and the final head is what the decision is about. */
-    if (ds->resp.status < 200 && ds->resp.status != 101)
+    if (ds->rq->resp.status < 200 && ds->rq->resp.status != 101)
         return 0;
-    event_del(ds->try_timer);
+    event_del(&ds->rq->try_timer);
     peers_report(ds->w->peers, ds->peer,
-                 ds->resp.status >= 502 && ds->resp.status <= 504 ? PEER_GATEWAY_ERROR : PEER_OK, now_ms());
-    if (ds->resp.status != 101) {
+                 ds->rq->resp.status >= 502 && ds->rq->resp.status <= 504 ? PEER_GATEWAY_ERROR : PEER_OK, now_ms());
+    if (ds->rq->resp.status != 101) {
         /* The decision point: nothing of this response has gone downstream yet. */
         const struct nextup_error *e = hook_active()->upstream_response_decision(
-            (struct nextup_session *)ds, (const struct nextup_response *)&ds->resp, &ds->user_ctx);
+            (struct nextup_session *)ds, (const struct nextup_response *)&ds->rq->resp, &ds->user_ctx);
         if (e && !e->retryable) {
             ds->hook_error = e;
             return -1;
         }
         if (e && retry_verdict_for(ds, CAUSE_STATUS) == RETRY_GO) {
-            struct http_head swap = ds->held;
+            struct http_head swap = ds->rq->held;
             LOG_INFO("%s: %s answered %d (%s); retrying on another peer", ds->client_ip, ds->peer->addr_text,
-                     ds->resp.status, e->reason ? e->reason : "hook");
+                     ds->rq->resp.status, e->reason ? e->reason : "hook");
             ds->retry_after_abort = 1;
-            ds->aborted_status = ds->resp.status;
+            ds->aborted_status = ds->rq->resp.status;
             /* Keep this response (head now, body as far as it has come) in case no later attempt gets one. */
-            ds->held = ds->resp;
-            ds->resp = swap;
-            http_head_reset(&ds->resp);
-            evbuffer_drain(ds->held_body, evbuffer_get_length(ds->held_body));
+            ds->rq->held = ds->rq->resp;
+            ds->rq->resp = swap;
+            http_head_reset(&ds->rq->resp);
+            evbuffer_drain(ds->rq->held_body, evbuffer_get_length(ds->rq->held_body));
             ds->held_state = HELD_COLLECTING;
             return is_head ? 1 : 0;
         }
         /* No retry possible: the client gets this response unchanged. */
     }
-    event_del(ds->req_timer);
-    ds->framing = http1_response_framing(&ds->resp, is_head, ds->req.major, ds->req.minor);
-    if (ds->resp.status == 101 && !ds->req.upgrade)
+    event_del(&ds->rq->req_timer);
+    ds->framing = http1_response_framing(&ds->rq->resp, is_head, ds->req.major, ds->req.minor);
+    if (ds->rq->resp.status == 101 && !ds->req.upgrade)
         return -1;
     /* A body that ends with the close (an HTTP/1.0 client, no length) ends the connection too. */
-    close = !ds->keep_alive || ds->client_eof || ds->w->draining || ds->resp.status == 101 ||
+    close = !ds->keep_alive || ds->client_eof || ds->w->draining || ds->rq->resp.status == 101 ||
             ds->framing == RESP_CLOSE;
     if (close)
         ds->keep_alive = 0;
-    if (http1_write_response_head(out, &ds->resp, ds->framing, close,
+    if (http1_write_response_head(out, &ds->rq->resp, ds->framing, close,
                                   ds->req.major == 1 && ds->req.minor == 0) < 0)
         return -1;
     ds->resp_head_done = 1;
@@ -1095,7 +1183,7 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     struct evbuffer *out = resp_out(ds);
 
     if (ds->held_state == HELD_COLLECTING) {
-        if (evbuffer_get_length(ds->held_body) + len > HELD_BODY_MAX || evbuffer_add(ds->held_body, at, len) < 0) {
+        if (evbuffer_get_length(ds->rq->held_body) + len > HELD_BODY_MAX || evbuffer_add(ds->rq->held_body, at, len) < 0) {
             ds->held_state = HELD_NONE;
             return -1;
         }
@@ -1118,8 +1206,8 @@ static int on_resp_complete(llhttp_t *p)
         ds->held_state = HELD_WHOLE;
         return HPE_PAUSED;
     }
-    if (ds->resp.status < 200 && ds->resp.status != 101) {
-        http_head_reset(&ds->resp);
+    if (ds->rq->resp.status < 200 && ds->rq->resp.status != 101) {
+        http_head_reset(&ds->rq->resp);
         return 0;
     }
     if (ds->framing == RESP_CHUNKED && evbuffer_add(resp_out(ds), "0\r\n\r\n", 5) < 0)
@@ -1133,7 +1221,7 @@ static void tunnel_touch(struct downstream *ds)
 {
     struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
 
-    evtimer_add(ds->timer, &idle);
+    evtimer_add(&ds->timer, &idle);
 }
 
 /* After 101: both sides' leftover bytes cross over, then plain relaying. */
@@ -1171,23 +1259,23 @@ static void ex_finish(struct downstream *ds)
     /* Bytes behind a complete response answer no request of ours: whatever they
      * are, the connection can no longer be trusted to frame the next answer. */
     int stray = evbuffer_get_length(bufferevent_get_input(ds->up->bev)) > 0;
-    int reusable = llhttp_should_keep_alive(&ds->resp_parser) && ds->req_complete && !stray &&
+    int reusable = llhttp_should_keep_alive(&ds->rq->resp_parser) && ds->req_complete && !stray &&
                    evbuffer_get_length(bufferevent_get_output(ds->up->bev)) == 0;
 
-    if (stray && ds->resp.status != 101) {
+    if (stray && ds->rq->resp.status != 101) {
         metrics_inc(ds->req.method == HTTP_HEAD ? M_PROTO_HEAD_BODY : M_PROTO_AFTER_RESPONSE);
         upstream_distrust(ds->peer);
     }
 
-    event_del(ds->req_timer);
-    event_del(ds->try_timer);
+    event_del(&ds->rq->req_timer);
+    event_del(&ds->rq->try_timer);
     if (reusable)
         ds->up->bytes_done += ds->attempt_bytes;
     if (ds->up->tls)
         upstream_tls_keep_session(ds->up);
     up_detach(ds, reusable);
     request_end(ds);
-    log_request(ds, ds->resp.status);
+    log_request(ds, ds->rq->resp.status);
     if (!ds->keep_alive || ds->client_eof || !ds->req_complete || ds->req.upgrade) {
         ds_close_after_write(ds);
         return;
@@ -1202,17 +1290,17 @@ static void ex_finish(struct downstream *ds)
     ds->replay_whole = 1;
     ds->attempts = ds->retries = ds->race_resent = 0;
     ds->held_state = HELD_NONE;
-    ds->n_retry_log = 0;
     ds->logged = 0;
     ds->resp_bytes = 0;
     ds->start_mono_ms = ds->start_unix_ms = 0;
     ds->peer = NULL;
     memset(&ds->tried, 0, sizeof(ds->tried));
-    evbuffer_drain(ds->replay, evbuffer_get_length(ds->replay));
-    evbuffer_drain(ds->tosend, evbuffer_get_length(ds->tosend));
+    /* An idle connection keeps no request memory: the next request takes it again. */
+    rq_give_back(ds);
+    http_head_free(&ds->req);
     {
         struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
-        evtimer_add(ds->timer, &idle);
+        evtimer_add(&ds->timer, &idle);
         bufferevent_set_timeouts(ds->bev, NULL, &idle);
     }
     ds->client_paused = 0;
@@ -1232,7 +1320,7 @@ static void commit_response(struct downstream *ds)
         return;
     if (!ds->resp_committed) {
         ds->resp_committed = 1;
-        count_response(ds->resp.status);
+        count_response(ds->rq->resp.status);
     }
     evbuffer_add_buffer(bufferevent_get_output(ds->bev), stage);
 }
@@ -1245,7 +1333,7 @@ static void parse_response(struct downstream *ds)
 
     if (evbuffer_get_length(in) > 0)
         ds->resp_any = 1;
-    err = parse_evbuffer(&ds->resp_parser, in, &ds->resp, &ds->resp_offset);
+    err = parse_evbuffer(&ds->rq->resp_parser, in, &ds->rq->resp, &ds->resp_offset);
     if (parse_failed(err) && !ds->resp_committed) {
         /* Bad before any of it reached the client (a bad first chunk): the
          * attempt failed like one with a malformed head. */
@@ -1271,7 +1359,7 @@ static void parse_response(struct downstream *ds)
     }
     if (parse_failed(err)) {
         LOG_WARN("%s: %s: bad response: %s", ds->client_ip, ds->peer->addr_text,
-                 llhttp_get_error_reason(&ds->resp_parser));
+                 llhttp_get_error_reason(&ds->rq->resp_parser));
         if (!ds->resp_head_done)
             ex_fail(ds, FAIL_BAD_RESPONSE);
         else
@@ -1279,7 +1367,7 @@ static void parse_response(struct downstream *ds)
         return;
     }
     if (ds->resp_complete) {
-        if (ds->resp.status == 101) {
+        if (ds->rq->resp.status == 101) {
             start_tunnel(ds);
             return;
         }
@@ -1372,7 +1460,7 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
             return;
         /* llhttp_finish() runs on_resp_complete for a body that ends with the
          * close, and returns the HPE_PAUSED that callback returns. */
-        llhttp_finish(&ds->resp_parser);
+        llhttp_finish(&ds->rq->resp_parser);
         commit_response(ds);
         if (ds->resp_complete) {
             ex_finish(ds);
@@ -1397,7 +1485,7 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         parse_response(ds);
         if (ds->state == DS_CLOSING || ds->up != c || ds->resp_head_done)
             return;
-        llhttp_finish(&ds->resp_parser);
+        llhttp_finish(&ds->rq->resp_parser);
         commit_response(ds);
         if (ds->resp_complete) {
             ex_finish(ds);
@@ -1616,17 +1704,10 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
         return -ENOMEM;
     }
     ds->w = w;
-    ds->timer = evtimer_new(w->base, ds_timer_cb, ds);
-    ds->req_timer = evtimer_new(w->base, req_timer_cb, ds);
-    ds->try_timer = evtimer_new(w->base, try_timer_cb, ds);
-    ds->backoff_timer = evtimer_new(w->base, backoff_cb, ds);
-    ds->free_ev = event_new(w->base, -1, 0, ds_free_cb, ds);
-    ds->tosend = evbuffer_new();
-    ds->replay = evbuffer_new();
-    ds->held_body = evbuffer_new();
+    evtimer_assign(&ds->timer, w->base, ds_timer_cb, ds);
+    event_assign(&ds->free_ev, w->base, -1, 0, ds_free_cb, ds);
     /* Created last: from here on the bufferevent closes <fd> when freed. */
-    if (ds->timer && ds->req_timer && ds->try_timer && ds->backoff_timer && ds->free_ev && ds->tosend && ds->replay &&
-        ds->held_body) {
+    {
         if (tls_listener_enabled()) {
             SSL *ssl = tls_listener_new();
             if (ssl) {
@@ -1643,22 +1724,6 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
         }
     }
     if (!ds->bev) {
-        if (ds->timer)
-            event_free(ds->timer);
-        if (ds->req_timer)
-            event_free(ds->req_timer);
-        if (ds->try_timer)
-            event_free(ds->try_timer);
-        if (ds->backoff_timer)
-            event_free(ds->backoff_timer);
-        if (ds->free_ev)
-            event_free(ds->free_ev);
-        if (ds->tosend)
-            evbuffer_free(ds->tosend);
-        if (ds->replay)
-            evbuffer_free(ds->replay);
-        if (ds->held_body)
-            evbuffer_free(ds->held_body);
         free(ds);
         return -ENOMEM;
     }
@@ -1685,7 +1750,7 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
     bufferevent_disable(ds->bev, EV_WRITE);
     bufferevent_enable(ds->bev, EV_READ);
     /* A new connection must send its first head within the header timeout. */
-    evtimer_add(ds->timer, &header_tv);
+    evtimer_add(&ds->timer, &header_tv);
     return 0;
 }
 
@@ -1705,6 +1770,12 @@ void proxy_free_all(struct worker *w)
     if (w->resp_stage)
         evbuffer_free(w->resp_stage);
     w->resp_stage = NULL;
+    while (w->rq_free) {
+        struct request_state *rq = w->rq_free;
+        w->rq_free = rq->next_free;
+        rq_destroy(rq);
+    }
+    w->n_rq_free = 0;
 }
 
 struct downstream *downstream_next(struct downstream *ds)

@@ -17,6 +17,7 @@ struct peers;
 struct event_base;
 struct event;
 struct evbuffer;
+struct request_state;
 struct evconnlistener;
 struct upstream_pool;
 struct downstream;
@@ -35,6 +36,8 @@ struct worker {
     struct access_log *alog;              /* owned */
     uint64_t rng;                         /* selection randomness, this thread only */
     struct evbuffer *resp_stage;          /* owned by proxy.c: response bytes of one parse, until committed */
+    struct request_state *rq_free;        /* owned by proxy.c: request states kept for the next requests */
+    int n_rq_free;
     struct downstream *conns;             /* live client connections (list head) */
     int n_conns;
     int draining;
