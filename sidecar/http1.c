@@ -1,6 +1,8 @@
 #include "http1.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stddef.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -338,12 +340,95 @@ int http1_check_fields(const struct http_head *h, const char **reason)
     return 0;
 }
 
+static int is_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* RFC 3986 unreserved / sub-delims. */
+static int is_uri_plain(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+/* RFC 3986 reg-name, which covers IPv4address; empty is refused: it names no host. */
+static int reg_name_valid(const char *s, size_t n)
+{
+    size_t i;
+
+    if (n == 0)
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            if (i + 2 >= n || !is_hex((unsigned char)s[i + 1]) || !is_hex((unsigned char)s[i + 2]))
+                return 0;
+            i += 2;
+        } else if (!is_uri_plain(c)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* What RFC 3986 allows between the brackets of an IP-literal: IPv6address or IPvFuture. */
+static int ip_literal_valid(const char *s, size_t n)
+{
+    char buf[INET6_ADDRSTRLEN];
+    struct in6_addr addr;
+    size_t i;
+
+    if (n > 1 && (s[0] == 'v' || s[0] == 'V')) {
+        /* IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ) */
+        for (i = 1; i < n && is_hex((unsigned char)s[i]); i++)
+            ;
+        if (i == 1 || i + 1 >= n || s[i] != '.')
+            return 0;
+        for (i++; i < n; i++)
+            if (!is_uri_plain((unsigned char)s[i]) && s[i] != ':')
+                return 0;
+        return 1;
+    }
+    if (n == 0 || n >= sizeof(buf))
+        return 0;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return inet_pton(AF_INET6, buf, &addr) == 1;
+}
+
+/* RFC 9110 7.2: Host = uri-host [ ":" port ], port = *DIGIT. */
+static int host_valid(const char *v, size_t n)
+{
+    size_t host_len, i;
+
+    if (n == 0)
+        return 0;
+    if (v[0] == '[') {
+        const char *end = memchr(v, ']', n);
+        if (!end || !ip_literal_valid(v + 1, (size_t)(end - v) - 1))
+            return 0;
+        host_len = (size_t)(end - v) + 1;
+    } else {
+        const char *colon = memchr(v, ':', n);
+        host_len = colon ? (size_t)(colon - v) : n;
+        if (!reg_name_valid(v, host_len))
+            return 0;
+    }
+    if (host_len < n && v[host_len] != ':')
+        return 0;
+    for (i = host_len + 1; i < n; i++)
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+    return 1;
+}
+
 int http1_check_request(const struct http_head *req, const char **reason)
 {
     const char *target = req->buf + req->first_off;
     size_t tlen = req->first_len;
-    const char *expect;
-    size_t elen;
+    const char *expect, *host;
+    size_t elen, hlen;
 
     if (req->major != 1) {
         *reason = "only HTTP/1.0 and HTTP/1.1 are accepted";
@@ -371,6 +456,12 @@ int http1_check_request(const struct http_head *req, const char **reason)
     }
     if (count_headers(req, "host") > 1) {
         *reason = "more than one Host header";
+        return 400;
+    }
+    /* A peer (or the service choice) would read an authority out of whatever is here. */
+    host = http_head_get(req, "host", &hlen);
+    if (host && !host_valid(host, hlen)) {
+        *reason = hlen ? "invalid Host header (host[:port] expected)" : "empty Host header";
         return 400;
     }
     if (count_headers(req, "transfer-encoding") > 0) {

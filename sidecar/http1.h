@@ -6,7 +6,7 @@
  *   http_head_reset() / http_head_free()         one head, reused message after message
  *   http_head_add_*()                             feeders for llhttp data callbacks
  *   http_head_get() / http_head_has_token()       lookups (case-insensitive names)
- *   http1_check_request()                         smuggling and open-proxy checks -> status
+ *   http1_check_request()                         smuggling, Host and open-proxy checks -> status
  *   http1_write_request_head()                    the head sent to a peer
  *   http1_write_response_head()                   the head sent to the client
  *   http1_write_error()                           a short plain-text response made by nextup
@@ -98,8 +98,9 @@ int http1_check_fields(const struct http_head *h, const char **reason);
 /* 1 if every Transfer-Encoding coding of <h> is chunked (or there is none). */
 int http1_only_chunked(const struct http_head *h);
 
-/* Checks a parsed request head. 0 if it may be forwarded, else the status to
- * answer (400, 405, 417, 501) with a constant reason in <*reason>. */
+/* Checks a parsed request head (version, fields, target, one valid Host, framing,
+ * Expect). 0 if it may be forwarded, else the status to answer (400, 405, 417,
+ * 501) with a constant reason in <*reason>. */
 int http1_check_request(const struct http_head *req, const char **reason);
 
 /* Appends the head sent to a peer: HTTP/1.1, hop-by-hop fields removed,

@@ -36,6 +36,10 @@ void metrics_write_prometheus(struct evbuffer *out)
             M_DOWNSTREAM_CONNECTIONS);
     counter(out, "nextup_downstream_rejected_total",
             "Client connections refused because NEXTUP_MAX_CONNECTIONS was reached.", M_DOWNSTREAM_REJECTED);
+    counter(out, "nextup_downstream_accept_errors_total",
+            "accept() calls that failed; out of descriptors or memory, that worker pauses accepting for up to "
+            "100 ms.",
+            M_DOWNSTREAM_ACCEPT_ERRORS);
     counter(out, "nextup_downstream_requests_total", "Requests whose head was read.", M_REQUESTS);
     evbuffer_add_printf(out, "# HELP nextup_downstream_responses_total Responses sent to clients, by status class.\n"
                              "# TYPE nextup_downstream_responses_total counter\n");

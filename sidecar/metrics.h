@@ -11,6 +11,7 @@ struct evbuffer;
 enum metric_id {
     M_DOWNSTREAM_CONNECTIONS,      /* accepted client connections */
     M_DOWNSTREAM_REJECTED,         /* refused over NEXTUP_MAX_CONNECTIONS */
+    M_DOWNSTREAM_ACCEPT_ERRORS,    /* accept() calls that failed (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) */
     M_REQUESTS,                    /* requests whose head was read */
     M_RESP_1XX, M_RESP_2XX, M_RESP_3XX, M_RESP_4XX, M_RESP_5XX,  /* responses sent, by class */
     M_UPSTREAM_ATTEMPTS,           /* tries sent to a peer (first tries and retries) */

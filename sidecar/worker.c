@@ -1,6 +1,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,11 @@ static int n_workers;            /* workers allocated (a failed start may leave 
 static int n_threads;            /* of them, threads started */
 static _Atomic int live_connections;
 static _Atomic int loops_done;
+/* Shared by the workers: a process out of descriptors says so once a second, not once per worker. */
+static _Atomic int64_t accept_logged_ms;     /* monotonic; 0: never */
+static _Atomic uint64_t accept_unlogged;     /* failures since that line */
+
+#define ACCEPT_LOG_INTERVAL_MS 1000
 
 int workers_live_connections(void)
 {
@@ -69,10 +75,78 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     w->n_conns++;
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void accept_log(const struct worker *w, int err, int paused)
+{
+    int64_t now = mono_ms();
+    int64_t last = atomic_load(&accept_logged_ms);
+    uint64_t unlogged;
+    char more[80] = "";
+
+    if ((last != 0 && now - last < ACCEPT_LOG_INTERVAL_MS) ||
+        !atomic_compare_exchange_strong(&accept_logged_ms, &last, now)) {
+        atomic_fetch_add(&accept_unlogged, 1);
+        return;
+    }
+    unlogged = atomic_exchange(&accept_unlogged, 0);
+    if (unlogged)
+        snprintf(more, sizeof(more), "; %" PRIu64 " more failures since the last message", unlogged);
+    if (paused)
+        LOG_WARN("accept: %s (worker %d): not accepting for %d ms or until a connection closes%s", strerror(err),
+                 w->id, ACCEPT_PAUSE_MS, more);
+    else
+        LOG_WARN("accept: %s (worker %d)%s", strerror(err), w->id, more);
+}
+
+/* libevent calls this instead of printing its own warning, with errno still from accept(). */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct worker *w = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
+    int pause = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+
+    metrics_inc(M_DOWNSTREAM_ACCEPT_ERRORS);
+    /* The connection stays in the backlog and the listener readable: asking again at once would spin. */
+    if (pause) {
+        evconnlistener_disable(l);
+        w->accept_paused = 1;
+        evtimer_add(w->accept_resume_ev, &tv);
+    }
+    accept_log(w, err, pause);
+}
+
+static void accept_resume(struct worker *w)
+{
+    if (!w->accept_paused)
+        return;
+    w->accept_paused = 0;
+    evtimer_del(w->accept_resume_ev);
+    /* NULL once draining (drain_cb freed it) or stopping. */
+    if (w->listener)
+        evconnlistener_enable(w->listener);
+}
+
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    accept_resume(arg);
+}
+
 void worker_connection_closed(struct worker *w)
 {
     w->n_conns--;
     atomic_fetch_sub(&live_connections, 1);
+    /* A descriptor was just freed: no need to wait out the pause. */
+    accept_resume(w);
     if (w->draining && w->n_conns == 0)
         event_base_loopexit(w->base, NULL);
 }
@@ -91,6 +165,7 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         evconnlistener_free(w->listener);
         w->listener = NULL;
     }
+    accept_resume(w);
     upstream_pool_close_idle(w->pool);
     for (ds = w->conns; ds; ds = next) {
         next = downstream_next(ds);
@@ -150,12 +225,15 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
             return fd;
         }
         w->listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        if (w->listener)
+            evconnlistener_set_error_cb(w->listener, accept_error_cb);
+        w->accept_resume_ev = evtimer_new(w->base, accept_resume_cb, w);
         w->pool = upstream_pool_new(w->base, PEERS_MAX, cfg->pool_max_idle, cfg->connect_timeout_ms,
                                     cfg->idle_timeout_ms);
         w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
         w->alog = access_log_new(w->base, cfg->access_log);
         w->sweep_ev = event_new(w->base, -1, EV_PERSIST, sweep_cb, w);
-        if (!w->listener || !w->pool || !w->drain_ev || !w->alog || !w->sweep_ev ||
+        if (!w->listener || !w->accept_resume_ev || !w->pool || !w->drain_ev || !w->alog || !w->sweep_ev ||
             event_add(w->sweep_ev, &sweep_tv) < 0) {
             snprintf(err, errlen, "out of memory");
             return -ENOMEM;
@@ -190,10 +268,15 @@ void workers_stop(void)
         pthread_join(workers[i].thread, NULL);
     for (i = 0; i < n_workers; i++) {
         struct worker *w = &workers[i];
-        if (w->listener)
+        if (w->listener) {
             evconnlistener_free(w->listener);
-        /* Connections still open at the drain deadline are closed here. */
+            w->listener = NULL;
+        }
+        /* Connections still open at the drain deadline are closed here; they may end
+         * an accept pause, so the timer goes after them. */
         proxy_free_all(w);
+        if (w->accept_resume_ev)
+            event_free(w->accept_resume_ev);
         upstream_pool_free(w->pool);
         access_log_free(w->alog);
         if (w->drain_ev)

@@ -5,12 +5,18 @@
  *   workers_start()   create the listeners (so bind errors are startup errors) and threads
  *   workers_drain()   from the main thread: stop accepting, finish in-flight, exit loops
  *   workers_stop()    from the main thread: end the loops now and join
- *   workers_live_connections()  client connections open, all workers */
+ *   workers_live_connections()  client connections open, all workers
+ *
+ * Out of descriptors or memory, accept() fails while the connection waits in
+ * the backlog; a worker then stops accepting for ACCEPT_PAUSE_MS, or until one
+ * of its connections closes, and says so at most once a second. */
 #ifndef SIDECAR_WORKER_H
 #define SIDECAR_WORKER_H
 
 #include <pthread.h>
 #include <stdint.h>
+
+#define ACCEPT_PAUSE_MS 100
 
 struct config;
 struct peers;
@@ -30,6 +36,8 @@ struct worker {
     struct evconnlistener *listener;      /* owned; NULL once draining */
     struct event *drain_ev;               /* owned; activated by the main thread */
     struct event *sweep_ev;               /* owned: closes pooled connections of removed peers */
+    struct event *accept_resume_ev;       /* owned: ends an accept pause */
+    int accept_paused;                    /* listener disabled after EMFILE, ENFILE, ENOBUFS or ENOMEM */
     const struct config *cfg;
     struct peers *peers;                  /* shared, read-mostly */
     struct upstream_pool *pool;           /* owned */
@@ -54,7 +62,8 @@ int workers_all_done(void);
 void workers_stop(void);
 int workers_live_connections(void);
 
-/* Called by proxy when a connection closes: keeps counts, ends a drained loop. */
+/* Called by proxy when a connection closes (its descriptor freed): keeps counts,
+ * ends a drained loop, ends an accept pause. */
 void worker_connection_closed(struct worker *w);
 
 #endif

@@ -171,6 +171,18 @@ class BadClientInputTest(H.NextupCase):
     def test_http11_with_two_hosts(self):
         self.assertRejected(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", must_close=False)
 
+    def test_invalid_host(self):
+        # RFC 9112 3.2: 400 for an invalid Host value, as nginx answers ("client sent invalid host header").
+        for host in (b"a b", b"a\tb", b"exa mple:80", b"host:port", b"[::1", b"a/b", b"a@b", b"", b"a\x01b",
+                     b"a:80:80", b"caf\xc3\xa9.example"):
+            with self.subTest(host=host):
+                self.assertRejected(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        self.assertRejected(b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n")
+        for host in (b"example.com:8080", b"127.0.0.1:15001", b"[::1]:80", b"a-b.c_d"):
+            with self.subTest(host=host):
+                _, r = self.send_raw(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+                self.assertEqual((r.status, r.body), (200, b"alpha\n"), "valid Host %r" % host)
+
     def test_still_serving_after_bad_input(self):
         self.assertRejected(b"GARBAGE\r\n\r\n", must_close=True)
         _, r = self.send_raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")

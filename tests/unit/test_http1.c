@@ -660,6 +660,82 @@ static void test_check_host(void **state)
     assert_int_equal(check(request("GET / HTTP/1.0\r\nHost: a\r\n\r\n")), 0);
 }
 
+/* A request head for "/" whose only header is Host with the <len> bytes of <v>,
+ * built without llhttp so that any byte reaches the check. */
+static void head_with_host(struct http_head *h, const char *v, size_t len, int minor)
+{
+    http_head_reset(h);
+    assert_int_equal(http_head_add_first(h, "/", 1, NO_LIMIT), 0);
+    assert_int_equal(http_head_add_field(h, "Host", 4, NO_LIMIT), 0);
+    assert_int_equal(add_value_direct(h, v, len, NO_LIMIT), 0);
+    h->method = HTTP_GET;
+    h->major = 1;
+    h->minor = minor;
+}
+
+#define S(lit) { lit, sizeof(lit) - 1 }
+
+/* RFC 9110 7.2: Host = uri-host [ ":" port ], uri-host an RFC 3986 IP-literal,
+ * IPv4address or reg-name; anything else is answered 400, as nginx does. */
+static void test_check_host_value(void **state)
+{
+    static const struct {
+        const char *v;
+        size_t len;
+    } good[] = {
+        S("example.com"), S("example.com:8080"), S("127.0.0.1:15001"), S("[::1]:80"), S("a-b.c_d"), S("[::1]"),
+        S("[2001:db8::7]:443"), S("[::ffff:10.0.0.1]"), S("Example.COM."), S("xn--bcher-kva.example"),
+        S("%41b.example"), S("a!$&'()*+,;=~"), S("[v1.fe:x]"), S("example.com:"), S("a:65535"),
+    }, bad[] = {
+        S("a b"), S("a\tb"), S("exa mple:80"), S("host:port"), S("[::1"), S("a/b"), S("a@b"), S(""),
+        S("a\x01" "b"), S("a\x7f"), S("caf\xc3\xa9.example"), S("a:80:80"), S("::1"), S("[::1]x"),
+        S("[::1]:8x"), S("[nothex]"), S("[::1]]"), S("[]"), S("[v1]"), S("a%4"), S("a%zz"), S("a\\b"), S("a?b"),
+        S("a#b"), S(":80"), S("a[b]"), S("a\"b"), S("a<b>"), S("a:-1"), S("a: 80"),
+    };
+    char text[256];
+    size_t i;
+    int minor;
+    (void)state;
+
+    for (minor = 0; minor <= 1; minor++) {
+        for (i = 0; i < N(good); i++) {
+            head_with_host(&req.head, good[i].v, good[i].len, minor);
+            if (check(&req.head) != 0)
+                print_error("HTTP/1.%d Host \"%s\" refused\n", minor, good[i].v);
+            assert_int_equal(check(&req.head), 0);
+        }
+        for (i = 0; i < N(bad); i++) {
+            head_with_host(&req.head, bad[i].v, bad[i].len, minor);
+            if (check(&req.head) != 400)
+                print_error("HTTP/1.%d Host \"%s\" accepted\n", minor, bad[i].v);
+            assert_int_equal(check(&req.head), 400);
+        }
+    }
+    /* The same through llhttp: the valid ones parse and pass; an invalid one is
+     * refused by llhttp itself or by the check. */
+    for (i = 0; i < N(good); i++) {
+        snprintf(text, sizeof(text), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", good[i].v);
+        assert_int_equal(check(request(text)), 0);
+    }
+    for (i = 0; i < N(bad); i++) {
+        snprintf(text, sizeof(text), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", bad[i].v);
+        msg_start(&req, HTTP_REQUEST, NO_LIMIT);
+        if (msg_feed(&req, text, strlen(text), 0) != HPE_OK)
+            continue;
+        assert_true(req.headers_done);
+        if (check(&req.head) != 400)
+            print_error("through llhttp, Host \"%s\" accepted\n", bad[i].v);
+        assert_int_equal(check(&req.head), 400);
+    }
+    /* Optional whitespace around the value is not part of it. */
+    assert_int_equal(check(request("GET / HTTP/1.1\r\nHost: \t example.com:80 \t\r\n\r\n")), 0);
+    assert_int_equal(check(request("GET / HTTP/1.1\r\nHost:\r\n\r\n")), 400);
+    assert_int_equal(check(request("GET / HTTP/1.1\r\nHost:   \r\n\r\n")), 400);
+    assert_int_equal(check(request("GET / HTTP/1.0\r\nHost: a b\r\n\r\n")), 400);
+}
+
+#undef S
+
 static void test_check_expect(void **state)
 {
     (void)state;
@@ -1458,6 +1534,7 @@ int main(void)
         T(test_check_connect),
         T(test_check_target_forms),
         T(test_check_host),
+        T(test_check_host_value),
         T(test_check_expect),
         T(test_llhttp_rejects_smuggling),
         T(test_obs_fold_rejected),
