@@ -13,6 +13,7 @@
 #include <event2/listener.h>
 
 #include "accesslog.h"
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
@@ -75,17 +76,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     w->n_conns++;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void accept_log(const struct worker *w, int err, int paused)
 {
-    int64_t now = mono_ms();
+    int64_t now = clock_mono_ms();
     int64_t last = atomic_load(&accept_logged_ms);
     uint64_t unlogged;
     char more[80] = "";
