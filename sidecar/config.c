@@ -95,7 +95,7 @@ static const struct var vars[] = {
       offsetof(struct config, resolv_conf), "resolver configuration for re-resolution (nameservers, search, ndots)" },
     { "NEXTUP_ACCESS_LOG", VAR_ONOFF, "on", 0, 0, offsetof(struct config, access_log),
       "on: one JSON line per request on stdout (diagnostics go to stderr); off" },
-    { "NEXTUP_RETRY_ON", VAR_RETRY_ON, "connect-failure,refused,gateway-error", 0, 0,
+    { "NEXTUP_RETRY_ON", VAR_RETRY_ON, "connect-failure,reset,gateway-error", 0, 0,
       offsetof(struct config, retry),
       "conditions retried: connect-failure, refused, reset, timeout, gateway-error, 5xx, or status codes" },
     { "NEXTUP_RETRY_METHODS", VAR_METHODS, "GET,HEAD,OPTIONS,TRACE,PUT,DELETE", 0, 0,

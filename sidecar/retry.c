@@ -45,7 +45,9 @@ static int word_is(const char *w, size_t n, const char *want)
 static int add_condition(struct retry_policy *pol, const char *w, size_t n)
 {
     static const struct { const char *word; unsigned bit; } words[] = {
-        { "connect-failure", RETRY_ON_CONNECT_FAILURE }, { "refused", RETRY_ON_REFUSED },
+        /* A refused connect is a connect failure (Envoy's connect-failure includes it);
+         * "refused" alone names just that one. */
+        { "connect-failure", RETRY_ON_CONNECT_FAILURE | RETRY_ON_REFUSED }, { "refused", RETRY_ON_REFUSED },
         { "reset", RETRY_ON_RESET }, { "timeout", RETRY_ON_TIMEOUT },
         { "gateway-error", RETRY_ON_GATEWAY_ERROR }, { "5xx", RETRY_ON_5XX },
     };

@@ -15,7 +15,8 @@
 #include <stdint.h>
 
 /* NEXTUP_RETRY_ON conditions. */
-#define RETRY_ON_CONNECT_FAILURE (1u << 0)   /* connect timeout, unreachable, closed before a byte was acknowledged */
+#define RETRY_ON_CONNECT_FAILURE (1u << 0)   /* connect timeout, unreachable, closed before a byte was acknowledged;
+                                               * the word connect-failure sets RETRY_ON_REFUSED too */
 #define RETRY_ON_REFUSED         (1u << 1)   /* ECONNREFUSED */
 #define RETRY_ON_RESET           (1u << 2)   /* reset or closed after the request reached the peer, before the head */
 #define RETRY_ON_TIMEOUT         (1u << 3)   /* NEXTUP_PER_TRY_TIMEOUT_MS passed without a head */

@@ -37,6 +37,19 @@ class RefusedPeerTest(H.NextupCase):
             self.assertEqual(r.body, body, "POST %d body mangled" % i)
         self.assertEqual(b.requests() - before, 70)
 
+    def test_connect_failure_covers_refused(self):
+        # As in Envoy: NEXTUP_RETRY_ON=connect-failure retries a refused connect (any method).
+        b = self.start_backend("live")
+        dead = "127.0.0.1:%d" % H.free_port()
+        nx = self.start_nextup([dead, b.addr], env={"NEXTUP_RETRY_ON": "connect-failure",
+                                                    "NEXTUP_EJECT_CONNECT_FAILURES": "0", "NEXTUP_BPF": "off"})
+        for i in range(20):
+            body = os.urandom(200 + i)
+            r = self.roundtrip(nx, "POST", "/echo", body=body)
+            self.assertEqual((r.status, r.body), (200, body), "POST %d: %r" % (i, r))
+        m = H.metrics(nx)
+        self.assertGreater(H.metric(m, "nextup_retries_total", reason="refused"), 0, "the dead peer was never tried")
+
     def test_refused_peer_large_posts(self):
         # A refused connect consumes no body byte, so even bodies far over the retry
         # buffer (64 KiB by default) can go to the next peer.

@@ -623,7 +623,7 @@ static void test_help(void **state)
         { "NEXTUP_RETRY_BUFFER_BYTES", "default: 65536\n" },
         { "NEXTUP_LOG_LEVEL", "default: info\n" },
         { "NEXTUP_WORKERS", "default: online CPUs (" },
-        { "NEXTUP_RETRY_ON", "default: connect-failure,refused,gateway-error\n" },
+        { "NEXTUP_RETRY_ON", "default: connect-failure,reset,gateway-error\n" },
         { "NEXTUP_RETRY_METHODS", "default: GET,HEAD,OPTIONS,TRACE,PUT,DELETE\n" },
         { "NEXTUP_PER_TRY_TIMEOUT_MS", "default: 0\n" },
         { "NEXTUP_RETRY_BACKOFF_BASE_MS", "default: 25\n" },

@@ -67,14 +67,15 @@ static void parse_methods_ok(const char *list)
 static void test_parse_on_each_word(void **state)
 {
     static const struct { const char *list; unsigned want; } cases[] = {
-        { "connect-failure", RETRY_ON_CONNECT_FAILURE },
+        /* connect-failure covers refusals, as Envoy's does; refused is the narrower word */
+        { "connect-failure", RETRY_ON_CONNECT_FAILURE | RETRY_ON_REFUSED },
         { "refused", RETRY_ON_REFUSED },
         { "reset", RETRY_ON_RESET },
         { "timeout", RETRY_ON_TIMEOUT },
         { "gateway-error", RETRY_ON_GATEWAY_ERROR },
         { "5xx", RETRY_ON_5XX },
         /* case-insensitive */
-        { "CONNECT-FAILURE", RETRY_ON_CONNECT_FAILURE },
+        { "CONNECT-FAILURE", RETRY_ON_CONNECT_FAILURE | RETRY_ON_REFUSED },
         { "ReFuSeD", RETRY_ON_REFUSED },
         { "Reset", RETRY_ON_RESET },
         { "TIMEOUT", RETRY_ON_TIMEOUT },
