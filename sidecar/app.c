@@ -1,9 +1,14 @@
-/* app: nextup_main(), wire-up only: config -> hooks -> peers -> workers (listeners) -> admin -> signals. */
+/* app: nextup_main(), wire-up only: config -> hooks -> peers -> workers (listeners) -> admin -> signals
+ * (drain on SIGTERM/SIGINT/SIGQUIT, log files reopened on SIGHUP/SIGUSR1, SIGUSR2 ignored). */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -25,6 +30,20 @@ static struct config cfg;
 static struct event *drain_deadline;
 static struct event *drain_poll;
 static struct event *tls_reload;
+
+/* The files behind stdout (access log) and stderr (diagnostics), noted at start: after a
+ * rotation renamed them, SIGHUP/SIGUSR1 open the same names again. */
+struct log_file {
+    int fd;                     /* STDOUT_FILENO or STDERR_FILENO */
+    const char *name;
+    char path[PATH_MAX];        /* "" when not a regular file that can be named */
+    mode_t mode;                /* of the original, for a file created again */
+};
+
+static struct log_file log_files[] = {
+    { STDOUT_FILENO, "stdout", "", 0 },
+    { STDERR_FILENO, "stderr", "", 0 },
+};
 
 static void tls_reload_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -55,6 +74,104 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(base, NULL);
 }
 
+static const char *signal_name(int sig)
+{
+    switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGQUIT: return "SIGQUIT";
+    case SIGHUP: return "SIGHUP";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    default: return "signal";
+    }
+}
+
+/* Only a regular file reachable by the name /proc gives can be opened again; a pipe or a
+ * terminal (the container runtime's, systemd's journal) has nothing to reopen. */
+static void log_files_note(void)
+{
+    for (size_t i = 0; i < sizeof(log_files) / sizeof(log_files[0]); i++) {
+        struct log_file *lf = &log_files[i];
+        struct stat st, named;
+        char link[32];
+        ssize_t n;
+
+        lf->path[0] = '\0';
+        if (fstat(lf->fd, &st) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", lf->fd);
+        n = readlink(link, lf->path, sizeof(lf->path) - 1);
+        if (n <= 0) {
+            lf->path[0] = '\0';
+            continue;
+        }
+        lf->path[n] = '\0';
+        /* Deleted already ("... (deleted)") or another file under that name: not ours to open. */
+        if (lf->path[0] != '/' || stat(lf->path, &named) < 0 || named.st_dev != st.st_dev ||
+            named.st_ino != st.st_ino) {
+            lf->path[0] = '\0';
+            continue;
+        }
+        lf->mode = st.st_mode & 0666;
+    }
+}
+
+/* SIGHUP, SIGUSR1: the log files are opened again by name (O_APPEND) and put in place
+ * with dup2, which is atomic for the worker threads writing to them: each write lands
+ * whole in the old file or in the new one. Access lines still in a worker's buffer
+ * (at most 200 ms of them) go to the new file. */
+static void reopen_cb(evutil_socket_t sig, short what, void *arg)
+{
+    char done[2 * PATH_MAX + 64] = "", skipped[64] = "";
+    size_t dlen = 0;
+
+    (void)what;
+    (void)arg;
+    fflush(NULL);
+    for (size_t i = 0; i < sizeof(log_files) / sizeof(log_files[0]); i++) {
+        struct log_file *lf = &log_files[i];
+        int fd;
+
+        if (!lf->path[0]) {
+            snprintf(skipped + strlen(skipped), sizeof(skipped) - strlen(skipped), "%s%s",
+                     skipped[0] ? " and " : "", lf->name);
+            continue;
+        }
+        fd = open(lf->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, lf->mode);
+        if (fd < 0 || dup2(fd, lf->fd) < 0) {
+            LOG_WARN("%s: cannot reopen %s (%s): %s; it keeps writing to the file it had",
+                     signal_name((int)sig), lf->name, lf->path, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        close(fd);
+        if (dlen < sizeof(done))
+            dlen += (size_t)snprintf(done + dlen, sizeof(done) - dlen, "%s%s (%s)", dlen ? " and " : "",
+                                     lf->name, lf->path);
+    }
+    if (!done[0])
+        LOG_INFO("%s: %s %s not a regular file: nothing to reopen", signal_name((int)sig),
+                 skipped, strchr(skipped, ' ') ? "are" : "is");
+    else if (skipped[0])
+        LOG_INFO("%s: reopened %s; %s %s not a regular file, nothing to reopen there", signal_name((int)sig),
+                 done, skipped, strchr(skipped, ' ') ? "are" : "is");
+    else
+        LOG_INFO("%s: reopened %s", signal_name((int)sig), done);
+}
+
+/* nginx upgrades its binary on SIGUSR2; nextup has no such thing, and dying would drop
+ * every request in flight. */
+static void ignore_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    (void)arg;
+    LOG_WARN("%s ignored: nextup has no binary upgrade; to run a new binary, restart it (SIGTERM drains)",
+             signal_name((int)sig));
+}
+
+/* SIGTERM, SIGINT and SIGQUIT (nginx's graceful stop) drain alike. */
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     struct event_base *base = arg;
@@ -64,7 +181,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     (void)what;
     if (drain_deadline)
         return;
-    LOG_INFO("%s: draining (up to %d ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg.drain_timeout_ms);
+    LOG_INFO("%s: draining (up to %d ms)", signal_name((int)sig), cfg.drain_timeout_ms);
     admin_set_draining();
     workers_drain();
     drain_deadline = evtimer_new(base, deadline_cb, base);
@@ -81,7 +198,14 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
 {
     char err[512];
     struct event_base *base = NULL;
-    struct event *sigterm = NULL, *sigint = NULL;
+    static const struct {
+        int sig;
+        event_callback_fn cb;
+    } handled[] = {
+        { SIGTERM, signal_cb }, { SIGINT, signal_cb }, { SIGQUIT, signal_cb },
+        { SIGHUP, reopen_cb }, { SIGUSR1, reopen_cb }, { SIGUSR2, ignore_cb },
+    };
+    struct event *sigev[sizeof(handled) / sizeof(handled[0])] = { NULL };
     struct peers *peers = NULL;
     struct health_bpf *bpf = NULL;
     struct health *health = NULL;
@@ -102,6 +226,7 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         return 2;
     }
     log_set_level(cfg.log_level);
+    log_files_note();
     signal(SIGPIPE, SIG_IGN);
     if (tls_setup(&cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "nextup: %s\n", err);
@@ -161,12 +286,13 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         rc = 2;
         goto out;
     }
-    sigterm = evsignal_new(base, SIGTERM, signal_cb, base);
-    sigint = evsignal_new(base, SIGINT, signal_cb, base);
-    if (!sigterm || !sigint || evsignal_add(sigterm, NULL) < 0 || evsignal_add(sigint, NULL) < 0) {
-        snprintf(err, sizeof(err), "cannot install signal handlers");
-        rc = 1;
-        goto out;
+    for (size_t i = 0; i < sizeof(handled) / sizeof(handled[0]); i++) {
+        sigev[i] = evsignal_new(base, handled[i].sig, handled[i].cb, base);
+        if (!sigev[i] || evsignal_add(sigev[i], NULL) < 0) {
+            snprintf(err, sizeof(err), "cannot install a handler for %s", signal_name(handled[i].sig));
+            rc = 1;
+            goto out;
+        }
     }
     LOG_INFO("listening on %s (admin %s), %d worker(s), %d peer(s), kernel health view %s", cfg.listen.text,
              cfg.admin.text, cfg.workers, peers->n, bpf ? "on" : "off");
@@ -184,10 +310,9 @@ out:
     discovery_free(discovery);
     health_free(health);
     health_bpf_close(bpf);
-    if (sigterm)
-        event_free(sigterm);
-    if (sigint)
-        event_free(sigint);
+    for (size_t i = 0; i < sizeof(sigev) / sizeof(sigev[0]); i++)
+        if (sigev[i])
+            event_free(sigev[i]);
     if (drain_deadline)
         event_free(drain_deadline);
     if (drain_poll)

@@ -26,7 +26,8 @@
     "expected comma-separated host:port peers, e.g. 10.0.0.1:8080,[::1]:8080,orders:8080"
 #define ADDR_EXPECTED "expected host:port with a numeric IPv4 address or [IPv6]:port"
 
-enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE, VAR_ONOFF };
+enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE, VAR_ONOFF,
+                VAR_DEBUG_FROM };
 
 struct var {
     const char *name;
@@ -42,6 +43,8 @@ static const struct var vars[] = {
       "address for proxied traffic (numeric IPv4:port or [IPv6]:port)" },
     { "NEXTUP_ADMIN", VAR_ADDR, "127.0.0.1:15000", 0, 0, offsetof(struct config, admin),
       "address for /healthz /readyz /metrics /debug/peers" },
+    { "NEXTUP_ADMIN_DEBUG_FROM", VAR_DEBUG_FROM, "loopback", 0, 0, offsetof(struct config, admin_debug_any),
+      "who may read /debug/* on the admin listener: loopback (others get 403) or any" },
     { "NEXTUP_UPSTREAMS", VAR_UPSTREAMS, NULL, 0, 0, offsetof(struct config, upstreams),
       "comma-separated host:port peers; names resolve to every address" },
     { "NEXTUP_WORKERS", VAR_INT, NULL, 1, WORKERS_MAX, offsetof(struct config, workers),
@@ -546,6 +549,13 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
         set_err(err, errlen, "%s=\"%s\": expected one of auto, on, off", v->name, value);
         return -EINVAL;
     }
+    case VAR_DEBUG_FROM:
+        if (strcmp(value, "loopback") == 0 || strcmp(value, "any") == 0) {
+            *(int *)field = strcmp(value, "any") == 0;
+            return 0;
+        }
+        set_err(err, errlen, "%s=\"%s\": expected loopback or any", v->name, value);
+        return -EINVAL;
     case VAR_LOG_LEVEL:
         for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
             if (strcmp(value, level_names[i]) == 0) {

@@ -36,6 +36,7 @@ struct config_upstream {
 struct config {
     struct config_addr listen;            /* NEXTUP_LISTEN, default 127.0.0.1:15001 */
     struct config_addr admin;             /* NEXTUP_ADMIN, default 127.0.0.1:15000 */
+    int admin_debug_any;                  /* NEXTUP_ADMIN_DEBUG_FROM loopback (0) | any (1), default loopback */
     struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS]; /* NEXTUP_UPSTREAMS (required) */
     int n_upstreams;
     /* The NEXTUP_UPSTREAMS entries that are host names (re-resolved by discovery). */

@@ -217,9 +217,10 @@ class Backend:
 class Nextup:
     """One nextup process: listen/admin on free 127.0.0.1 ports, stderr in a file."""
 
-    def __init__(self, upstreams, env=None, workers=2, wait_ready=True, binary=None):
+    def __init__(self, upstreams, env=None, workers=2, wait_ready=True, binary=None, stdout_path=None):
         last = None
         self.binary = binary  # None: nextup_bin(); else another program run like nextup (examples/embedded)
+        self.stdout_path = stdout_path  # None: stdout shares the stderr file; else stdout appends to this path
         for _ in range(3):  # a free port can be taken between probe and bind
             self._start(upstreams, env, workers)
             if not wait_ready:
@@ -262,8 +263,15 @@ class Nextup:
         if not os.access(self.bin, os.X_OK):
             raise AssertionError("nextup binary %s is missing or not executable "
                                  "(build it: make build/nextup)" % self.bin)
-        self.proc = subprocess.Popen([self.bin], env=e, stdin=subprocess.DEVNULL,
-                                     stdout=self.stderr, stderr=self.stderr)
+        out = self.stderr
+        if self.stdout_path:
+            out = open(self.stdout_path, "ab")
+        try:
+            self.proc = subprocess.Popen([self.bin], env=e, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=self.stderr)
+        finally:
+            if out is not self.stderr:
+                out.close()
         self.pid = self.proc.pid
 
     def admin_get(self, path, timeout=2.0):
@@ -573,12 +581,13 @@ class NextupCase(unittest.TestCase):
         except OSError:
             pass
 
-    def start_nextup(self, upstreams, env=None, workers=2, wait_ready=True, binary=None):
+    def start_nextup(self, upstreams, env=None, workers=2, wait_ready=True, binary=None, stdout_path=None):
         if isinstance(upstreams, Backend):
             upstreams = [upstreams]
         if isinstance(upstreams, (list, tuple)):
             upstreams = ",".join(u.addr if isinstance(u, Backend) else u for u in upstreams)
-        nx = Nextup(upstreams, env=env, workers=workers, wait_ready=wait_ready, binary=binary)
+        nx = Nextup(upstreams, env=env, workers=workers, wait_ready=wait_ready, binary=binary,
+                    stdout_path=stdout_path)
         self.addCleanup(self._nextup_cleanup, nx)
         return nx
 
