@@ -71,27 +71,20 @@ static void judge(struct health *h, struct peer *p, const struct peer_stats *pre
     uint64_t d_rst = delta(cur->resets_received, prev->resets_received);
     uint64_t d_ok = delta(cur->connects_established, prev->connects_established);
     int failing_last = cur->last_failure_ns > cur->last_success_ns;
-    enum peer_eject_reason reason = EJECT_NONE;
+    char detail[160];
 
     if (threshold == 0)
         return;
+    snprintf(detail, sizeof(detail), "(kernel, %d ms: +%llu failed connects, +%llu SYN retransmits, +%llu resets)",
+             h->cfg->health_interval_ms, (unsigned long long)d_connect, (unsigned long long)d_syn,
+             (unsigned long long)d_rst);
+    /* Refusals and unanswered SYNs: no capacity (down). Resets: soft evidence (ejected, capped). */
     if (d_connect >= threshold && failing_last)
-        reason = EJECT_KERNEL_CONNECT;
+        peers_observe(h->peers, p, EVIDENCE_NO_CONNECT, REASON_KERNEL_CONNECT, detail, now);
     else if (d_syn >= threshold && d_ok == 0)
-        reason = EJECT_KERNEL_SYN;
+        peers_observe(h->peers, p, EVIDENCE_NO_CONNECT, REASON_KERNEL_SYN, detail, now);
     else if (d_rst >= threshold && failing_last)
-        reason = EJECT_KERNEL_RESETS;
-    if (reason != EJECT_NONE && peers_eject(h->peers, p, reason, now))
-        LOG_INFO("peer %s ejected: %s (+%llu failed connects, +%llu SYN retransmits, +%llu resets in %d ms)",
-                 p->addr_text, peers_eject_reason_text(reason), (unsigned long long)d_connect,
-                 (unsigned long long)d_syn, (unsigned long long)d_rst, h->cfg->health_interval_ms);
-}
-
-/* Ejections a plain connect can end: the peer did not accept connections. One
- * ejected for 5xx or resets accepts them fine and serves its time instead. */
-static int probe_can_end(enum peer_eject_reason r)
-{
-    return r == EJECT_CONNECT_FAILURES || r == EJECT_KERNEL_CONNECT || r == EJECT_KERNEL_SYN;
+        peers_observe(h->peers, p, EVIDENCE_SOFT_FAILURE, REASON_KERNEL_RESETS, detail, now);
 }
 
 static void probe_done(struct probe_arg *a, int ok)
@@ -99,10 +92,8 @@ static void probe_done(struct probe_arg *a, int ok)
     struct health *h = a->h;
     struct peer *p = h->peers->peer[a->index];
 
-    if (ok && atomic_load(&p->generation) == a->generation && peer_is_active(p) && peer_is_ejected(p, now_ms())) {
-        peers_reinstate(p);
-        LOG_INFO("peer %s accepts connections again: reinstated", p->addr_text);
-    }
+    if (ok && atomic_load(&p->generation) == a->generation && peer_is_active(p))
+        peers_observe(h->peers, p, EVIDENCE_PROBE_OK, REASON_NONE, NULL, now_ms());
     event_free(h->view[a->index].probe);
     h->view[a->index].probe = NULL;
     close(a->fd);
@@ -117,18 +108,17 @@ static void probe_cb(evutil_socket_t fd, short what, void *arg)
     probe_done(arg, (what & EV_WRITE) && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr == 0);
 }
 
-/* A replica back from a restart should not wait out its ejection: while a peer
- * is ejected for refusing connections, a TCP connect is tried every interval,
- * and one that succeeds ends the ejection. */
-static void probe_ejected(struct health *h, int i, int64_t now)
+/* A peer that is down (it refused connections, or SYNs went unanswered) comes
+ * back on evidence: a TCP connect is tried every interval, and one that
+ * succeeds ends it. Ejected and draining peers are judged by a trial request. */
+static void probe_down(struct health *h, int i, int64_t now)
 {
     struct peer *p = h->peers->peer[i];
     struct timeval tv = { h->cfg->connect_timeout_ms / 1000, (h->cfg->connect_timeout_ms % 1000) * 1000 };
     struct probe_arg *a;
     int fd;
 
-    if (h->view[i].probe || !peer_is_active(p) || !peer_is_ejected(p, now) ||
-        !probe_can_end((enum peer_eject_reason)atomic_load(&p->eject_reason)))
+    if (h->view[i].probe || !peer_is_active(p) || peer_state_now(p, now) != PEER_DOWN)
         return;
     fd = socket(p->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -163,7 +153,7 @@ void health_poll(struct health *h)
     int i;
 
     for (i = 0; i < h->peers->n; i++)
-        probe_ejected(h, i, now);
+        probe_down(h, i, now);
     if (!h->bpf)
         return;
     for (i = 0; i < h->peers->n; i++) {
@@ -272,25 +262,31 @@ void health_write_debug_json(struct health *h, struct evbuffer *out)
     for (i = 0; i < h->peers->n; i++) {
         struct peer *p = h->peers->peer[i];
         const struct peer_view *v = &h->view[i];
-        int ejected = peer_is_ejected(p, now);
-        int64_t until = atomic_load(&p->ejected_until_ms);
+        enum peer_state st = peer_state_now(p, now);
+        int is_out = st != PEER_HEALTHY;
+        int64_t until = atomic_load(&p->until_ms);
+        int consecutive;
+
+        pthread_mutex_lock(&p->lock);
+        consecutive = p->health.consecutive_failures;
+        pthread_mutex_unlock(&p->lock);
 
         evbuffer_add_printf(out, "%s\n  {\"address\": ", i ? "," : "");
         json_string(out, p->addr_text);
         evbuffer_add(out, ", \"name\": ", 10);
         json_string(out, p->name);
-        evbuffer_add_printf(out, ", \"verdict\": \"%s\", \"reason\": ",
-                            !peer_is_active(p) ? "removed" : ejected ? "ejected" : "healthy");
-        json_string(out, ejected ? peers_eject_reason_text((enum peer_eject_reason)atomic_load(&p->eject_reason))
-                                 : "");
+        /* verdict: healthy (takes requests), ejected (out of rotation, any state), removed. */
+        evbuffer_add_printf(out, ", \"verdict\": \"%s\", \"state\": \"%s\", \"reason\": ",
+                            !peer_is_active(p) ? "removed" : is_out ? "ejected" : "healthy", peer_state_name(st));
+        json_string(out, is_out ? peer_reason_text((enum peer_reason)atomic_load(&p->reason)) : "");
         evbuffer_add_printf(out,
                             ", \"ejected_for_ms\": %lld, \"ejections\": %llu, \"outstanding\": %d,"
                             " \"l7\": {\"responses\": %llu, \"gateway_errors\": %llu, \"connect_failures\": %llu,"
                             " \"consecutive_failures\": %d}",
-                            (long long)(ejected ? until - now : 0), U(atomic_load(&p->ejections_total)),
+                            (long long)(is_out && until > now ? until - now : 0), U(atomic_load(&p->ejections_total)),
                             atomic_load(&p->outstanding), U(atomic_load(&p->responses)),
                             U(atomic_load(&p->gateway_errors)), U(atomic_load(&p->connect_failures)),
-                            atomic_load(&p->consecutive_failures));
+                            consecutive);
         if (v->have)
             evbuffer_add_printf(out,
                                 ", \"kernel\": {\"connect_attempts\": %llu, \"connects_established\": %llu,"
@@ -321,11 +317,21 @@ void health_write_metrics(struct health *h, struct evbuffer *out)
     evbuffer_add_printf(out, "nextup_bpf_loaded %d\n", h->bpf ? 1 : 0);
     family(out, "nextup_peers_active", "gauge", "Peers taking new requests (discovery's current set).");
     evbuffer_add_printf(out, "nextup_peers_active %d\n", peers_active_count(h->peers));
-    family(out, "nextup_peer_healthy", "gauge", "1 if the peer takes first tries, 0 while ejected or removed.");
+    family(out, "nextup_peer_healthy", "gauge", "1 if the peer takes first tries, 0 while out of rotation or removed.");
     for (i = 0; i < h->peers->n; i++)
         evbuffer_add_printf(out, "nextup_peer_healthy{peer=\"%s\"} %d\n", h->peers->peer[i]->addr_text,
-                            peer_is_active(h->peers->peer[i]) && !peer_is_ejected(h->peers->peer[i], now));
-    family(out, "nextup_peer_ejections_total", "counter", "Times the peer was ejected.");
+                            peer_is_active(h->peers->peer[i]) && !peer_is_out(h->peers->peer[i], now));
+    family(out, "nextup_peer_state", "gauge",
+           "1 for the state the peer is in (healthy, draining, down, ejected, trial), 0 for the others.");
+    for (i = 0; i < h->peers->n; i++) {
+        enum peer_state st = peer_state_now(h->peers->peer[i], now);
+        if (!peer_is_active(h->peers->peer[i]))
+            continue;
+        for (int k = 0; k < PEER_STATE_COUNT; k++)
+            evbuffer_add_printf(out, "nextup_peer_state{peer=\"%s\",state=\"%s\"} %d\n",
+                                h->peers->peer[i]->addr_text, peer_state_name((enum peer_state)k), (int)st == k);
+    }
+    family(out, "nextup_peer_ejections_total", "counter", "Times the peer was taken out of rotation (down, draining or ejected).");
     for (i = 0; i < h->peers->n; i++)
         evbuffer_add_printf(out, "nextup_peer_ejections_total{peer=\"%s\"} %llu\n", h->peers->peer[i]->addr_text,
                             U(atomic_load(&h->peers->peer[i]->ejections_total)));

@@ -2,7 +2,7 @@
  *   - kernel counters per peer from the BPF map (health_bpf), read every
  *     NEXTUP_HEALTH_INTERVAL_MS on the main thread, as deltas per interval;
  *   - nextup's own outcomes, which workers report through peers_report();
- * and the verdict per peer (peers_eject / peer_is_ejected) that selection reads.
+ * and the state per peer (peers_observe / peer_state_now) that selection reads.
  *
  * API:
  *   health_new() / health_free()

@@ -6,19 +6,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
+
 /* A removed peer's slot is reused for another address only after this long:
  * workers have closed its pooled connections by then. */
 #define PEERS_SLOT_REUSE_MS 30000
+
+/* Publishes <p>->health to the copies the request path reads. Under p->lock. */
+static void publish(struct peer *p)
+{
+    atomic_store_explicit(&p->until_ms, p->health.until_ms, memory_order_relaxed);
+    atomic_store_explicit(&p->reason, (int)p->health.reason, memory_order_relaxed);
+    atomic_store_explicit(&p->state, (int)p->health.state, memory_order_relaxed);
+    atomic_store_explicit(&p->unsettled, p->health.consecutive_failures > 0 || p->health.ejections > 0,
+                          memory_order_relaxed);
+}
 
 static void peer_init_state(struct peer *p)
 {
     atomic_store(&p->active, 1);
     atomic_store(&p->inactive_since_ms, 0);
     atomic_store(&p->outstanding, 0);
-    atomic_store(&p->consecutive_failures, 0);
-    atomic_store(&p->ejections, 0);
-    atomic_store(&p->ejected_until_ms, 0);
-    atomic_store(&p->eject_reason, EJECT_NONE);
+    memset(&p->health, 0, sizeof(p->health));
+    publish(p);
+    atomic_store(&p->trial_until_ms, 0);
     atomic_store(&p->ejections_total, 0);
     atomic_store(&p->responses, 0);
     atomic_store(&p->gateway_errors, 0);
@@ -44,6 +55,7 @@ struct peers *peers_new(const struct config_upstream *ups, int n)
             return NULL;
         }
         p->index = i;
+        pthread_mutex_init(&p->lock, NULL);
         memcpy(&p->sa, &ups[i].sa, sizeof(p->sa));
         p->salen = ups[i].salen;
         snprintf(p->name, sizeof(p->name), "%s", ups[i].name);
@@ -61,8 +73,10 @@ void peers_free(struct peers *set)
 
     if (!set)
         return;
-    for (i = 0; i < set->n; i++)
+    for (i = 0; i < set->n; i++) {
+        pthread_mutex_destroy(&set->peer[i]->lock);
         free(set->peer[i]);
+    }
     free(set);
 }
 
@@ -86,9 +100,9 @@ struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, in
 
     for (i = 0; i < total; i++)
         if (peer_is_active(set->peer[i]) && (!exclude || !peer_mask_has(exclude, i)) &&
-            !peer_is_ejected(set->peer[i], now_ms))
+            !peer_is_out(set->peer[i], now_ms))
             candidates[n++] = i;
-    /* Panic mode: every untried peer is ejected, so health is ignored rather than fail. */
+    /* Panic mode: every untried peer is out of rotation, so health is ignored rather than fail. */
     if (n == 0)
         for (i = 0; i < total; i++)
             if (peer_is_active(set->peer[i]) && (!exclude || !peer_mask_has(exclude, i)))
@@ -111,15 +125,6 @@ struct peer *peers_select(struct peers *set, const struct peer_mask *exclude, in
         atomic_load_explicit(&set->peer[a]->outstanding, memory_order_relaxed))
         return set->peer[b];
     return set->peer[a];
-}
-
-static int ejected_count(const struct peers *set, int64_t now_ms)
-{
-    int i, n = 0;
-
-    for (i = 0; i < set->n; i++)
-        n += peer_is_active(set->peer[i]) && peer_is_ejected(set->peer[i], now_ms);
-    return n;
 }
 
 int peers_active_count(const struct peers *set)
@@ -180,6 +185,7 @@ struct peer *peers_add(struct peers *set, const struct sockaddr *sa, socklen_t s
         if (!p)
             return NULL;
         p->index = n;
+        pthread_mutex_init(&p->lock, NULL);
     } else {
         p = NULL;
         for (i = 0; i < n && !p; i++) {
@@ -214,80 +220,126 @@ void peers_remove(struct peer *p, int64_t now_ms)
     atomic_store_explicit(&p->active, 0, memory_order_release);
 }
 
-int peers_eject(struct peers *set, struct peer *p, enum peer_eject_reason reason, int64_t now_ms)
-{
-    const struct peer_policy *pol = &set->policy;
-    int times;
-    int64_t ms;
-
-    if (peer_is_ejected(p, now_ms))
-        return 0;
-    /* Never eject past the cap: with too few peers left, load would pile on them. */
-    if ((ejected_count(set, now_ms) + 1) * 100 > peers_active_count(set) * pol->max_eject_percent)
-        return 0;
-    times = atomic_fetch_add_explicit(&p->ejections, 1, memory_order_relaxed);
-    ms = pol->eject_base_ms;
-    while (times-- > 0 && ms < pol->eject_max_ms)
-        ms *= 2;
-    if (ms > pol->eject_max_ms)
-        ms = pol->eject_max_ms;
-    atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->eject_reason, (int)reason, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->ejections_total, 1, memory_order_relaxed);
-    atomic_store_explicit(&p->ejected_until_ms, now_ms + ms, memory_order_relaxed);
-    return 1;
-}
-
-void peers_reinstate(struct peer *p)
-{
-    atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->ejected_until_ms, 0, memory_order_relaxed);
-}
-
-void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms)
-{
-    int failures, threshold;
-
-    if (outcome == PEER_OK) {
-        atomic_fetch_add_explicit(&p->responses, 1, memory_order_relaxed);
-        atomic_store_explicit(&p->consecutive_failures, 0, memory_order_relaxed);
-        if (!peer_is_ejected(p, now_ms))
-            atomic_store_explicit(&p->ejections, 0, memory_order_relaxed);
-        return;
-    }
-    if (outcome == PEER_CONNECT_FAILED) {
-        atomic_fetch_add_explicit(&p->connect_failures, 1, memory_order_relaxed);
-        threshold = set->policy.connect_failures_to_eject;
-    } else {
-        atomic_fetch_add_explicit(&p->gateway_errors, 1, memory_order_relaxed);
-        threshold = set->policy.gateway_errors_to_eject;
-    }
-    failures = atomic_fetch_add_explicit(&p->consecutive_failures, 1, memory_order_relaxed) + 1;
-    if (threshold > 0 && failures >= threshold)
-        peers_eject(set, p, outcome == PEER_CONNECT_FAILED ? EJECT_CONNECT_FAILURES : EJECT_GATEWAY_ERRORS,
-                    now_ms);
-}
-
-const char *peers_eject_reason_text(enum peer_eject_reason reason)
-{
-    switch (reason) {
-    case EJECT_NONE: return "";
-    case EJECT_CONNECT_FAILURES: return "connect failures seen by nextup";
-    case EJECT_GATEWAY_ERRORS: return "consecutive gateway errors seen by nextup";
-    case EJECT_KERNEL_CONNECT: return "kernel: connects refused, timed out or unreachable";
-    case EJECT_KERNEL_SYN: return "kernel: SYN retransmitted with no SYN-ACK";
-    case EJECT_KERNEL_RESETS: return "kernel: connections reset by the peer";
-    }
-    return "unknown";
-}
-
 int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms)
 {
     int i;
 
     for (i = 0; i < set->n; i++)
         if (peer_is_active(set->peer[i]) && (!exclude || !peer_mask_has(exclude, i)) &&
-            !peer_is_ejected(set->peer[i], now_ms))
+            !peer_is_out(set->peer[i], now_ms))
             return 1;
     return 0;
 }
+
+/* The cap's facts for <p>: the other active peers that take connections, and
+ * how many of them soft evidence has out (ejected or in trial). */
+static struct peer_cap cap_for(const struct peers *set, const struct peer *p, int64_t now_ms)
+{
+    struct peer_cap cap = { 0, 0 };
+    int i, n = atomic_load_explicit(&set->n, memory_order_acquire);
+
+    for (i = 0; i < n; i++) {
+        const struct peer *q = set->peer[i];
+        enum peer_state st;
+        if (q == p || !peer_is_active(q))
+            continue;
+        st = peer_state_now(q, now_ms);
+        if (st == PEER_DOWN || st == PEER_DRAINING)
+            continue;
+        cap.takers++;
+        cap.soft_out += st == PEER_EJECTED || st == PEER_TRIAL;
+    }
+    return cap;
+}
+
+int peers_observe(struct peers *set, struct peer *p, enum peer_evidence ev, enum peer_reason reason,
+                  const char *detail, int64_t now_ms)
+{
+    const struct peer_policy *pol = &set->policy;
+    struct peer_state_policy sp = {
+        .connect_failures_to_down = pol->connect_failures_to_eject,
+        .soft_failures_to_eject = pol->gateway_errors_to_eject,
+        .eject_base_ms = pol->eject_base_ms,
+        .eject_max_ms = pol->eject_max_ms,
+        .max_eject_percent = pol->max_eject_percent,
+    };
+    struct peer_cap cap = cap_for(set, p, now_ms);
+    enum peer_state before, after;
+    int changed;
+
+    pthread_mutex_lock(&p->lock);
+    before = peer_state_at(&p->health, now_ms);
+    changed = peer_state_next(&p->health, ev, reason, &sp, &cap, now_ms);
+    after = p->health.state;
+    if (changed && after != PEER_HEALTHY)
+        atomic_fetch_add_explicit(&p->ejections_total, 1, memory_order_relaxed);
+    publish(p);
+    /* Any outcome ends a trial: the next one may go when the state asks for it. */
+    atomic_store_explicit(&p->trial_until_ms, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&p->lock);
+    if (!changed)
+        return 0;
+    /* The one line for this transition, with its evidence. */
+    if (after == PEER_DRAINING || after == PEER_EJECTED)
+        LOG_INFO("peer %s: %s -> %s for %lld ms: %s%s%s", p->addr_text, peer_state_name(before),
+                 peer_state_name(after), (long long)(atomic_load(&p->until_ms) - now_ms),
+                 peer_reason_text((enum peer_reason)atomic_load(&p->reason)), detail ? " " : "",
+                 detail ? detail : "");
+    else
+        LOG_INFO("peer %s: %s -> %s: %s%s%s", p->addr_text, peer_state_name(before), peer_state_name(after),
+                 after != PEER_HEALTHY ? peer_reason_text((enum peer_reason)atomic_load(&p->reason))
+                 : ev == EVIDENCE_PROBE_OK ? "a probe connected"
+                                           : "it answered",
+                 detail ? " " : "", detail ? detail : "");
+    return 1;
+}
+
+void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms)
+{
+    switch (outcome) {
+    case PEER_OK:
+        atomic_fetch_add_explicit(&p->responses, 1, memory_order_relaxed);
+        /* The request path's common case: a healthy peer with nothing to forget. */
+        if (atomic_load_explicit(&p->state, memory_order_relaxed) == PEER_HEALTHY &&
+            !atomic_load_explicit(&p->unsettled, memory_order_relaxed))
+            return;
+        peers_observe(set, p, EVIDENCE_OK, REASON_NONE, NULL, now_ms);
+        return;
+    case PEER_CONNECT_FAILED:
+        atomic_fetch_add_explicit(&p->connect_failures, 1, memory_order_relaxed);
+        peers_observe(set, p, EVIDENCE_NO_CONNECT, REASON_CONNECT_FAILURES, NULL, now_ms);
+        return;
+    case PEER_TLS_FAILED:
+        atomic_fetch_add_explicit(&p->connect_failures, 1, memory_order_relaxed);
+        peers_observe(set, p, EVIDENCE_SOFT_FAILURE, REASON_TLS, NULL, now_ms);
+        return;
+    case PEER_GATEWAY_ERROR:
+        atomic_fetch_add_explicit(&p->gateway_errors, 1, memory_order_relaxed);
+        peers_observe(set, p, EVIDENCE_SOFT_FAILURE, REASON_GATEWAY_ERRORS, NULL, now_ms);
+        return;
+    case PEER_SAID_LEAVING:
+        atomic_fetch_add_explicit(&p->gateway_errors, 1, memory_order_relaxed);
+        peers_observe(set, p, EVIDENCE_DRAINING, REASON_DRAIN_503, NULL, now_ms);
+        return;
+    }
+}
+
+struct peer *peers_take_trial(struct peers *set, const struct peer_mask *exclude, int64_t now_ms, int hold_ms)
+{
+    int i, n = atomic_load_explicit(&set->n, memory_order_acquire);
+
+    for (i = 0; i < n; i++) {
+        struct peer *p = set->peer[i];
+        int64_t held;
+        if (!peer_is_active(p) || (exclude && peer_mask_has(exclude, i)) || peer_state_now(p, now_ms) != PEER_TRIAL)
+            continue;
+        held = atomic_load_explicit(&p->trial_until_ms, memory_order_relaxed);
+        /* One trial at a time: whoever swaps the token in sends it. */
+        if (held <= now_ms &&
+            atomic_compare_exchange_strong_explicit(&p->trial_until_ms, &held, now_ms + hold_ms,
+                                                    memory_order_relaxed, memory_order_relaxed))
+            return p;
+    }
+    return NULL;
+}
+

@@ -5,8 +5,10 @@
  *   peers_select()               least outstanding requests, power of two choices,
  *                                skipping excluded peers; NULL only when the set is empty
  *   peer_mask_*()                a small bit set of peer indexes ("tried for this request")
- *   peers_report()               an outcome nextup saw; enough failures eject the peer for a while
- *   peer_is_ejected()            the verdict selection reads
+ *   peers_report()               an outcome of nextup's requests
+ *   peers_observe()              any evidence; peer_state.h decides, peers stores and logs
+ *   peers_take_trial()           a peer whose time out is up, for the one request that decides
+ *   peer_state_now(), peer_is_out()   what selection reads
  * Peers are shared by all workers: only <outstanding> changes, atomically. */
 #ifndef SIDECAR_PEERS_H
 #define SIDECAR_PEERS_H
@@ -15,7 +17,10 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <pthread.h>
+
 #include "config.h"
+#include "peer_state.h"
 
 #define PEERS_MAX CONFIG_MAX_UPSTREAMS
 
@@ -29,23 +34,19 @@ struct peer {
     _Atomic int64_t inactive_since_ms; /* when it was removed; a slot is reused only long after */
     _Atomic uint32_t generation;     /* bumped when the slot is reused for another address */
     _Atomic int outstanding;         /* requests in flight to this peer, all workers */
-    _Atomic int consecutive_failures; /* connect failures and gateway errors since the last success */
-    _Atomic int ejections;           /* times ejected in a row: the ejection time doubles with each */
-    _Atomic int64_t ejected_until_ms; /* monotonic ms; ejected while now is before it */
-    _Atomic int eject_reason;        /* enum peer_eject_reason of the last ejection */
+    /* Health: decided by peer_state_next() under <lock> (transitions only); the
+     * request path reads the atomic copies below and takes no lock. */
+    pthread_mutex_t lock;
+    struct peer_health health;       /* under lock */
+    _Atomic int state;               /* health.state */
+    _Atomic int reason;              /* health.reason */
+    _Atomic int64_t until_ms;        /* health.until_ms */
+    _Atomic int unsettled;           /* failures counted or ejections in a row: a success has work to do */
+    _Atomic int64_t trial_until_ms;  /* a trial request is out until then (monotonic ms) */
     _Atomic int64_t no_reuse_until_ms; /* monotonic ms: its connections are not pooled (it sent unasked bytes) */
     /* What nextup saw of this peer (L7), for /debug/peers and /metrics. */
-    _Atomic uint64_t ejections_total;
+    _Atomic uint64_t ejections_total; /* times taken out of rotation (down, draining or ejected) */
     _Atomic uint64_t responses, gateway_errors, connect_failures;
-};
-
-enum peer_eject_reason {
-    EJECT_NONE,
-    EJECT_CONNECT_FAILURES,   /* nextup's own connects failed */
-    EJECT_GATEWAY_ERRORS,     /* consecutive 502/503/504, resets, per-try timeouts */
-    EJECT_KERNEL_CONNECT,     /* the kernel saw connects to it refused, timed out or unreachable */
-    EJECT_KERNEL_SYN,         /* the kernel saw SYNs to it retransmitted with no SYN-ACK */
-    EJECT_KERNEL_RESETS,      /* the kernel saw it reset connections */
 };
 
 /* Ejection thresholds (NEXTUP_EJECT_*, NEXTUP_MAX_EJECTION_PERCENT). */
@@ -56,11 +57,13 @@ struct peer_policy {
     int max_eject_percent;           /* never more than this share of the set ejected at once */
 };
 
-/* Outcomes that feed the health view. */
+/* Outcomes of nextup's own requests that feed the health view. */
 enum peer_outcome {
     PEER_OK,              /* a response that is not a gateway error */
     PEER_CONNECT_FAILED,  /* refused, connect timeout, unreachable */
     PEER_GATEWAY_ERROR,   /* 502/503/504, reset before the response head, per-try timeout */
+    PEER_TLS_FAILED,      /* TCP connected, the TLS handshake failed */
+    PEER_SAID_LEAVING,    /* 503 with Connection: close: the replica is leaving */
 };
 
 /* The default policy: one connect failure, or PEERS_GATEWAY_ERRORS_TO_EJECT
@@ -124,25 +127,39 @@ static inline int peer_is_active(const struct peer *p)
     return atomic_load_explicit(&p->active, memory_order_acquire);
 }
 
-/* Ejects <p> at <now_ms> for <reason> unless it is ejected already or the cap
- * (max_eject_percent) is reached. 1 if it was ejected. */
-int peers_eject(struct peers *set, struct peer *p, enum peer_eject_reason reason, int64_t now_ms);
+/* Applies evidence about <p> (from the kernel, a probe, or nextup's requests)
+ * at <now_ms>: peer_state_next() with the cap counted over the set. A change
+ * is logged once, here, with <detail> (may be NULL) after the reason. 1 if the
+ * state changed. */
+int peers_observe(struct peers *set, struct peer *p, enum peer_evidence ev, enum peer_reason reason,
+                  const char *detail, int64_t now_ms);
 
-/* Ends <p>'s ejection now (an active probe saw it accept connections again). */
-void peers_reinstate(struct peer *p);
-
-/* Constant text for a reason, for logs and /debug/peers. */
-const char *peers_eject_reason_text(enum peer_eject_reason reason);
-
-/* 1 if some peer is neither excluded nor ejected at <now_ms>. */
+/* 1 if some peer is neither excluded nor out of rotation at <now_ms>. */
 int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms);
 
-/* Records an outcome of <p> at <now_ms>; may eject or reinstate it. */
+/* Records an outcome of one of nextup's requests to <p> at <now_ms>. No lock
+ * when a healthy peer answers well (the common case). */
 void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms);
 
-static inline int peer_is_ejected(const struct peer *p, int64_t now_ms)
+/* A peer in TRIAL (its time out is up) that is not excluded, with the trial
+ * token taken for <hold_ms> (the trial request's outcome decides, or the token
+ * runs out). NULL when there is none. */
+struct peer *peers_take_trial(struct peers *set, const struct peer_mask *exclude, int64_t now_ms, int hold_ms);
+
+/* The state selection sees at <now_ms>, without a lock. */
+static inline enum peer_state peer_state_now(const struct peer *p, int64_t now_ms)
 {
-    return atomic_load_explicit(&p->ejected_until_ms, memory_order_relaxed) > now_ms;
+    struct peer_health h = {
+        .state = (enum peer_state)atomic_load_explicit(&p->state, memory_order_relaxed),
+        .until_ms = atomic_load_explicit(&p->until_ms, memory_order_relaxed),
+    };
+    return peer_state_at(&h, now_ms);
+}
+
+/* Not taking ordinary requests at <now_ms>: down, draining, ejected, or in trial. */
+static inline int peer_is_out(const struct peer *p, int64_t now_ms)
+{
+    return peer_state_now(p, now_ms) != PEER_HEALTHY;
 }
 
 /* xorshift64*: the per-worker random source for selection and jitter. */

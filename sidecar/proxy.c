@@ -975,10 +975,10 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
     }
     if (ds->peer)
         peers_report(ds->w->peers, ds->peer,
-                     cls == FAIL_REFUSED || cls == FAIL_CONNECT_TIMEOUT || cls == FAIL_CONNECT_ERROR ||
-                             cls == FAIL_TLS
+                     cls == FAIL_REFUSED || cls == FAIL_CONNECT_TIMEOUT || cls == FAIL_CONNECT_ERROR
                          ? PEER_CONNECT_FAILED
-                         : PEER_GATEWAY_ERROR,
+                     : cls == FAIL_TLS ? PEER_TLS_FAILED
+                                       : PEER_GATEWAY_ERROR,
                      now_ms());
     if (cls != FAIL_BAD_RESPONSE && retry_verdict_for(ds, cause) == RETRY_GO) {
         LOG_INFO("%s: %s: %s; retrying on another peer", ds->client_ip, peer_text, fail_text(cls));
@@ -1031,10 +1031,34 @@ static enum fail_class classify_connect_errno(int err)
     return FAIL_CONNECT_ERROR;
 }
 
+/* A request that could be replayed elsewhere if it fails: the one to send as a
+ * peer's trial, so that a trial that fails costs the client nothing. */
+static int request_may_trial(const struct downstream *ds)
+{
+    const struct retry_policy *pol = &ds->w->cfg->retry;
+
+    return request_replayable(ds) && ds->retries < pol->max_retries &&
+           (ds->has_idempotency_key || (ds->req.method >= 0 && ds->req.method < 64 && ((pol->methods >> ds->req.method) & 1)));
+}
+
+static struct peer *choose_peer(struct downstream *ds, int fresh_same_peer)
+{
+    struct worker *w = ds->w;
+    int64_t now = now_ms();
+    struct peer *p;
+
+    if (fresh_same_peer && ds->peer)
+        return ds->peer;
+    /* A peer whose time out is up gets one request, which decides. */
+    if (request_may_trial(ds) && (p = peers_take_trial(w->peers, &ds->tried, now, w->cfg->request_timeout_ms)))
+        return p;
+    return peers_select(w->peers, &ds->tried, now, &w->rng);
+}
+
 static void ex_attempt(struct downstream *ds, int fresh_same_peer)
 {
     struct worker *w = ds->w;
-    struct peer *p = fresh_same_peer && ds->peer ? ds->peer : peers_select(w->peers, &ds->tried, now_ms(), &w->rng);
+    struct peer *p = choose_peer(ds, fresh_same_peer);
     struct upconn *c;
 
     if (!p) {
@@ -1112,6 +1136,18 @@ static struct evbuffer *resp_out(struct downstream *ds)
     return ds->w->resp_stage;
 }
 
+/* What a final response head says of its peer. A 503 that closes the
+ * connection is how servers say they are shutting down (nginx, Envoy, Go's
+ * and Node's servers during graceful shutdown): the first one counts. */
+static enum peer_outcome response_outcome(const struct http_head *resp)
+{
+    if (resp->status == 503 && http_head_has_token(resp, "connection", "close"))
+        return PEER_SAID_LEAVING;
+    if (resp->status >= 502 && resp->status <= 504)
+        return PEER_GATEWAY_ERROR;
+    return PEER_OK;
+}
+
 static int on_resp_headers_complete(llhttp_t *p)
 {
     struct downstream *ds = p->data;
@@ -1134,8 +1170,7 @@ static int on_resp_headers_complete(llhttp_t *p)
     if (ds->rq->resp.status < 200 && ds->rq->resp.status != 101)
         return 0;
     event_del(&ds->rq->try_timer);
-    peers_report(ds->w->peers, ds->peer,
-                 ds->rq->resp.status >= 502 && ds->rq->resp.status <= 504 ? PEER_GATEWAY_ERROR : PEER_OK, now_ms());
+    peers_report(ds->w->peers, ds->peer, response_outcome(&ds->rq->resp), now_ms());
     if (ds->rq->resp.status != 101) {
         /* The decision point: nothing of this response has gone downstream yet. */
         const struct nextup_error *e = hook_active()->upstream_response_decision(

@@ -2,7 +2,7 @@
 """The rolling-restart scenario of tests/e2e/test_response_retry.py against nextup,
 nginx and HAProxy, side by side.
 
-usage: tests/compare/rolling_restart.py [--proxy nextup|nginx|haproxy|all] [--runs N] [--json FILE]
+usage: tests/compare/rolling_restart.py [--proxy nextup|nginx|haproxy|all] [--runs N] [--overlap] [--json FILE]
 
 Per run: three fresh backend.py replicas (r0..r2, one shared delivery log), one
 proxy in front of them on 127.0.0.1, a steady client load (6 threads, keep-alive,
@@ -10,7 +10,9 @@ proxy in front of them on 127.0.0.1, a steady client load (6 threads, keep-alive
 with Idempotency-Key; a unique X-Request-Id each), and the schedule: after 1 s,
 each replica in turn is put in mode 503 for 1.5 s, stopped (refusing) for 1.5 s,
 started again in mode ok, then 1 s before the next; the load ends 0.5 s after the
-last restart. Then the client's records are matched with the replicas' log.
+last restart. With --overlap: replica i comes back at the moment replica i+1 starts
+draining (2 s of 503 with Connection: close, its idle connections closed, then 2 s
+refused). Then the client's records are matched with the replicas' log.
 
 Proxies (each started on its own, stopped by PID after its run):
   nextup         $NEXTUP_BIN or build/nextup, NEXTUP_WORKERS=2,
@@ -227,8 +229,8 @@ def one_run(variant, args):
         load.start()
         try:
             time.sleep(args.lead)
-            events = H.rolling_restart(rs, phase_503=args.phase_503, phase_down=args.phase_down,
-                                       settle=args.settle)
+            restart = H.rolling_restart_overlap if args.overlap else H.rolling_restart
+            events = restart(rs, phase_503=args.phase_503, phase_down=args.phase_down, settle=args.settle)
             time.sleep(args.tail)
         finally:
             records = load.stop()
@@ -332,9 +334,13 @@ def main():
     ap.add_argument("--phase-down", type=float, default=1.5)
     ap.add_argument("--settle", type=float, default=1.0)
     ap.add_argument("--tail", type=float, default=0.5)
+    ap.add_argument("--overlap", action="store_true",
+                    help="replica i comes back as replica i+1 starts draining (2 s of 503, 2 s refused)")
     ap.add_argument("--json", help="write every run's numbers to this file")
     ap.add_argument("-q", "--quiet", dest="verbose", action="store_false")
     args = ap.parse_args()
+    if args.overlap and args.phase_503 == 1.5 and args.phase_down == 1.5:
+        args.phase_503 = args.phase_down = 2.0
     if not 1 <= args.runs <= 20:
         ap.error("--runs: 1..20")
 

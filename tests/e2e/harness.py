@@ -906,6 +906,42 @@ def rolling_restart(rs, phase_503=1.5, phase_down=1.5, settle=1.0, say=None):
     return events
 
 
+def rolling_restart_overlap(rs, phase_503=2.0, phase_down=2.0, settle=1.0, say=None):
+    """The harder schedule: replica i comes back at the moment replica i+1 starts to
+    drain. Draining is mode 503 (503 with Connection: close) and, as a server's
+    graceful shutdown does, its idle keep-alive connections closed at once; then
+    stopped (refused) for <phase_down> s; then started again in mode ok, and the next
+    one drains. Returns [(seconds since start, event)]."""
+    t0 = time.monotonic()
+    events = []
+
+    def ev(text):
+        events.append((time.monotonic() - t0, text))
+        if say:
+            say("  %6.2f s  %s" % (time.monotonic() - t0, text))
+
+    def drain(i):
+        rs.set_mode(i, "503")
+        try:
+            replica_post(rs[i], "/_control/close-idle", timeout=2)
+        except OSError:
+            pass
+        ev("%s: draining (503 + close, idle connections closed)" % rs.names[i])
+
+    drain(0)
+    for i, name in enumerate(rs.names):
+        time.sleep(phase_503)
+        rs.stop(i)
+        ev("%s: stopped" % name)
+        time.sleep(phase_down)
+        rs.start(i, "ok")
+        ev("%s: started (ok)" % name)
+        if i + 1 < len(rs.names):
+            drain(i + 1)
+    time.sleep(settle)
+    return events
+
+
 # nextup's NEXTUP_RETRY_ON for the rolling restart: the default plus `reset` (a replica
 # stopped with requests unread in its accept queue resets them after its kernel
 # acknowledged them; nginx's `error` and HAProxy's all-retryable-errors retry those too).

@@ -431,9 +431,9 @@ class KernelThresholdTest(BpfCase):
 
 class KernelEjectionCapTest(BpfCase):
 
-    def test_app_failures_on_two_of_three_eject_one(self):
-        # NEXTUP_MAX_EJECTION_PERCENT=50 holds for the kernel's verdicts too: with B and C both
-        # refusing the application, only one of the three peers is ejected.
+    def test_app_refusals_on_two_of_three_take_both_down(self):
+        # NEXTUP_MAX_EJECTION_PERCENT protects capacity, and a peer that refuses connections has
+        # none: with B and C both refusing the application, both are down, whatever the cap.
         a = self.start_backend("live")
         ports = [H.free_port(), H.free_port()]
         dead = ["127.0.0.1:%d" % p for p in ports]
@@ -450,11 +450,11 @@ class KernelEjectionCapTest(BpfCase):
         time.sleep(0.3)  # three more polls: a second ejection would have happened by now
         views = [peer_view(nx, d) for d in dead] + [peer_view(nx, a.addr)]
         verdicts = [v["verdict"] for v in views]
-        say("cap: verdicts of B, C, A after the app's refusals on B and C: %s (reasons %s)"
-            % (verdicts, [v["reason"] for v in views]))
-        self.assertEqual(sorted(verdicts[:2]), ["ejected", "healthy"])
-        self.assertEqual(verdicts[2], "healthy")
-        self.assertEqual([v["reason"] for v in views if v["verdict"] == "ejected"], [KERNEL_CONNECT])
+        say("cap: states of B, C, A after the app's refusals on B and C: %s (reasons %s)"
+            % ([v["state"] for v in views], [v["reason"] for v in views]))
+        self.assertEqual([v["state"] for v in views], ["down", "down", "healthy"])
+        self.assertEqual(verdicts, ["ejected", "ejected", "healthy"])
+        self.assertEqual([v["reason"] for v in views[:2]], [KERNEL_CONNECT, KERNEL_CONNECT])
 
 
 # --------------------------------------------------------------------------
@@ -541,6 +541,35 @@ class ResettingReplicaTest(BpfCase):
         nx, rs, view = self._sequence(NEXTUP_EJECT_GATEWAY_ERRORS="0", NEXTUP_HEALTH_INTERVAL_MS="10")
         self.assertEqual(view["reason"], KERNEL_RESETS)
         self._recovers(nx, rs)
+
+
+class AppResetsTest(BpfCase):
+
+    def test_app_resets_keep_nextup_away(self):
+        # The application's own connections to B are reset (B accepts, reads, resets);
+        # a second later its GETs through nextup never meet B: out on the kernel's word,
+        # and back only through a trial (one request, retried elsewhere if it fails).
+        a, c = self.start_backend("a"), self.start_backend("c")
+        rs = ResettingServer()
+        self.addCleanup(rs.stop)
+        nx = self.start_nextup([a, c, rs.addr], env=self.bpf_env("on"))
+        for i in range(5):
+            s = socket.create_connection(("127.0.0.1", rs.port), timeout=2)
+            s.sendall(H.request_bytes("GET", "/app/%d" % i))
+            try:
+                s.recv(100)
+            except OSError:
+                pass
+            s.close()
+        time.sleep(1.5)   # longer than the first time out (NEXTUP_EJECT_BASE_MS): only evidence may bring B back
+        before = rs.accepted
+        statuses = [self.roundtrip(nx, "GET", "/after/%d" % i).status for i in range(30)]
+        view = peer_view(nx, rs.addr)
+        say("app resets on B, then 30 GETs: %d answered 200, %d reached B; B %s (%s)"
+            % (statuses.count(200), rs.accepted - before, view.get("state", view["verdict"]), view["reason"]))
+        self.assertEqual(statuses.count(200), 30, statuses)
+        self.assertLessEqual(rs.accepted - before, 1, "the resetting replica kept getting requests")
+        self.assertNotEqual(view.get("state"), "healthy")
 
 
 # --------------------------------------------------------------------------

@@ -246,7 +246,8 @@ class BuiltinPolicyTest(RetryCase):
 
     def test_body_over_retry_buffer_is_not_replayed(self):
         rs = self.replicas(2, ["503", "ok"])
-        nx = self.start_nextup(rs.addrs, env={"NEXTUP_RETRY_BUFFER_BYTES": "4096"})
+        # r0 must keep answering 503 (with Connection: close, a drain signal): 5xx never take it out.
+        nx = self.start_nextup(rs.addrs, env={"NEXTUP_RETRY_BUFFER_BYTES": "4096", "NEXTUP_EJECT_GATEWAY_ERRORS": "0"})
         hit = None
         big_sent = 0
         for i in range(40):
@@ -787,8 +788,11 @@ class RollingRestartTest(RetryCase):
         print("  schedule: " + "; ".join("%.1f s %s" % ev for ev in events))
         self.assertGreaterEqual(res["requests"], 1000, "the load generator made too few requests to mean much")
         self.assertGreater(rc["retries"]["status"], 0, "no 503 was retried: the schedule did not bite")
-        self.assertGreater(rc["retries"]["refused"] + rc["retries"]["connect_failure"], 0,
-                           "no connect-time retry: the stopped replicas were never tried")
+        # Connect-time retries are not required: a replica that said it was draining (503 with
+        # Connection: close) is out before it stops, and may be back before nextup tries it again.
+        m = H.metrics(nx)
+        drained = sum(v for k, v in m.items() if k.startswith("nextup_peer_ejections_total"))
+        self.assertGreaterEqual(drained, 3, "fewer than three replicas taken out during three restarts")
         get_errors = [r for r in records if r["kind"] == H.KIND_GET and r["status"] != 200]
         self.assertEqual(get_errors[:5], [], "client-visible GET errors (%d): %s"
                          % (len(get_errors), describe(get_errors)))

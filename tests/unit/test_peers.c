@@ -112,7 +112,7 @@ static void test_peers_new(void **state)
         assert_non_null(set->peer[i]);
         assert_int_equal(set->peer[i]->index, i);
         assert_int_equal(atomic_load(&set->peer[i]->outstanding), 0);
-        assert_int_equal(peer_is_ejected(set->peer[i], NOW), 0);
+        assert_int_equal(peer_is_out(set->peer[i], NOW), 0);
         assert_int_equal(set->peer[i]->salen, ups[i].salen);
         assert_memory_equal(&set->peer[i]->sa, &ups[i].sa, ups[i].salen);
         assert_string_equal(set->peer[i]->name, ups[i].name);
@@ -412,9 +412,16 @@ static void test_rand(void **state)
     }
 }
 
-/* ---- health: ejection as peers.h states it ---- */
+/* ---- health: the states as peers.h stores them (peer_state.c decides) ---- */
 
-static void test_report_connect_failure_ejects(void **state)
+static void fail_gateway(struct peer *p, int64_t t)
+{
+    for (int k = 0; k < PEERS_GATEWAY_ERRORS_TO_EJECT; k++)
+        peers_report(set, p, PEER_GATEWAY_ERROR, t);
+}
+
+/* A refused connect takes a peer down; time alone never brings it back, a probe does. */
+static void test_report_connect_failure_takes_it_down(void **state)
 {
     struct peer *p;
     (void)state;
@@ -422,10 +429,11 @@ static void test_report_connect_failure_ejects(void **state)
     make_set(4);
     p = set->peer[1];
     peers_report(set, p, PEER_CONNECT_FAILED, NOW);
-    assert_true(peer_is_ejected(p, NOW));
-    assert_true(peer_is_ejected(p, NOW + PEERS_EJECT_BASE_MS - 1));
-    assert_false(peer_is_ejected(p, NOW + PEERS_EJECT_BASE_MS));
-    assert_false(peer_is_ejected(set->peer[0], NOW));
+    assert_int_equal(peer_state_now(p, NOW), PEER_DOWN);
+    assert_int_equal(peer_state_now(p, NOW + 10 * PEERS_EJECT_MAX_MS), PEER_DOWN);
+    assert_false(peer_is_out(set->peer[0], NOW));
+    assert_int_equal(peers_observe(set, p, EVIDENCE_PROBE_OK, REASON_NONE, NULL, NOW + 5), 1);
+    assert_int_equal(peer_state_now(p, NOW + 5), PEER_HEALTHY);
 }
 
 static void test_report_gateway_errors_in_a_row(void **state)
@@ -438,45 +446,64 @@ static void test_report_gateway_errors_in_a_row(void **state)
     p = set->peer[2];
     for (k = 1; k < PEERS_GATEWAY_ERRORS_TO_EJECT; k++) {
         peers_report(set, p, PEER_GATEWAY_ERROR, NOW);
-        assert_false(peer_is_ejected(p, NOW));
+        assert_false(peer_is_out(p, NOW));
     }
     /* A success between them starts the count again. */
     peers_report(set, p, PEER_OK, NOW);
     for (k = 1; k < PEERS_GATEWAY_ERRORS_TO_EJECT; k++) {
         peers_report(set, p, PEER_GATEWAY_ERROR, NOW);
-        assert_false(peer_is_ejected(p, NOW));
+        assert_false(peer_is_out(p, NOW));
     }
     peers_report(set, p, PEER_GATEWAY_ERROR, NOW);
-    assert_true(peer_is_ejected(p, NOW));
-    assert_false(peer_is_ejected(p, NOW + PEERS_EJECT_BASE_MS));
+    assert_int_equal(peer_state_now(p, NOW), PEER_EJECTED);
+    /* Its time up, it is in trial: still out of ordinary selection. */
+    assert_int_equal(peer_state_now(p, NOW + PEERS_EJECT_BASE_MS), PEER_TRIAL);
+    assert_true(peer_is_out(p, NOW + PEERS_EJECT_BASE_MS));
 }
 
-/* Repeated ejections double the time, up to the cap; a success out of ejection resets it. */
-static void test_report_ejection_backoff(void **state)
+/* One trial at a time; its outcome decides; failed trials double the time out. */
+static void test_trial(void **state)
 {
     struct peer *p;
-    int64_t t = NOW, want = PEERS_EJECT_BASE_MS;
+    int64_t t = NOW, out = PEERS_EJECT_BASE_MS;
+    struct peer_mask ex;
     int k;
     (void)state;
 
     make_set(4);
-    p = set->peer[0];
-    for (k = 0; k < 8; k++) {
-        peers_report(set, p, PEER_CONNECT_FAILED, t);
-        if (!peer_is_ejected(p, t + want - 1) || peer_is_ejected(p, t + want))
-            print_error("ejection %d at %lld: want %lld ms\n", k, (long long)t, (long long)want);
-        assert_true(peer_is_ejected(p, t + want - 1));
-        assert_false(peer_is_ejected(p, t + want));
-        t += want;
-        want = want * 2 > PEERS_EJECT_MAX_MS ? PEERS_EJECT_MAX_MS : want * 2;
+    p = set->peer[3];
+    fail_gateway(p, t);
+    assert_null(peers_take_trial(set, NULL, t + out - 1, 500));
+    for (k = 0; k < 5; k++) {
+        t += out;
+        assert_ptr_equal(peers_take_trial(set, NULL, t, 500), p);
+        assert_null(peers_take_trial(set, NULL, t + 1, 500));   /* the token is taken */
+        memset(&ex, 0, sizeof(ex));
+        peer_mask_set(&ex, 3);
+        peers_report(set, p, PEER_GATEWAY_ERROR, t + 2);         /* the trial failed */
+        out = out * 2 > PEERS_EJECT_MAX_MS ? PEERS_EJECT_MAX_MS : out * 2;
+        assert_int_equal(peer_state_now(p, t + 2), PEER_EJECTED);
+        assert_int_equal(peer_state_now(p, t + 2 + out - 1), PEER_EJECTED);
+        assert_int_equal(peer_state_now(p, t + 2 + out), PEER_TRIAL);
+        t += 2;
     }
-    peers_report(set, p, PEER_OK, t);
-    peers_report(set, p, PEER_CONNECT_FAILED, t);
-    assert_true(peer_is_ejected(p, t + PEERS_EJECT_BASE_MS - 1));
-    assert_false(peer_is_ejected(p, t + PEERS_EJECT_BASE_MS));
+    t += out;
+    /* An excluded peer (tried for this request) is not its trial. */
+    assert_null(peers_take_trial(set, &ex, t, 500));
+    assert_ptr_equal(peers_take_trial(set, NULL, t, 500), p);
+    peers_report(set, p, PEER_OK, t + 1);
+    assert_int_equal(peer_state_now(p, t + 1), PEER_HEALTHY);
+    /* Back to the first time out after a success. */
+    fail_gateway(p, t + 2);
+    assert_int_equal(peer_state_now(p, t + 2 + PEERS_EJECT_BASE_MS - 1), PEER_EJECTED);
+    assert_int_equal(peer_state_now(p, t + 2 + PEERS_EJECT_BASE_MS), PEER_TRIAL);
+    /* A trial token that nobody answers runs out. */
+    assert_ptr_equal(peers_take_trial(set, NULL, t + 2 + PEERS_EJECT_BASE_MS, 500), p);
+    assert_null(peers_take_trial(set, NULL, t + 2 + PEERS_EJECT_BASE_MS + 499, 500));
+    assert_ptr_equal(peers_take_trial(set, NULL, t + 2 + PEERS_EJECT_BASE_MS + 500, 500), p);
 }
 
-/* Never more than PEERS_MAX_EJECT_PERCENT of the set ejected at once. */
+/* Soft ejections never take more than PEERS_MAX_EJECT_PERCENT of the peers that take connections. */
 static void test_report_eject_cap(void **state)
 {
     static const int sizes[] = { 1, 2, 3, 4, 10 };
@@ -487,9 +514,9 @@ static void test_report_eject_cap(void **state)
         int n = sizes[k], i, ejected = 0;
         make_set(n);
         for (i = 0; i < n; i++)
-            peers_report(set, set->peer[i], PEER_CONNECT_FAILED, NOW);
+            fail_gateway(set->peer[i], NOW);
         for (i = 0; i < n; i++)
-            ejected += peer_is_ejected(set->peer[i], NOW);
+            ejected += peer_is_out(set->peer[i], NOW);
         assert_true(ejected * 100 <= n * PEERS_MAX_EJECT_PERCENT);
         assert_int_equal(ejected, n * PEERS_MAX_EJECT_PERCENT / 100);
         peers_free(set);
@@ -497,7 +524,37 @@ static void test_report_eject_cap(void **state)
     }
 }
 
-static void test_select_skips_ejected(void **state)
+/* Down and draining peers have no capacity: they take no room under the cap. */
+static void test_cap_counts_capacity(void **state)
+{
+    uint64_t rng = 5;
+    int d;
+    (void)state;
+
+    make_set(3);
+    peers_report(set, set->peer[0], PEER_CONNECT_FAILED, NOW);      /* refusing: down */
+    peers_report(set, set->peer[1], PEER_SAID_LEAVING, NOW);        /* 503 + close: draining */
+    assert_int_equal(peer_state_now(set->peer[0], NOW), PEER_DOWN);
+    assert_int_equal(peer_state_now(set->peer[1], NOW), PEER_DRAINING);
+    /* The third is the last that takes connections: soft evidence cannot take it out... */
+    fail_gateway(set->peer[2], NOW);
+    assert_int_equal(peer_state_now(set->peer[2], NOW), PEER_HEALTHY);
+    for (d = 0; d < 1000; d++)
+        assert_int_equal(index_of(set, peers_select(set, NULL, NOW, &rng)), 2);
+    peers_free(set);
+
+    /* ...while with one peer down, of four, two others can still be ejected for 5xx. */
+    make_set(4);
+    peers_report(set, set->peer[0], PEER_CONNECT_FAILED, NOW);
+    fail_gateway(set->peer[1], NOW);
+    fail_gateway(set->peer[2], NOW);
+    assert_int_equal(peer_state_now(set->peer[1], NOW), PEER_EJECTED);
+    assert_int_equal(peer_state_now(set->peer[2], NOW), PEER_HEALTHY);   /* 1 of the 3 takers out: cap */
+    peers_report(set, set->peer[3], PEER_SAID_LEAVING, NOW);
+    assert_int_equal(peer_state_now(set->peer[3], NOW), PEER_DRAINING);
+}
+
+static void test_select_skips_out(void **state)
 {
     uint64_t rng = 21;
     int seen[4] = { 0 }, d;
@@ -505,10 +562,10 @@ static void test_select_skips_ejected(void **state)
 
     make_set(4);
     peers_report(set, set->peer[1], PEER_CONNECT_FAILED, NOW);
-    peers_report(set, set->peer[2], PEER_CONNECT_FAILED, NOW);
-    assert_true(peer_is_ejected(set->peer[1], NOW));
-    assert_true(peer_is_ejected(set->peer[2], NOW));
-    /* Ejected peers are idle, so least-outstanding alone would pick them. */
+    peers_report(set, set->peer[2], PEER_SAID_LEAVING, NOW);
+    assert_true(peer_is_out(set->peer[1], NOW));
+    assert_true(peer_is_out(set->peer[2], NOW));
+    /* Peers out of rotation are idle, so least-outstanding alone would pick them. */
     atomic_store(&set->peer[0]->outstanding, 5);
     atomic_store(&set->peer[3]->outstanding, 5);
     assert_int_equal(peers_has_fresh(set, NULL, NOW), 1);
@@ -517,14 +574,20 @@ static void test_select_skips_ejected(void **state)
     assert_int_equal(seen[1], 0);
     assert_int_equal(seen[2], 0);
     assert_true(seen[0] > 0 && seen[3] > 0);
-    /* Once the ejection has run out they are chosen again. */
+    /* Their time running out is not enough: the down one waits for a probe, the draining one for its trial. */
     memset(seen, 0, sizeof(seen));
     for (d = 0; d < DRAWS; d++)
-        seen[index_of(set, peers_select(set, NULL, NOW + PEERS_EJECT_BASE_MS, &rng))]++;
+        seen[index_of(set, peers_select(set, NULL, NOW + PEERS_EJECT_MAX_MS, &rng))]++;
+    assert_int_equal(seen[1] + seen[2], 0);
+    peers_observe(set, set->peer[1], EVIDENCE_PROBE_OK, REASON_NONE, NULL, NOW + PEERS_EJECT_MAX_MS);
+    assert_ptr_equal(peers_take_trial(set, NULL, NOW + PEERS_EJECT_MAX_MS, 100), set->peer[2]);
+    peers_report(set, set->peer[2], PEER_OK, NOW + PEERS_EJECT_MAX_MS);
+    for (d = 0; d < DRAWS; d++)
+        seen[index_of(set, peers_select(set, NULL, NOW + PEERS_EJECT_MAX_MS, &rng))]++;
     assert_true(seen[1] > 0 && seen[2] > 0);
 }
 
-/* Panic mode: ejected-but-untried peers come before excluded (already tried) ones. */
+/* Panic mode: out-of-rotation but untried peers come before excluded (already tried) ones. */
 static void test_select_panic_order(void **state)
 {
     struct peer_mask ex;
@@ -543,7 +606,7 @@ static void test_select_panic_order(void **state)
         got = index_of(set, peers_select(set, &ex, NOW, &rng));
         assert_true(got == 1 || got == 2);
     }
-    /* Everything excluded and some ejected: still a peer. */
+    /* Everything excluded and some out: still a peer. */
     peer_mask_set(&ex, 1);
     peer_mask_set(&ex, 2);
     for (d = 0; d < 1000; d++)
@@ -568,11 +631,12 @@ int main(void)
         T(test_select_uniform),
         T(test_peer_mask),
         T(test_rand),
-        T(test_report_connect_failure_ejects),
+        T(test_report_connect_failure_takes_it_down),
         T(test_report_gateway_errors_in_a_row),
-        T(test_report_ejection_backoff),
+        T(test_trial),
         T(test_report_eject_cap),
-        T(test_select_skips_ejected),
+        T(test_cap_counts_capacity),
+        T(test_select_skips_out),
         T(test_select_panic_order),
 #undef T
     };

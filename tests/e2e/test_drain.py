@@ -1,0 +1,181 @@
+"""Drain-aware health: a replica that is leaving (503 with Connection: close) or
+refusing stops getting requests at its first signal, neither takes room under
+NEXTUP_MAX_EJECTION_PERCENT, and replicas that merely close connections as a
+habit are never taken for draining."""
+
+import os
+import threading
+import time
+import unittest
+
+import harness as H
+
+
+class Replica(H.ThreadedRawServer):
+    """Keep-alive HTTP/1.1 replica. mode: "ok" (200, body = its name and the
+    request's X-Tag), "drain" (503 with Connection: close, then close),
+    "close-each" (200 with Connection: close, HTTP/1.0 style). idle_close: close
+    a keep-alive connection that idles this long (s). Counts requests by method."""
+
+    def __init__(self, name, mode="ok", idle_close=None):
+        self.name = name.encode()
+        self.mode = mode
+        self.idle_close = idle_close
+        self.lock = threading.Lock()
+        self.seen = {}
+        super().__init__()
+
+    def count(self, method):
+        with self.lock:
+            self.seen[method] = self.seen.get(method, 0) + 1
+
+    def total(self):
+        with self.lock:
+            return sum(self.seen.values())
+
+    def handle(self, conn):
+        buf = b""
+        conn.settimeout(self.idle_close or 10)
+        while True:
+            while b"\r\n\r\n" not in buf:
+                try:
+                    piece = conn.recv(65536)
+                except OSError:
+                    return
+                if not piece:
+                    return
+                buf += piece
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            method = lines[0].split(b" ")[0].decode()
+            length = 0
+            for line in lines[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            while len(buf) < length:
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                buf += piece
+            buf = buf[length:]
+            self.count(method)
+            try:
+                if self.mode == "drain":
+                    body = b"draining\n"
+                    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+                    return
+                body = self.name
+                close = self.mode == "close-each"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Backend: %s\r\nContent-Length: %d\r\n%s\r\n%s"
+                             % (self.name, len(body), b"Connection: close\r\n" if close else b"", body))
+                if close:
+                    return
+            except OSError:
+                return
+
+
+def states(nx):
+    """{address: state} from /debug/peers."""
+    st, body = nx.admin_get("/debug/peers")
+    assert st == 200, st
+    import json
+    return {p["address"]: p.get("state", "(no state: %s)" % p.get("verdict")) for p in json.loads(body)["peers"]}
+
+
+class DrainTest(H.NextupCase):
+
+    def start(self, *replicas, dead=0, env=None):
+        for r in replicas:
+            self.addCleanup(r.stop)
+        addrs = [r.addr for r in replicas] + ["127.0.0.1:%d" % H.free_port() for _ in range(dead)]
+        e = {"NEXTUP_BPF": "off", "NEXTUP_EJECT_BASE_MS": "5000"}
+        e.update(env or {})
+        return self.start_nextup(addrs, env=e), addrs
+
+    def load(self, nx, n, method_of, workers=4):
+        """<n> requests over <workers> threads; method_of(i) picks GET or POST. [(method, status, backend)]"""
+        out = []
+        lock = threading.Lock()
+
+        def run(k):
+            c = self.connect(nx, timeout=5)
+            for i in range(k, n, workers):
+                method = method_of(i)
+                body = os.urandom(300) if method == "POST" else None
+                c.send(H.request_bytes(method, "/r/%d" % i, body=body))
+                try:
+                    r = c.read_response(method=method)
+                except (H.ConnectionClosed, OSError) as e:
+                    with lock:
+                        out.append((method, repr(e), None))
+                    c.close()
+                    c = self.connect(nx, timeout=5)
+                    continue
+                with lock:
+                    out.append((method, r.status, r.get("x-backend")))
+                if r.get("connection", "").lower() == "close":
+                    c.close()
+                    c = self.connect(nx, timeout=5)
+            c.close()
+
+        self.assertEqual(H.run_threads(run, [(k,) for k in range(workers)], timeout=60), [])
+        return out
+
+    def test_refusing_and_draining_at_once(self):
+        # Three peers: A serves, B drains (503 + close), C refuses. Both B and C go
+        # out at their first signal; neither holds the cap against the other.
+        a, b = Replica("a"), Replica("b", mode="drain")
+        nx, addrs = self.start(a, b, dead=1)
+        out = self.load(nx, 300, lambda i: "POST" if i % 2 else "GET")
+        get_err = [o for o in out if o[0] == "GET" and o[1] != 200]
+        post_err = [o for o in out if o[0] == "POST" and o[1] != 200]
+        st = states(nx)
+        print("\n  A serves, B drains, C refuses: 300 requests, GET errors %d, POST errors %d, B got %d; states %s"
+              % (len(get_err), len(post_err), b.total(), st), end=" ")
+        self.assertEqual(get_err, [])
+        self.assertLessEqual(len(post_err), 1, post_err[:5])
+        self.assertEqual(st[addrs[1]], "draining")
+        self.assertEqual(st[addrs[2]], "down")
+        self.assertEqual(st[addrs[0]], "healthy")
+        self.assertLessEqual(b.total(), 4, "the draining replica kept getting requests")
+
+    def test_drained_replica_comes_back_through_one_trial(self):
+        a, b = Replica("a"), Replica("b", mode="drain")
+        nx, addrs = self.start(a, b, env={"NEXTUP_EJECT_BASE_MS": "300"})
+        self.load(nx, 40, lambda i: "GET", workers=1)
+        self.assertEqual(states(nx)[addrs[1]], "draining")
+        b.mode = "ok"
+        time.sleep(0.35)
+        self.assertEqual(states(nx)[addrs[1]], "trial")
+        before = b.total()
+        out = self.load(nx, 60, lambda i: "GET", workers=1)
+        self.assertEqual([o for o in out if o[1] != 200], [])
+        self.assertEqual(states(nx)[addrs[1]], "healthy")
+        self.assertGreater(b.total() - before, 10, "back to healthy but given no share of the load")
+
+    def test_closing_habits_are_not_a_drain(self):
+        # One replica closes after every response, one closes keep-alive connections idle
+        # for 300 ms: both serve normally, so neither is taken out and the split stays even.
+        a = Replica("a")
+        b = Replica("b", mode="close-each")
+        c = Replica("c", idle_close=0.3)
+        nx, addrs = self.start(a, b, c)
+        out = []
+        for burst in range(3):
+            out += self.load(nx, 90, lambda i: "POST" if i % 3 == 0 else "GET")
+            time.sleep(0.4)   # longer than c's idle timeout: its pooled connections close
+        errors = [o for o in out if o[1] != 200]
+        split = {r.name.decode(): r.total() for r in (a, b, c)}
+        st = states(nx)
+        print("\n  close-each and idle-close replicas: %d requests, errors %d, split %s, states %s"
+              % (len(out), len(errors), split, st), end=" ")
+        self.assertEqual(errors, [])
+        self.assertEqual(set(st.values()), {"healthy"})
+        for name, n in split.items():
+            self.assertGreater(n, len(out) * 0.2, "replica %s got %d of %d: skewed" % (name, n, len(out)))
+
+
+if __name__ == "__main__":
+    unittest.main()
