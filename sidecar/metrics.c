@@ -67,6 +67,9 @@ void metrics_write_prometheus(struct evbuffer *out)
     counter(out, "nextup_keepalive_race_resends_total",
             "Requests resent on a fresh connection after a pooled one was found closed.",
             M_KEEPALIVE_RACE_RESENDS);
+    counter(out, "nextup_upstream_pool_closed_by_peer_total",
+            "Pooled connections the peer closed while they were idle (nextup keeps them below the idle time it "
+            "learned).", M_POOL_CLOSED_BY_PEER);
     counter(out, "nextup_request_timeouts_total", "Requests answered 504 after NEXTUP_REQUEST_TIMEOUT_MS.",
             M_REQUEST_TIMEOUTS);
     counter(out, "nextup_bad_requests_total", "Requests refused by nextup with a 4xx.", M_BAD_REQUESTS);

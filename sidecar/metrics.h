@@ -39,6 +39,7 @@ enum metric_id {
     M_TLS_DOWN_HANDSHAKE,          /* client handshakes failed (plain HTTP on the TLS port, ...) */
     M_TLS_RELOADS,                 /* certificate sets taken after a change on disk */
     M_TLS_RELOAD_FAILURES,         /* changed certificate sets refused (the old ones stayed) */
+    M_POOL_CLOSED_BY_PEER,         /* pooled connections the peer closed while idle */
     M_PROTO_IDLE_BYTES,            /* pooled upstream connections that received bytes with no request: closed */
     M_PROTO_AFTER_RESPONSE,        /* bytes right behind a complete response: connection closed */
     M_PROTO_HEAD_BODY,             /* ... behind the head answering a HEAD request (a body) */

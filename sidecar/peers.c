@@ -30,6 +30,8 @@ static void peer_init_state(struct peer *p)
     memset(&p->health, 0, sizeof(p->health));
     publish(p);
     atomic_store(&p->trial_until_ms, 0);
+    atomic_store(&p->idle_close_ms, 0);
+    atomic_store(&p->no_reuse_until_ms, 0);
     atomic_store(&p->ejections_total, 0);
     atomic_store(&p->responses, 0);
     atomic_store(&p->gateway_errors, 0);

@@ -44,6 +44,7 @@ struct peer {
     _Atomic int unsettled;           /* failures counted or ejections in a row: a success has work to do */
     _Atomic int64_t trial_until_ms;  /* a trial request is out until then (monotonic ms) */
     _Atomic int64_t no_reuse_until_ms; /* monotonic ms: its connections are not pooled (it sent unasked bytes) */
+    _Atomic int idle_close_ms;       /* it closes keep-alive connections idle this long (learned); 0 unknown */
     /* What nextup saw of this peer (L7), for /debug/peers and /metrics. */
     _Atomic uint64_t ejections_total; /* times taken out of rotation (down, draining or ejected) */
     _Atomic uint64_t responses, gateway_errors, connect_failures;

@@ -142,6 +142,32 @@ static void idle_read_cb(struct bufferevent *bev, void *arg)
     upstream_close(c);
 }
 
+/* The shortest idle time after which a peer has been seen closing keep-alive
+ * connections is learned, so that the pool closes its own first and a request
+ * never meets the peer's FIN on its way (the keep-alive race). A longer one
+ * raises the estimate slowly: a drain that closed everything at once should not
+ * keep it low for good. Closes right after a response (idle under 20 ms) say
+ * nothing about an idle timeout. */
+#define IDLE_LEARN_MIN_MS 20
+
+static void learn_idle_close(struct upconn *c)
+{
+    int idle = (int)(clock_mono_ms() - c->idle_since_ms);
+    int known = atomic_load_explicit(&c->peer->idle_close_ms, memory_order_relaxed);
+
+    metrics_inc(M_POOL_CLOSED_BY_PEER);
+    if (idle < IDLE_LEARN_MIN_MS)
+        return;
+    if (known == 0 || idle < known) {
+        atomic_store_explicit(&c->peer->idle_close_ms, idle, memory_order_relaxed);
+        if (known == 0 || idle < known * 3 / 4)
+            LOG_INFO("%s closes keep-alive connections idle for %d ms: pooled ones are closed before that",
+                     c->peer->addr_text, idle);
+    } else {
+        atomic_store_explicit(&c->peer->idle_close_ms, known + (idle - known) / 8, memory_order_relaxed);
+    }
+}
+
 static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct upconn *c = arg;
@@ -149,6 +175,8 @@ static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
     (void)bev;
     LOG_DEBUG("pooled connection to %s %s while idle: closed", c->peer->addr_text,
               (what & BEV_EVENT_TIMEOUT) ? "timed out" : "closed by the peer");
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_TIMEOUT))
+        learn_idle_close(c);
     idle_unlink(c);
     upstream_close(c);
 }
@@ -179,6 +207,8 @@ static int idle_still_quiet(struct upconn *c)
         upstream_distrust(c->peer);
     } else {
         LOG_DEBUG("pooled connection to %s was closed by the peer: not reused", c->peer->addr_text);
+        if (n == 0)
+            learn_idle_close(c);
     }
     return 0;
 }
@@ -272,7 +302,17 @@ void upstream_release(struct upconn *c)
     l->count++;
     bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    bufferevent_set_timeouts(c->bev, &pool->idle_timeout, NULL);
+    c->idle_since_ms = clock_mono_ms();
+    {
+        /* Below the peer's own idle timeout, when known: three quarters of it. */
+        int peer_ms = atomic_load_explicit(&c->peer->idle_close_ms, memory_order_relaxed) * 3 / 4;
+        struct timeval tv = pool->idle_timeout;
+        if (peer_ms > 0 && (int64_t)peer_ms < (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000) {
+            tv.tv_sec = peer_ms / 1000;
+            tv.tv_usec = (peer_ms % 1000) * 1000;
+        }
+        bufferevent_set_timeouts(c->bev, &tv, NULL);
+    }
     bufferevent_enable(c->bev, EV_READ);
 }
 

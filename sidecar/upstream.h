@@ -30,6 +30,7 @@ struct upconn {
     int tls_session_kept;           /* its resumable session is in the pool's cache */
     int64_t acked_at_open;          /* tcpi_bytes_acked once connected; -1 unknown */
     uint64_t bytes_done;            /* request bytes of the requests it completed */
+    int64_t idle_since_ms;          /* when it went back to the pool (monotonic) */
     struct upconn *next_idle;       /* pool list link while idle */
     struct upconn *prev_idle;
 };

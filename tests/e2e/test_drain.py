@@ -177,5 +177,45 @@ class DrainTest(H.NextupCase):
             self.assertGreater(n, len(out) * 0.2, "replica %s got %d of %d: skewed" % (name, n, len(out)))
 
 
+class IdleTimeoutLearnedTest(H.NextupCase):
+
+    def test_pool_stays_below_the_replicas_idle_timeout(self):
+        # A replica that closes keep-alive connections idle for 300 ms. Once nextup has
+        # seen it do so, it closes its own pooled connections to it first, so it never
+        # meets (or races) the replica's close.
+        import random
+        rep = Replica("r", idle_close=0.3)
+        self.addCleanup(rep.stop)
+        nx = self.start_nextup([rep.addr], workers=1, env={"NEXTUP_BPF": "off"})
+        c = self.connect(nx, timeout=5)
+        self.addCleanup(c.close)
+        rnd = random.Random(7)
+
+        def run(n):
+            long_gaps = 0
+            for i in range(n):
+                c.send(H.request_bytes("GET", "/i/%d" % i))
+                self.assertEqual(c.read_response().status, 200)
+                gap = rnd.uniform(0.2, 0.45)
+                long_gaps += gap > 0.3
+                time.sleep(gap)
+            return long_gaps
+
+        def closed_by_peer():
+            return H.metric(H.metrics(nx), "nextup_upstream_pool_closed_by_peer_total")
+
+        run(4)                      # the replica shows its habit
+        learned0 = closed_by_peer()
+        long_gaps = run(24)
+        closed = closed_by_peer() - learned0
+        m = H.metrics(nx)
+        print("\n  300 ms idle replica: %d peer closes while learning, then %d of %d gaps over 300 ms met a "
+              "close by the replica; races resent %d" % (learned0, closed, long_gaps,
+                                                        H.metric(m, "nextup_keepalive_race_resends_total")), end=" ")
+        self.assertGreaterEqual(learned0, 1, "the replica never closed an idle connection: nothing to learn from")
+        self.assertGreaterEqual(long_gaps, 8)
+        self.assertLessEqual(closed, long_gaps // 10, "pooled connections kept past the replica's idle timeout")
+
+
 if __name__ == "__main__":
     unittest.main()
