@@ -1486,6 +1486,13 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         ex_fail(ds, (what & BEV_EVENT_TIMEOUT) ? FAIL_CONNECT_TIMEOUT : classify_connect_errno(err));
         return;
     }
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && !ds->resp_head_done) {
+        /* No read timeout is ours before the head (the per-try and request timers
+         * are separate): this is the pool's idle timeout, queued in the loop turn
+         * that handed the connection out. Reading goes on. */
+        bufferevent_enable(bev, EV_READ);
+        return;
+    }
     if ((what & BEV_EVENT_EOF) && ds->resp_head_done) {
         struct upconn *c = ds->up;
         /* A close-delimited body ends here; any other framing was cut short. */

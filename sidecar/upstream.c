@@ -222,7 +222,9 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
     while (!fresh && l->head) {
         c = l->head;
         idle_unlink(c);
-        if (!idle_still_quiet(c)) {
+        /* Its idle time is up: the timeout may already be queued in this loop
+         * turn, to be delivered to whoever holds the connection next. */
+        if (clock_mono_ms() - c->idle_since_ms >= c->idle_limit_ms - 1 || !idle_still_quiet(c)) {
             upstream_close(c);
             continue;
         }
@@ -311,6 +313,7 @@ void upstream_release(struct upconn *c)
             tv.tv_sec = peer_ms / 1000;
             tv.tv_usec = (peer_ms % 1000) * 1000;
         }
+        c->idle_limit_ms = (int)(tv.tv_sec * 1000 + tv.tv_usec / 1000);
         bufferevent_set_timeouts(c->bev, &tv, NULL);
     }
     bufferevent_enable(c->bev, EV_READ);

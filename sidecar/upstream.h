@@ -31,6 +31,7 @@ struct upconn {
     int64_t acked_at_open;          /* tcpi_bytes_acked once connected; -1 unknown */
     uint64_t bytes_done;            /* request bytes of the requests it completed */
     int64_t idle_since_ms;          /* when it went back to the pool (monotonic) */
+    int idle_limit_ms;              /* ... and how long it may idle there */
     struct upconn *next_idle;       /* pool list link while idle */
     struct upconn *prev_idle;
 };
