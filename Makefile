@@ -24,6 +24,9 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -I$(LLHTTP_INC_DIR) -Isidecar -Ib
 ifneq ($(SAN),)
 SAN_FLAGS := -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif
+# Each compile writes a .d next to its output naming the headers it read, so that a header
+# rebuilds only what includes it; -MP: a header deleted or renamed is no "No rule to make target".
+DEPFLAGS := -MMD -MP
 LDLIBS  := -levent_openssl -levent_pthreads -levent -lbpf -lelf -lz -lssl -lcrypto -ldl -lpthread
 
 SIDECAR_SRCS := $(filter-out sidecar/main.c,$(wildcard sidecar/*.c))
@@ -50,22 +53,27 @@ $(BUILD)/libnextup.a: $(SIDECAR_OBJS) $(LLHTTP_OBJS)
 	@echo "  AR      $@"
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/examples/retry_gateway_plugin.so: examples/retry_gateway_plugin.c sidecar/nextup.h | $(BUILD)/.deps-build
+$(BUILD)/examples/retry_gateway_plugin.so: examples/retry_gateway_plugin.c | $(BUILD)/.deps-build
 	@mkdir -p $(dir $@)
 	@echo "  CC      $< (plugin)"
-	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) -shared -fPIC -o $@ $<
+	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(DEPFLAGS) -shared -fPIC -o $@ $<
 
 $(BUILD)/examples/embedded: examples/embedded.c $(BUILD)/libnextup.a
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) -rdynamic -o $@ $< $(BUILD)/libnextup.a $(LDLIBS)
+	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) $(DEPFLAGS) -rdynamic -o $@ $< $(BUILD)/libnextup.a $(LDLIBS)
 
 examples: $(BUILD)/examples/retry_gateway_plugin.so $(BUILD)/examples/embedded
 
-$(BUILD)/obj/%.o: sidecar/%.c $(wildcard sidecar/*.h) $(wildcard bpf/*.h) | $(BUILD)/.deps-build $(BPF_SKELS)
+# Headers come from the .d files (included at the end). The one generated header a source
+# includes, the BPF skeleton, is named here: on a clean build it must exist before the
+# compiler looks for it, and only health_bpf.c includes it.
+$(BUILD)/obj/%.o: sidecar/%.c | $(BUILD)/.deps-build
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) -MMD -c -o $@ $<
+	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) $(DEPFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/health_bpf.o: $(BPF_SKELS)
 
 # llhttp comes from Debian's node-llhttp as C sources; its generated code is
 # not ours to fix, so it gets quieter flags and is never edited.
@@ -83,10 +91,12 @@ $(BUILD)/.deps-build: scripts/deps.sh
 $(LLHTTP_SRC_DIR)/%.c: | $(BUILD)/.deps-build
 	@test -f $@ || { echo "missing $@: is node-llhttp installed?" >&2; exit 1; }
 
+# The test's .d adds the headers it includes to $^: they are not inputs.
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(SIDECAR_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) -rdynamic -o $@ $^ $(LDLIBS) -lcmocka
+	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) $(DEPFLAGS) -rdynamic -o $@ $(filter %.c %.o,$^) \
+		$(LDLIBS) -lcmocka
 
 unit: $(UNIT_BINS) examples
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
@@ -101,16 +111,24 @@ FUZZ_BUILD   := build-fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 60
 FUZZ_LLHTTP  := $(FUZZ_BUILD)/llhttp.o $(FUZZ_BUILD)/api.o $(FUZZ_BUILD)/http.o
+FUZZ_OBJS    := $(FUZZ_BUILD)/obj/fuzz_http1.o $(FUZZ_BUILD)/obj/http1.o
 
 $(FUZZ_BUILD)/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/.deps-build
 	@mkdir -p $(dir $@)
 	@echo "  CC      $< (llhttp, fuzz)"
 	$(Q)clang -std=c11 -I$(LLHTTP_INC_DIR) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -w -c -o $@ $<
 
-$(FUZZ_BUILD)/fuzz_http1: tests/fuzz/fuzz_http1.c sidecar/http1.c sidecar/http1.h $(FUZZ_LLHTTP)
-	@echo "  CC      $< (libFuzzer)"
-	$(Q)clang $(BASE_CFLAGS) -O1 -g $(WARN) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ \
-		tests/fuzz/fuzz_http1.c sidecar/http1.c $(FUZZ_LLHTTP) -levent
+# Compiled one source per command: a compile of two sources writes one .d, the last one's.
+$(FUZZ_BUILD)/obj/fuzz_http1.o: tests/fuzz/fuzz_http1.c
+$(FUZZ_BUILD)/obj/http1.o: sidecar/http1.c
+$(FUZZ_OBJS): | $(BUILD)/.deps-build
+	@mkdir -p $(dir $@)
+	@echo "  CC      $< (fuzz)"
+	$(Q)clang $(BASE_CFLAGS) -O1 -g $(WARN) $(FUZZ_SAN) -fsanitize=fuzzer-no-link $(DEPFLAGS) -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_http1: $(FUZZ_OBJS) $(FUZZ_LLHTTP)
+	@echo "  LD      $@ (libFuzzer)"
+	$(Q)clang $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ -levent
 
 # libFuzzer writes new inputs into its first directory: a scratch one, never the seeds.
 fuzz-smoke: $(FUZZ_BUILD)/fuzz_http1
@@ -163,4 +181,4 @@ bench:
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(wildcard $(BUILD)/obj/*.d)
+-include $(wildcard $(BUILD)/obj/*.d $(BUILD)/tests/*.d $(BUILD)/examples/*.d $(FUZZ_BUILD)/obj/*.d)

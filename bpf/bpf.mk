@@ -1,5 +1,5 @@
 # bpf/bpf.mk: the CO-RE object and its skeleton, included by the top Makefile.
-# Uses BUILD and Q from there; adds the skeleton to BPF_SKELS (every sidecar object waits for it).
+# Uses BUILD and Q from there; adds the skeleton to BPF_SKELS (what health_bpf.o, which includes it, waits for).
 #   $(BUILD)/bpf/vmlinux.h           this kernel's types, from its BTF
 #   $(BUILD)/bpf/peer_stats.bpf.o    clang -target bpf, then bpftool gen object (DWARF stripped, BTF kept)
 #   $(BUILD)/bpf/peer_stats.skel.h   bpftool gen skeleton: the object embedded, open/load/attach helpers

@@ -13,6 +13,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/listener.h>
 
 #include "config.h"
 #include "health.h"
@@ -31,6 +32,7 @@
 #define ADMIN_MAX_CONNECTIONS 64
 #define ADMIN_TIMEOUT_S 10           /* idle limit, and the time a whole request may take */
 #define ADMIN_REFUSED_LOG_S 10
+#define ADMIN_ACCEPT_PAUSE_MS 100
 
 /* One connection evhttp accepted. libevent 2.1 has no connection cap and no hook at
  * accept but evhttp_set_bevcb, which runs before the connection exists; its close callback
@@ -56,6 +58,9 @@ static int n_conns;                 /* entries of <conns> not refused */
 static uint64_t refused_total;
 static uint64_t refused_unlogged;
 static struct timespec refused_logged;
+static struct evconnlistener *listener;     /* evhttp's: freed by evhttp_free */
+static struct event *accept_resume_ev;      /* owned: ends an accept pause */
+static struct net_accept_log accept_log;
 
 void admin_set_draining(void)
 {
@@ -288,16 +293,47 @@ static void admin_cb(struct evhttp_request *req, void *arg)
     evbuffer_free(body);
 }
 
+/* evhttp's listener calls this instead of printing libevent's warning, errno still from
+ * accept(). Out of descriptors, the connection stays in the backlog and the level-triggered
+ * listener readable: asking again at once would spin the main thread. Nothing here learns
+ * when a worker frees a descriptor, so the pause ends on the timer only. */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval tv = { 0, ADMIN_ACCEPT_PAUSE_MS * 1000 };
+    char then[48];
+    int pause = net_accept_must_pause(err);
+
+    (void)arg;  /* evhttp's, not ours */
+    if (pause) {
+        evconnlistener_disable(l);
+        evtimer_add(accept_resume_ev, &tv);
+    }
+    snprintf(then, sizeof(then), "not accepting for %d ms", ADMIN_ACCEPT_PAUSE_MS);
+    net_accept_log(&accept_log, err, "admin", pause ? then : NULL);
+}
+
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (listener)
+        evconnlistener_enable(listener);
+}
+
 int admin_start(struct event_base *base, const struct config *cfg, const struct peers *peers, struct health *h,
                 char *err, size_t errlen)
 {
+    struct evhttp_bound_socket *bound;
     int fd;
 
     known_peers = peers;
     health = h;
     debug_any = cfg->admin_debug_any;
     http = evhttp_new(base);
-    if (!http) {
+    accept_resume_ev = evtimer_new(base, accept_resume_cb, NULL);
+    if (!http || !accept_resume_ev) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
@@ -306,10 +342,13 @@ int admin_start(struct event_base *base, const struct config *cfg, const struct 
         snprintf(err, errlen, "NEXTUP_ADMIN=\"%s\": cannot listen: %s", cfg->admin.text, strerror(-fd));
         return fd;
     }
-    if (!evhttp_accept_socket_with_handle(http, fd)) {
+    bound = evhttp_accept_socket_with_handle(http, fd);
+    if (!bound) {
         snprintf(err, errlen, "NEXTUP_ADMIN=\"%s\": cannot accept", cfg->admin.text);
         return -EINVAL;
     }
+    listener = evhttp_bound_socket_get_listener(bound);
+    evconnlistener_set_error_cb(listener, accept_error_cb);
     evhttp_set_gencb(http, admin_cb, NULL);
     evhttp_set_bevcb(http, conn_bev_cb, NULL);
     /* Over these evhttp answers by itself: 400 for a longer head, 413 for any body (read
@@ -323,6 +362,10 @@ int admin_start(struct event_base *base, const struct config *cfg, const struct 
 
 void admin_stop(void)
 {
+    if (accept_resume_ev)
+        event_free(accept_resume_ev);
+    accept_resume_ev = NULL;
+    listener = NULL;
     if (http)
         evhttp_free(http);
     http = NULL;

@@ -1,7 +1,6 @@
 #include "worker.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +12,6 @@
 #include <event2/listener.h>
 
 #include "accesslog.h"
-#include "clock.h"
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
@@ -28,10 +26,7 @@ static int n_threads;            /* of them, threads started */
 static _Atomic int live_connections;
 static _Atomic int loops_done;
 /* Shared by the workers: a process out of descriptors says so once a second, not once per worker. */
-static _Atomic int64_t accept_logged_ms;     /* monotonic; 0: never */
-static _Atomic uint64_t accept_unlogged;     /* failures since that line */
-
-#define ACCEPT_LOG_INTERVAL_MS 1000
+static struct net_accept_log accept_log;
 
 int workers_live_connections(void)
 {
@@ -76,35 +71,14 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     w->n_conns++;
 }
 
-static void accept_log(const struct worker *w, int err, int paused)
-{
-    int64_t now = clock_mono_ms();
-    int64_t last = atomic_load(&accept_logged_ms);
-    uint64_t unlogged;
-    char more[80] = "";
-
-    if ((last != 0 && now - last < ACCEPT_LOG_INTERVAL_MS) ||
-        !atomic_compare_exchange_strong(&accept_logged_ms, &last, now)) {
-        atomic_fetch_add(&accept_unlogged, 1);
-        return;
-    }
-    unlogged = atomic_exchange(&accept_unlogged, 0);
-    if (unlogged)
-        snprintf(more, sizeof(more), "; %" PRIu64 " more failures since the last message", unlogged);
-    if (paused)
-        LOG_WARN("accept: %s (worker %d): not accepting for %d ms or until a connection closes%s", strerror(err),
-                 w->id, ACCEPT_PAUSE_MS, more);
-    else
-        LOG_WARN("accept: %s (worker %d)%s", strerror(err), w->id, more);
-}
-
 /* libevent calls this instead of printing its own warning, with errno still from accept(). */
 static void accept_error_cb(struct evconnlistener *l, void *arg)
 {
     struct worker *w = arg;
     int err = EVUTIL_SOCKET_ERROR();
     struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
-    int pause = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+    int pause = net_accept_must_pause(err);
+    char who[32], then[80];
 
     metrics_inc(M_DOWNSTREAM_ACCEPT_ERRORS);
     /* The connection stays in the backlog and the listener readable: asking again at once would spin. */
@@ -113,7 +87,9 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
         w->accept_paused = 1;
         evtimer_add(w->accept_resume_ev, &tv);
     }
-    accept_log(w, err, pause);
+    snprintf(who, sizeof(who), "worker %d", w->id);
+    snprintf(then, sizeof(then), "not accepting for %d ms or until a connection closes", ACCEPT_PAUSE_MS);
+    net_accept_log(&accept_log, err, who, pause ? then : NULL);
 }
 
 static void accept_resume(struct worker *w)

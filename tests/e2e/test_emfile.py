@@ -4,6 +4,7 @@ stop asking for a moment instead of spinning on a level-triggered listener (both
 at ~150% CPU, 8 MB/s of libevent warnings on stderr), keep serving the connections it
 already has, and serve fully again once the clients leave."""
 
+import http.client
 import os
 import resource
 import signal
@@ -130,12 +131,70 @@ class OutOfDescriptorsTest(H.NextupCase):
         errors = H.metric(H.metrics(nx), "nextup_downstream_accept_errors_total")
         self.assertGreater(errors, 0, "accept failures not counted")
 
+    def test_admin_accept_backs_off_when_out_of_descriptors(self):
+        # The admin listener is evhttp's own evconnlistener on the main thread: one connection
+        # waiting in its backlog sent the old binary to ~100% of a core and ~10 MB/s of
+        # libevent's "Error from accept() call", the worker listeners being paused meanwhile.
+        b = self.start_backend("alpha")
+        nx = self.start_nextup(b, workers=2, env={"NEXTUP_ACCESS_LOG": "off"})
+        close_clients = self.saturate(nx)
+        # Completes in the kernel backlog; its request waits in the socket buffer until nextup
+        # can accept it.
+        probe = socket.create_connection(("127.0.0.1", nx.admin_port), timeout=2)
+        self.addCleanup(probe.close)
+        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        time.sleep(0.2)
+
+        err_path = nx.stderr.name
+        t0, cpu0, err0 = time.monotonic(), cpu_seconds(nx.pid), os.path.getsize(err_path)
+        time.sleep(2.5)
+        t1, cpu1, err1 = time.monotonic(), cpu_seconds(nx.pid), os.path.getsize(err_path)
+        elapsed = t1 - t0
+        cpu_pct = 100.0 * (cpu1 - cpu0) / elapsed
+        err_rate = (err1 - err0) / elapsed
+        print("\n  %d clients, RLIMIT_NOFILE %d, one admin connection pending for %.1f s: nextup CPU %.1f%% "
+              "of one core, stderr %.0f B/s" % (CLIENTS, NOFILE, elapsed, cpu_pct, err_rate))
+        self.assertLess(cpu_pct, 5.0, "nextup used %.1f%% of a core with an admin connection pending" % cpu_pct)
+        self.assertLess(err_rate, 1024, "nextup wrote %.0f B/s to stderr with an admin connection pending"
+                        % err_rate)
+        # assertTrue, not assertIn: the old binary's stderr is megabytes of warnings.
+        self.assertTrue("(admin): not accepting for" in nx.stderr_text(), "no admin accept pause logged")
+
+        close_clients()
+        # The pending connection is accepted once descriptors are free again, and answered.
+        probe.settimeout(5)
+        reply = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(reply) < 65536:
+            try:
+                chunk = probe.recv(4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200"), "pending admin request got %r" % reply[:80])
+        last = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                last = nx.admin_get("/healthz", timeout=1.0)[0]
+                if last == 200:
+                    break
+            except (OSError, http.client.HTTPException) as e:
+                last = repr(e)
+            time.sleep(0.1)
+        self.assertEqual(last, 200, "/healthz on the admin port after the clients left")
+
     def test_drain_while_accepting_is_paused(self):
         # SIGTERM frees the listeners while their resume timers are pending: the timer
         # must not touch a freed listener (the ASan build tells), and the drain ends.
+        # The admin listener's timer too: one connection waits in its backlog.
         b = self.start_backend("alpha")
         nx = self.start_nextup(b, workers=2, env={"NEXTUP_ACCESS_LOG": "off"})
         self.saturate(nx)
+        probe = socket.create_connection(("127.0.0.1", nx.admin_port), timeout=2)
+        self.addCleanup(probe.close)
         time.sleep(0.5)
         # assertTrue, not assertIn: the old binary's stderr is megabytes of warnings.
         self.assertTrue("not accepting for" in nx.stderr_text(), "no accept pause logged")
