@@ -172,6 +172,7 @@ compare:
 	$(Q)scripts/deps.sh bench
 	$(Q)$(MAKE) --no-print-directory $(BUILD)/nextup
 	NEXTUP_BIN=$(abspath $(BUILD)/nextup) python3 tests/compare/rolling_restart.py --runs 3
+	NEXTUP_BIN=$(abspath $(BUILD)/nextup) python3 tests/compare/rolling_restart.py --runs 3 --overlap
 
 bench:
 	$(Q)scripts/deps.sh bench
