@@ -54,6 +54,8 @@ WORK=""
 declare -A RPID=()         # replica number -> pid
 NEXTUP_PID=""
 CLIENT_PID=""
+KNEXTUP_PID=""
+PIN_DIR=""
 
 stop_pid() {               # stop_pid PID NAME: SIGTERM, wait up to 5 s, then SIGKILL
   local pid=$1 name=$2
@@ -72,9 +74,11 @@ cleanup() {
   trap - EXIT INT TERM
   [ -n "$CLIENT_PID" ] && stop_pid "$CLIENT_PID" client
   [ -n "$NEXTUP_PID" ] && stop_pid "$NEXTUP_PID" nextup
+  [ -n "$KNEXTUP_PID" ] && stop_pid "$KNEXTUP_PID" nextup
   for n in "${!RPID[@]}"; do stop_pid "${RPID[$n]}" "replica-$n"; done
   wait 2>/dev/null || true
   [ -n "$WORK" ] && rm -rf "$WORK"
+  [ -n "$PIN_DIR" ] && rm -rf "$PIN_DIR"   # unpinning the links detaches the programs
   exit "$rc"
 }
 trap cleanup EXIT
@@ -90,13 +94,14 @@ show_log() {               # show_log FILE: its last lines on stderr
 }
 
 # ---------------------------------------------------------------- ports
-# five ports nothing listens on right now (three replicas, nextup, its admin), from
+# eight ports nothing listens on right now (three replicas, nextup, its admin; the second
+# nextup of the kernel scene, its admin, and the address nothing listens on), from
 # 20000-31999: below the kernel's usual ephemeral range, so that no outgoing
 # connection takes replica-2's port while it is down
-read -r P1 P2 P3 LISTEN_PORT ADMIN_PORT < <(python3 -c '
+read -r P1 P2 P3 LISTEN_PORT ADMIN_PORT K_LISTEN K_ADMIN K_DEAD < <(python3 -c '
 import random, socket
 ports = []
-while len(ports) < 5:
+while len(ports) < 8:
     p = random.randrange(20000, 32000)
     s = socket.socket()
     try:
@@ -387,10 +392,84 @@ print(textwrap.fill(p, width=100))
 sys.exit(1 if bad else 0)
 PY
 then
-  echo
+  main_ok=1
+else
+  main_ok=0
+fi
+
+# ---------------------------------------------------------------- the kernel's view
+# The application's own connections to a replica fail (it refuses them); nextup
+# never sent it a request, yet the kernel saw it and nextup's next requests skip it.
+echo
+step "scene 2: the kernel's view. The application (curl, not through nextup) cannot reach 127.0.0.1:$K_DEAD"
+kernel_scene() {
+  if [ "$(id -u)" != 0 ]; then
+    step "  BPF unavailable: not root (loading the eBPF programs needs CAP_BPF); scene skipped"
+    return 0
+  fi
+  if ! mountpoint -q /sys/fs/bpf; then
+    if mount -t bpf bpf /sys/fs/bpf 2>"$WORK/mount.err"; then
+      step "  bpffs was not mounted: mounted it at /sys/fs/bpf"
+    else
+      step "  BPF unavailable: bpffs is not mounted and mounting it failed ($(head -c 200 "$WORK/mount.err")); scene skipped"
+      return 0
+    fi
+  fi
+  PIN_DIR=/sys/fs/bpf/nextup-demo-$$
+  NEXTUP_LISTEN="127.0.0.1:$K_LISTEN" NEXTUP_ADMIN="127.0.0.1:$K_ADMIN" \
+  NEXTUP_UPSTREAMS="127.0.0.1:$P1,127.0.0.1:$P3,127.0.0.1:$K_DEAD" \
+  NEXTUP_BPF=on NEXTUP_BPF_PIN_DIR="$PIN_DIR" NEXTUP_HEALTH_INTERVAL_MS=100 NEXTUP_LOG_LEVEL=info \
+  NEXTUP_ACCESS_LOG=off NEXTUP_WORKERS=1 \
+    "$NEXTUP_BIN" </dev/null >"$WORK/k-nextup.log" 2>&1 &
+  KNEXTUP_PID=$!
+  for _ in $(seq 100); do
+    if ! kill -0 "$KNEXTUP_PID" 2>/dev/null; then
+      KNEXTUP_PID=""
+      step "  BPF unavailable: $(grep -m1 -i 'bpf' "$WORK/k-nextup.log" || tail -n 1 "$WORK/k-nextup.log"); scene skipped"
+      return 0
+    fi
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$K_ADMIN/readyz" || true)" = 200 ] && break
+    sleep 0.1
+  done
+  step "  a second nextup with NEXTUP_BPF=on in front of replica-1, replica-3 and 127.0.0.1:$K_DEAD (nothing listens there)"
+  for i in 1 2 3; do curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$K_DEAD/app/$i" || true; done
+  step "  the application's 3 connects to 127.0.0.1:$K_DEAD were refused; nextup's log says:"
+  local line=""
+  for _ in $(seq 40); do
+    line=$(grep -m1 "127.0.0.1:$K_DEAD: healthy -> " "$WORK/k-nextup.log" || true)
+    [ -n "$line" ] && break
+    sleep 0.05
+  done
+  if [ -z "$line" ]; then
+    show_log "$WORK/k-nextup.log"
+    step "  no transition line for 127.0.0.1:$K_DEAD within 2 s" >&2
+    return 1
+  fi
+  step "    $line"
+  local ok=0 i
+  for i in $(seq 20); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$K_LISTEN/after/$i")" = 200 ] && ok=$((ok + 1))
+  done
+  curl -sf --max-time 5 "http://127.0.0.1:$K_ADMIN/metrics" >"$WORK/k-metrics.txt" || return 1
+  local attempts retries
+  attempts=$(awk '$1 == "nextup_upstream_attempts_total" { print $2 }' "$WORK/k-metrics.txt")
+  retries=$(awk '$1 ~ /^nextup_retries_total/ { s += $2 } END { print s + 0 }' "$WORK/k-metrics.txt")
+  step "  then 20 requests through nextup: $ok answered 200, $attempts upstream attempts, $retries retries:"
+  step "  none was tried on 127.0.0.1:$K_DEAD, which nextup itself never tried"
+  stop_pid "$KNEXTUP_PID" nextup
+  KNEXTUP_PID=""
+  rm -rf "$PIN_DIR"
+  PIN_DIR=""
+  [ "$ok" = 20 ] && [ "$attempts" = 20 ]
+}
+kernel_ok=1
+kernel_scene || kernel_ok=0
+
+echo
+if [ "$main_ok" = 1 ] && [ "$kernel_ok" = 1 ]; then
   step "demo passed: every request got a 200"
 else
-  echo
-  step "demo FAILED: the client saw requests that did not get a 200" >&2
+  [ "$main_ok" = 1 ] || step "demo FAILED: the client saw requests that did not get a 200" >&2
+  [ "$kernel_ok" = 1 ] || step "demo FAILED: the kernel's view scene did not skip the unreachable replica" >&2
   exit 1
 fi
