@@ -298,32 +298,26 @@ int peers_observe(struct peers *set, struct peer *p, enum peer_evidence ev, enum
 
 void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms)
 {
-    switch (outcome) {
-    case PEER_OK:
+    static const struct { enum peer_evidence ev; enum peer_reason reason; } as_evidence[] = {
+        [PEER_OK] = { EVIDENCE_OK, REASON_NONE },
+        [PEER_CONNECT_FAILED] = { EVIDENCE_NO_CONNECT, REASON_CONNECT_FAILURES },
+        [PEER_TLS_FAILED] = { EVIDENCE_SOFT_FAILURE, REASON_TLS },
+        [PEER_GATEWAY_ERROR] = { EVIDENCE_SOFT_FAILURE, REASON_GATEWAY_ERRORS },
+        [PEER_SAID_LEAVING] = { EVIDENCE_DRAINING, REASON_DRAIN_503 },
+    };
+
+    if (outcome == PEER_OK) {
         atomic_fetch_add_explicit(&p->responses, 1, memory_order_relaxed);
         /* The request path's common case: a healthy peer with nothing to forget. */
         if (atomic_load_explicit(&p->state, memory_order_relaxed) == PEER_HEALTHY &&
             !atomic_load_explicit(&p->unsettled, memory_order_relaxed))
             return;
-        peers_observe(set, p, EVIDENCE_OK, REASON_NONE, NULL, now_ms);
-        return;
-    case PEER_CONNECT_FAILED:
+    } else if (outcome == PEER_CONNECT_FAILED || outcome == PEER_TLS_FAILED) {
         atomic_fetch_add_explicit(&p->connect_failures, 1, memory_order_relaxed);
-        peers_observe(set, p, EVIDENCE_NO_CONNECT, REASON_CONNECT_FAILURES, NULL, now_ms);
-        return;
-    case PEER_TLS_FAILED:
-        atomic_fetch_add_explicit(&p->connect_failures, 1, memory_order_relaxed);
-        peers_observe(set, p, EVIDENCE_SOFT_FAILURE, REASON_TLS, NULL, now_ms);
-        return;
-    case PEER_GATEWAY_ERROR:
+    } else {
         atomic_fetch_add_explicit(&p->gateway_errors, 1, memory_order_relaxed);
-        peers_observe(set, p, EVIDENCE_SOFT_FAILURE, REASON_GATEWAY_ERRORS, NULL, now_ms);
-        return;
-    case PEER_SAID_LEAVING:
-        atomic_fetch_add_explicit(&p->gateway_errors, 1, memory_order_relaxed);
-        peers_observe(set, p, EVIDENCE_DRAINING, REASON_DRAIN_503, NULL, now_ms);
-        return;
     }
+    peers_observe(set, p, as_evidence[outcome].ev, as_evidence[outcome].reason, NULL, now_ms);
 }
 
 struct peer *peers_take_trial(struct peers *set, const struct peer_mask *exclude, int64_t now_ms, int hold_ms)

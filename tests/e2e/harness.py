@@ -1244,14 +1244,26 @@ class RawServer:
             except socket.timeout:
                 continue
             except OSError:
-                return
+                break
             self.accepted += 1
-            try:
-                self.handle(conn)
-            except Exception as e:  # the test reads .error
+            self._dispatch(conn)
+        self._finish()
+
+    def _dispatch(self, conn):
+        """Handles one accepted connection (here: at once, in the accept thread)."""
+        self._serve(conn)
+
+    def _finish(self):
+        pass
+
+    def _serve(self, conn):
+        try:
+            self.handle(conn)
+        except Exception as e:  # the test reads .error
+            if not self._stop.is_set():
                 self.error = repr(e)
-            finally:
-                conn.close()
+        finally:
+            conn.close()
 
     def stop(self):
         self._stop.set()
@@ -1278,31 +1290,44 @@ class ThreadedRawServer(RawServer):
     """A RawServer whose connections are handled side by side, each in its own
     thread (for upstreams that keep connections open while others come)."""
 
-    def _run(self):
-        threads = []
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            self.accepted += 1
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
-            threads.append(t)
-            threads = [x for x in threads if x.is_alive()]
-        for t in threads:
+    def _dispatch(self, conn):
+        self._threads = [t for t in getattr(self, "_threads", []) if t.is_alive()]
+        t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _finish(self):
+        for t in getattr(self, "_threads", []):
             t.join(timeout=2)
 
-    def _serve(self, conn):
+
+def read_keepalive_request(conn, buf):
+    """The next request on a keep-alive connection: (head, body, rest) with <buf> the
+    bytes already read; None when the peer closes (or resets) first. The body is
+    read by Content-Length (none otherwise)."""
+    while b"\r\n\r\n" not in buf:
         try:
-            self.handle(conn)
-        except Exception as e:  # the test reads .error
-            if not self._stop.is_set():
-                self.error = repr(e)
-        finally:
-            conn.close()
+            piece = conn.recv(65536)
+        except OSError:
+            return None
+        if not piece:
+            return None
+        buf += piece
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    while len(buf) < length:
+        try:
+            piece = conn.recv(65536)
+        except OSError:
+            return None
+        if not piece:
+            return None
+        buf += piece
+    return head, buf[:length], buf[length:]
 
 
 def open_fds(pid):

@@ -37,28 +37,11 @@ class Replica(H.ThreadedRawServer):
         buf = b""
         conn.settimeout(self.idle_close or 10)
         while True:
-            while b"\r\n\r\n" not in buf:
-                try:
-                    piece = conn.recv(65536)
-                except OSError:
-                    return
-                if not piece:
-                    return
-                buf += piece
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            method = lines[0].split(b" ")[0].decode()
-            length = 0
-            for line in lines[1:]:
-                k, _, v = line.partition(b":")
-                if k.strip().lower() == b"content-length":
-                    length = int(v)
-            while len(buf) < length:
-                piece = conn.recv(65536)
-                if not piece:
-                    return
-                buf += piece
-            buf = buf[length:]
+            got = H.read_keepalive_request(conn, buf)
+            if got is None:
+                return
+            head, _, buf = got
+            method = head.split(b" ", 1)[0].decode()
             self.count(method)
             try:
                 if self.mode == "drain":

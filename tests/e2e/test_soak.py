@@ -20,15 +20,10 @@ class MixedReplica(H.ThreadedRawServer):
     def handle(self, conn):
         buf = b""
         while True:
-            while b"\r\n\r\n" not in buf:
-                try:
-                    piece = conn.recv(65536)
-                except OSError:
-                    return
-                if not piece:
-                    return
-                buf += piece
-            head, _, buf = buf.partition(b"\r\n\r\n")
+            got = H.read_keepalive_request(conn, buf)
+            if got is None:
+                return
+            head, _, buf = got
             kind, _, tag = head.split(b" ", 2)[1].lstrip(b"/").partition(b"/")
             body = b"for " + tag + b" " + b"x" * (len(tag) * 37 % 3000)
             try:
