@@ -23,14 +23,10 @@ struct peer_view {
     struct peer_stats last;         /* zeros until one appears, so its first counts are news */
     uint32_t generation;            /* the slot's generation these counters belong to */
     struct event *probe;            /* owned: a connect in flight to an ejected peer, or NULL */
-};
-
-/* Arguments of one probe's callback. */
-struct probe_arg {
-    struct health *h;
-    int index;
-    uint32_t generation;
-    int fd;
+    /* L7 closes against the peer's own habit (nextup's responses from it). */
+    uint64_t last_responses, last_closes;
+    uint64_t habit_responses;       /* responses the habit was learned from */
+    double close_habit;             /* share of its responses that close their connection (moving average) */
 };
 
 struct health {
@@ -40,6 +36,56 @@ struct health {
     struct health_bpf *bpf;         /* not owned; NULL without BPF */
     struct event *timer;            /* owned */
     struct peer_view view[PEERS_MAX];
+};
+
+/* A drain seen in nextup's own responses: within one interval at least
+ * DRAIN_CLOSES_MIN responses of a replica closed their connection, at least half
+ * of them did, and the replica's habit (learned over DRAIN_HABIT_MIN responses)
+ * is to keep connections open. Servers that close after every response, or
+ * after N requests, never match: a drain is a change. */
+#define DRAIN_CLOSES_MIN 5
+#define DRAIN_HABIT_MIN 20
+#define DRAIN_HABIT_MAX_SHARE 0.1
+
+static void judge_closes(struct health *h, struct peer *p, struct peer_view *v, int64_t now)
+{
+    uint64_t responses = atomic_load(&p->responses) + atomic_load(&p->gateway_errors);
+    uint64_t closes = atomic_load(&p->closing_responses);
+    uint64_t d_resp, d_close;
+    char detail[96];
+
+    if (responses < v->last_responses || closes < v->last_closes) {
+        /* The slot holds another address now: its habit is not this one's. */
+        v->habit_responses = 0;
+        v->close_habit = 0;
+        v->last_responses = v->last_closes = 0;
+    }
+    d_resp = responses - v->last_responses;
+    d_close = closes - v->last_closes;
+    v->last_responses = responses;
+    v->last_closes = closes;
+    if (d_resp == 0)
+        return;
+    if (v->habit_responses >= DRAIN_HABIT_MIN && v->close_habit < DRAIN_HABIT_MAX_SHARE &&
+        d_close >= DRAIN_CLOSES_MIN && d_close * 2 >= d_resp && peer_state_now(p, now) == PEER_HEALTHY) {
+        snprintf(detail, sizeof(detail), "(%llu of %llu responses in %d ms closed; its habit %.0f%%)",
+                 (unsigned long long)d_close, (unsigned long long)d_resp, h->cfg->health_interval_ms,
+                 v->close_habit * 100);
+        peers_observe(h->peers, p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
+    }
+    /* The habit follows slowly, so that a replica that keeps closing after its
+     * trial becomes its new normal rather than a drain forever. */
+    v->close_habit = v->habit_responses == 0 ? (double)d_close / (double)d_resp
+                                             : v->close_habit * 0.8 + 0.2 * (double)d_close / (double)d_resp;
+    v->habit_responses += d_resp;
+}
+
+/* Arguments of one probe's callback. */
+struct probe_arg {
+    struct health *h;
+    int index;
+    uint32_t generation;
+    int fd;
 };
 
 static int64_t now_ms(void)
@@ -152,8 +198,11 @@ void health_poll(struct health *h)
     int64_t now = now_ms();
     int i;
 
-    for (i = 0; i < h->peers->n; i++)
+    for (i = 0; i < h->peers->n; i++) {
         probe_down(h, i, now);
+        if (peer_is_active(h->peers->peer[i]))
+            judge_closes(h, h->peers->peer[i], &h->view[i], now);
+    }
     if (!h->bpf)
         return;
     for (i = 0; i < h->peers->n; i++) {

@@ -33,6 +33,7 @@ static void peer_init_state(struct peer *p)
     atomic_store(&p->idle_close_ms, 0);
     atomic_store(&p->no_reuse_until_ms, 0);
     atomic_store(&p->ejections_total, 0);
+    atomic_store(&p->closing_responses, 0);
     atomic_store(&p->responses, 0);
     atomic_store(&p->gateway_errors, 0);
     atomic_store(&p->connect_failures, 0);

@@ -48,6 +48,7 @@ struct peer {
     /* What nextup saw of this peer (L7), for /debug/peers and /metrics. */
     _Atomic uint64_t ejections_total; /* times taken out of rotation (down, draining or ejected) */
     _Atomic uint64_t responses, gateway_errors, connect_failures;
+    _Atomic uint64_t closing_responses; /* final responses that closed their connection (Connection: close) */
 };
 
 /* Ejection thresholds (NEXTUP_EJECT_*, NEXTUP_MAX_EJECTION_PERCENT). */

@@ -1139,9 +1139,14 @@ static struct evbuffer *resp_out(struct downstream *ds)
 /* What a final response head says of its peer. A 503 that closes the
  * connection is how servers say they are shutting down (nginx, Envoy, Go's
  * and Node's servers during graceful shutdown): the first one counts. */
-static enum peer_outcome response_outcome(const struct http_head *resp)
+static enum peer_outcome response_outcome(struct peer *p, const struct http_head *resp)
 {
-    if (resp->status == 503 && http_head_has_token(resp, "connection", "close"))
+    int closes = resp->major == 1 && resp->minor >= 1 && http_head_has_token(resp, "connection", "close");
+
+    /* Counted for the health view, which compares a replica's closes with its habit. */
+    if (closes)
+        atomic_fetch_add_explicit(&p->closing_responses, 1, memory_order_relaxed);
+    if (resp->status == 503 && closes)
         return PEER_SAID_LEAVING;
     if (resp->status >= 502 && resp->status <= 504)
         return PEER_GATEWAY_ERROR;
@@ -1170,7 +1175,7 @@ static int on_resp_headers_complete(llhttp_t *p)
     if (ds->rq->resp.status < 200 && ds->rq->resp.status != 101)
         return 0;
     event_del(&ds->rq->try_timer);
-    peers_report(ds->w->peers, ds->peer, response_outcome(&ds->rq->resp), now_ms());
+    peers_report(ds->w->peers, ds->peer, response_outcome(ds->peer, &ds->rq->resp), now_ms());
     if (ds->rq->resp.status != 101) {
         /* The decision point: nothing of this response has gone downstream yet. */
         const struct nextup_error *e = hook_active()->upstream_response_decision(

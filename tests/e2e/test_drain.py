@@ -111,7 +111,8 @@ class DrainTest(H.NextupCase):
         # out at their first signal; neither holds the cap against the other.
         a, b = Replica("a"), Replica("b", mode="drain")
         nx, addrs = self.start(a, b, dead=1)
-        out = self.load(nx, 300, lambda i: "POST" if i % 2 else "GET")
+        # Two clients, one always GET and one always POST: one POST in flight at a time.
+        out = self.load(nx, 300, lambda i: "POST" if i % 2 else "GET", workers=2)
         get_err = [o for o in out if o[0] == "GET" and o[1] != 200]
         post_err = [o for o in out if o[0] == "POST" and o[1] != 200]
         st = states(nx)
@@ -137,6 +138,26 @@ class DrainTest(H.NextupCase):
         self.assertEqual([o for o in out if o[1] != 200], [])
         self.assertEqual(states(nx)[addrs[1]], "healthy")
         self.assertGreater(b.total() - before, 10, "back to healthy but given no share of the load")
+
+    def test_a_burst_of_closes_is_a_drain(self):
+        # A replica that served keep-alive and starts closing every connection after its
+        # response (as nginx does while it shuts down gracefully) is leaving: a change
+        # from its own habit, seen within a health interval or two.
+        a, b = Replica("a"), Replica("b")
+        nx, addrs = self.start(a, b, env={"NEXTUP_HEALTH_INTERVAL_MS": "100"})
+        self.load(nx, 200, lambda i: "GET")
+        self.assertEqual(states(nx)[addrs[1]], "healthy")
+        b.mode = "close-each"
+        before = b.total()
+        t0 = time.monotonic()
+        seen = None
+        while time.monotonic() - t0 < 3 and seen is None:
+            self.load(nx, 40, lambda i: "GET")
+            if states(nx)[addrs[1]] == "draining":
+                seen = time.monotonic() - t0
+        print("\n  keep-alive replica turned to closing every connection: draining after %s s, %d requests "
+              "reached it meanwhile" % ("%.2f" % seen if seen is not None else "NEVER", b.total() - before), end=" ")
+        self.assertIsNotNone(seen, "a replica that started closing every connection was not taken for draining")
 
     def test_closing_habits_are_not_a_drain(self):
         # One replica closes after every response, one closes keep-alive connections idle
