@@ -4,7 +4,8 @@
  * Programs (all tp_btf: no kprobes, no tracefs), keyed by the socket's REMOTE address and port:
  *   inet_sock_set_state   CLOSE->SYN_SENT connect_attempts; SYN_SENT->ESTABLISHED connects_established,
  *                         last_success_ns, srtt_us; SYN_SENT->CLOSE one failure class by sk_err and
- *                         last_failure_ns; ESTABLISHED->anything srtt_us (the connection's last RTT)
+ *                         last_failure_ns; ESTABLISHED->anything srtt_us (the connection's last RTT);
+ *                         ESTABLISHED->CLOSE_WAIT peer_fins (the peer closed first)
  *   tcp_receive_reset     resets_received, last_failure_ns (not in SYN_SENT: that RST is counted once,
  *                         as refused, by the SYN_SENT->CLOSE transition that follows it)
  *   tcp_send_reset        resets_sent
@@ -176,11 +177,15 @@ int BPF_PROG(handle_set_state, const struct sock *sk, const int oldstate, const 
         if (s)
             connect_failed(sk, s);
     } else if (oldstate == TCP_ESTABLISHED) {
-        srtt = srtt_of(sk);
-        if (!srtt)
-            return 0;
         s = stats_of(sk, false);
-        if (s)
+        if (!s)
+            return 0;
+        /* The peer's FIN came first: a server closing its keep-alive connections (as it
+         * drains, or on its idle timeout), or after a response it framed by the close. */
+        if (newstate == TCP_CLOSE_WAIT)
+            __sync_fetch_and_add(&s->peer_fins, 1);
+        srtt = srtt_of(sk);
+        if (srtt)
             s->srtt_us = srtt;
     }
     return 0;

@@ -21,7 +21,7 @@
 #ifndef NEXTUP_PEER_STATS_H
 #define NEXTUP_PEER_STATS_H
 
-#define PEER_STATS_LAYOUT_VERSION 1
+#define PEER_STATS_LAYOUT_VERSION 2
 
 /* The remote end of a TCP socket. IPv4, and IPv4-mapped IPv6 (an AF_INET6 socket talking to
  * ::ffff:a.b.c.d), are both stored as ::ffff:a.b.c.d with family AF_INET (2), so one peer has one key;
@@ -54,6 +54,7 @@ struct peer_stats {
                                     a connection leaves ESTABLISHED; 0 until a sample exists */
     __u64 last_failure_ns;       /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last connect failure or RST received */
     __u64 last_success_ns;       /* CLOCK_MONOTONIC ns of the last SYN_SENT -> ESTABLISHED */
+    __u64 peer_fins;             /* ESTABLISHED -> CLOSE_WAIT: the peer closed first (its FIN before ours) */
 };
 
 /* Value of "peer_stats_meta"[0], written once by the loader that created the pinned maps. These first

@@ -27,7 +27,20 @@ struct peer_view {
     uint64_t last_responses, last_closes;
     uint64_t habit_responses;       /* responses the habit was learned from */
     double close_habit;             /* share of its responses that close their connection (moving average) */
+    /* Kernel: peer-first closes per interval, against the peer's own habit. */
+    int fin_intervals;              /* intervals the habit was learned from */
+    double fin_habit;               /* peer-first closes per interval (moving average) */
 };
+
+/* A drain seen in the kernel: in one interval at least DRAIN_FINS_MIN of the pod's
+ * connections to a replica were closed by the replica first (its FIN before
+ * ours), over DRAIN_FINS_FACTOR times its habit, learned over DRAIN_FIN_HABIT_MIN
+ * intervals. A graceful shutdown closes every idle keep-alive connection at once,
+ * the application's included; a server that closes on its idle timeout or after
+ * each response does so steadily, and that is its habit. */
+#define DRAIN_FINS_MIN 5
+#define DRAIN_FINS_FACTOR 4
+#define DRAIN_FIN_HABIT_MIN 8
 
 struct health {
     struct event_base *base;
@@ -108,6 +121,27 @@ static uint64_t delta(uint64_t cur, uint64_t prev)
 /* Turns one interval's kernel deltas into a verdict. The most recent event must
  * be a failure (last_failure after last_success): a peer that failed and then
  * accepted a connection within the interval is not ejected for the old failure. */
+/* <d_fins> peer-first closes and <d_new> connects established in one interval.
+ * A server that closes each connection after its response closes about as many
+ * as were opened: only the closes beyond the new connections (of connections
+ * that had lived on) can be a drain. */
+static void judge_fins(struct health *h, struct peer *p, struct peer_view *v, uint64_t d_fins, uint64_t d_new,
+                       int64_t now)
+{
+    uint64_t beyond = d_fins > d_new ? d_fins - d_new : 0;
+    char detail[160];
+
+    if (v->fin_intervals >= DRAIN_FIN_HABIT_MIN && beyond >= DRAIN_FINS_MIN &&
+        (double)beyond > DRAIN_FINS_FACTOR * v->fin_habit + 2 && peer_state_now(p, now) == PEER_HEALTHY) {
+        snprintf(detail, sizeof(detail),
+                 "(kernel, %d ms: %llu connections closed by it first, %llu opened; its habit %.1f)",
+                 h->cfg->health_interval_ms, (unsigned long long)d_fins, (unsigned long long)d_new, v->fin_habit);
+        peers_observe(h->peers, p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
+    }
+    v->fin_habit = v->fin_intervals == 0 ? (double)beyond : v->fin_habit * 0.9 + 0.1 * (double)beyond;
+    v->fin_intervals++;
+}
+
 static void judge(struct health *h, struct peer *p, const struct peer_stats *prev, const struct peer_stats *cur,
                   int64_t now)
 {
@@ -215,12 +249,17 @@ void health_poll(struct health *h)
             /* The slot now holds another address: its history is not this one's. */
             v->have = 0;
             memset(&v->last, 0, sizeof(v->last));
+            v->fin_intervals = 0;
+            v->fin_habit = 0;
             v->generation = gen;
         }
         if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&p->sa, &cur) < 0)
             continue;
-        if (peer_is_active(p))
+        if (peer_is_active(p)) {
             judge(h, p, &v->last, &cur, now);
+            judge_fins(h, p, v, delta(cur.peer_fins, v->last.peer_fins),
+                       delta(cur.connects_established, v->last.connects_established), now);
+        }
         v->last = cur;
         v->have = 1;
     }
@@ -341,11 +380,13 @@ void health_write_debug_json(struct health *h, struct evbuffer *out)
                                 ", \"kernel\": {\"connect_attempts\": %llu, \"connects_established\": %llu,"
                                 " \"connect_failures\": %llu, \"refused\": %llu, \"connect_timeouts\": %llu,"
                                 " \"unreachable\": %llu, \"syn_retransmits\": %llu, \"resets_received\": %llu,"
-                                " \"resets_sent\": %llu, \"data_retransmits\": %llu, \"srtt_us\": %llu}}",
+                                " \"resets_sent\": %llu, \"data_retransmits\": %llu, \"srtt_us\": %llu,"
+                                " \"peer_fins\": %llu}}",
                                 U(v->last.connect_attempts), U(v->last.connects_established),
                                 U(v->last.connect_failures), U(v->last.refused), U(v->last.connect_timeouts),
                                 U(v->last.unreachable), U(v->last.syn_retransmits), U(v->last.resets_received),
-                                U(v->last.resets_sent), U(v->last.data_retransmits), U(v->last.srtt_us));
+                                U(v->last.resets_sent), U(v->last.data_retransmits), U(v->last.srtt_us),
+                                U(v->last.peer_fins));
         else
             evbuffer_add(out, ", \"kernel\": null}", 17);
     }

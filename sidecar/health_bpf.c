@@ -47,7 +47,7 @@
 #include "peer_stats.skel.h"
 
 _Static_assert(sizeof(struct peer_key) == 24, "struct peer_key must have no hidden padding");
-_Static_assert(sizeof(struct peer_stats) == 13 * 8, "struct peer_stats must be 13 __u64");
+_Static_assert(sizeof(struct peer_stats) == 14 * 8, "struct peer_stats must be 14 __u64");
 _Static_assert(sizeof(struct peer_stats_meta) == 16, "struct peer_stats_meta must have no hidden padding");
 
 #define HEALTH_BPF_DEFAULT_MAX_PEERS 4096

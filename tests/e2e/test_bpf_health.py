@@ -543,6 +543,61 @@ class ResettingReplicaTest(BpfCase):
         self._recovers(nx, rs)
 
 
+class KernelDrainTest(BpfCase):
+
+    def test_a_burst_of_closes_by_the_replica_is_a_drain(self):
+        # The application holds keep-alive connections to B (nextup never asked B for
+        # anything). B shuts down gracefully: it closes them all at once, its FIN first.
+        # The kernel counts the peer-first closes; against B's habit (none) it is a drain.
+        a, b = self.start_backend("a"), self.start_backend("b")
+        nx = self.start_nextup([a, b], env=self.bpf_env("on", NEXTUP_HEALTH_INTERVAL_MS="100"))
+        conns = []
+        for i in range(10):
+            c = H.RawConn(b.port, timeout=3)
+            self.addCleanup(c.close)
+            c.send(H.request_bytes("GET", "/app/%d" % i, host="127.0.0.1:%d" % b.port))
+            self.assertEqual(c.read_response().status, 200)
+            conns.append(c)
+        time.sleep(1.2)   # a dozen intervals: B's habit is no peer-first close
+        self.assertEqual(peer_view(nx, b.addr)["state"], "healthy")
+        st, out = H.replica_post(b, "/_control/close-idle")
+        self.assertEqual(st, 200, out)
+        view, took = wait_until(lambda: (lambda v: v if v["state"] == "draining" else None)(peer_view(nx, b.addr)),
+                                2.0)
+        say("app's 10 keep-alive connections closed by B at once: %s after %s s (%s)"
+            % ("draining" if view else "NOT draining", "%.2f" % took if view else "-",
+               view and view["reason"]))
+        self.assertIsNotNone(view, "B closed every connection at once and was not taken for draining: %s"
+                             % peer_view(nx, b.addr))
+        self.assertEqual(view["kernel"]["peer_fins"], 10)
+        self.assertEqual(peer_view(nx, a.addr)["state"], "healthy")
+
+    def test_closing_after_each_response_is_no_drain(self):
+        # A replica that closes every connection after its response (its FIN first, each
+        # time), taking a sudden load after a quiet start: as many closes as connections.
+        from test_drain import Replica
+        a = self.start_backend("a")
+        c = Replica("c", mode="close-each")
+        self.addCleanup(c.stop)
+        nx = self.start_nextup([a.addr, c.addr], env=self.bpf_env("on", NEXTUP_HEALTH_INTERVAL_MS="100"))
+        time.sleep(1.2)
+        # The application's requests, each on its own connection that the replica closes first.
+        for i in range(60):
+            conn = H.RawConn(c.port, timeout=3)
+            conn.send(H.request_bytes("GET", "/each/%d" % i, host="127.0.0.1:%d" % c.port))
+            self.assertEqual(conn.read_response().status, 200)
+            self.assertTrue(conn.wait_closed(2))
+            conn.close()
+        statuses = [self.roundtrip(nx, "GET", "/each/%d" % i).status for i in range(60)]
+        time.sleep(0.3)
+        view = peer_view(nx, c.addr)
+        say("close-each replica under sudden load: 60 app connections + %d requests through nextup, state %s, "
+            "kernel peer_fins %s" % (len(statuses), view["state"], view["kernel"] and view["kernel"]["peer_fins"]))
+        self.assertEqual(statuses.count(200), 60)
+        self.assertGreaterEqual(view["kernel"]["peer_fins"], 60, "the replica's closes were not seen")
+        self.assertEqual(view["state"], "healthy")
+
+
 class AppResetsTest(BpfCase):
 
     def test_app_resets_keep_nextup_away(self):
@@ -1107,10 +1162,10 @@ class PinsReplacedTest(BpfCase):
         pin = env["NEXTUP_BPF_PIN_DIR"]
         old = self.start_nextup([a, dead], env=env)
         old_map, old_links = bpftool_map_id(pin), pinned_links(pin)
-        set_meta_layout(pin, 2)  # as if the old nextup had another PEER_STATS_LAYOUT_VERSION
+        set_meta_layout(pin, 99)  # as if the old nextup had another PEER_STATS_LAYOUT_VERSION
         new = self.start_nextup([a, dead], env=env)
         self.assertIn("replacing pinned map", new.stderr_text())
-        self.assertIn("layout version 2", new.stderr_text())
+        self.assertIn("layout version 99", new.stderr_text())
         new_map, new_links = bpftool_map_id(pin), pinned_links(pin)
         self.assertNotEqual(new_map, old_map)
         self.assertEqual(set(new_links), set(old_links))

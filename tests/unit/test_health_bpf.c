@@ -103,14 +103,14 @@ static void print_stats(const char *what, uint16_t port, const struct peer_stats
     fprintf(stderr,
             "  [%s] port %u: attempts=%llu established=%llu failures=%llu refused=%llu timeouts=%llu "
             "unreachable=%llu syn_rtx=%llu rst_rcvd=%llu rst_sent=%llu data_rtx=%llu srtt_us=%llu "
-            "last_failure_ns=%llu last_success_ns=%llu\n",
+            "last_failure_ns=%llu last_success_ns=%llu peer_fins=%llu\n",
             what, port, (unsigned long long)s->connect_attempts, (unsigned long long)s->connects_established,
             (unsigned long long)s->connect_failures, (unsigned long long)s->refused,
             (unsigned long long)s->connect_timeouts, (unsigned long long)s->unreachable,
             (unsigned long long)s->syn_retransmits, (unsigned long long)s->resets_received,
             (unsigned long long)s->resets_sent, (unsigned long long)s->data_retransmits,
             (unsigned long long)s->srtt_us, (unsigned long long)s->last_failure_ns,
-            (unsigned long long)s->last_success_ns);
+            (unsigned long long)s->last_success_ns, (unsigned long long)s->peer_fins);
 }
 
 /* A loopback port nobody listens on (bound and released: nothing else on this host binds it
@@ -442,6 +442,39 @@ static void test_reset(void **state)
 
 /* (d) Programs loaded for another namespace (inum 1) count nothing here, while a second instance
  * loaded for this namespace at the same time sees the same connections (the control). */
+/* (d) Who closes first: the server's FIN first (it closes, the client's socket goes ESTABLISHED ->
+ * CLOSE_WAIT) counts one peer_fins against the server's port; the client closing first counts none. */
+static void test_peer_fins(void **state)
+{
+    char dir[192];
+    struct health_bpf *h;
+    struct peer_stats st;
+    uint16_t port, cport;
+    char buf[8];
+    int lfd, c, s, k;
+
+    (void)state;
+    pin_dir(dir, sizeof(dir), "fins");
+    h = open_on(dir, 0);
+    lfd = listener(&port);
+    for (k = 0; k < 3; k++) {
+        connect_pair(lfd, port, &c, &s, &cport);
+        close(s);                                        /* the server's FIN first */
+        assert_int_equal(read(c, buf, sizeof(buf)), 0);   /* the client has it: CLOSE_WAIT */
+        close(c);
+    }
+    connect_pair(lfd, port, &c, &s, &cport);
+    close(c);                                            /* the client first: not the peer's */
+    assert_int_equal(read(s, buf, sizeof(buf)), 0);
+    close(s);
+    assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
+    print_stats("3 server-first closes, 1 client-first", port, &st);
+    assert_int_equal(st.peer_fins, 3);
+    assert_int_equal(lookup(h, "127.0.0.1", cport, &st), -ENOENT);
+    close(lfd);
+    health_bpf_close(h);
+}
+
 static void test_netns_scoping(void **state)
 {
     char dir_other[192], dir_here[192];
@@ -1378,6 +1411,7 @@ int main(void)
         cmocka_unit_test(test_refused_ipv6),
         cmocka_unit_test(test_established),
         cmocka_unit_test(test_reset),
+        cmocka_unit_test(test_peer_fins),
         cmocka_unit_test(test_netns_scoping),
         cmocka_unit_test(test_netns_scoping_real),
         cmocka_unit_test(test_syn_timeout),
