@@ -94,6 +94,9 @@ static const struct var vars[] = {
       "how often certificate and key files are checked for a change (rotation without restart), ms" },
     { "NEXTUP_DNS_REFRESH_MS", VAR_INT, "5000", 0, MS_MAX, offsetof(struct config, dns_refresh_ms),
       "how often host names in NEXTUP_UPSTREAMS are resolved again (every A and AAAA record a peer), ms; 0 = never" },
+    { "NEXTUP_PROBE_PATH", VAR_PATH, "", sizeof(((struct config *)0)->probe_path), 0, offsetof(struct config, probe_path),
+      "path a peer whose time out is up is probed with (GET on a fresh connection; 2xx/3xx reinstates it); "
+      "empty = one replayable request is its trial" },
     { "NEXTUP_RESOLV_CONF", VAR_PATH, "/etc/resolv.conf", sizeof(((struct config *)0)->resolv_conf), 0,
       offsetof(struct config, resolv_conf), "resolver configuration for re-resolution (nameservers, search, ndots)" },
     { "NEXTUP_ACCESS_LOG", VAR_ONOFF, "on", 0, 0, offsetof(struct config, access_log),
@@ -605,6 +608,22 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
         if (v->kind == VAR_UPSTREAMS) {
             upstreams = value;
             upstreams_name = v->name;
+        }
+    }
+    if (cfg->probe_path[0]) {
+        const char *c = cfg->probe_path;
+        int bad = *c != '/';
+        for (; *c && !bad; c++)
+            bad = (unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f;
+        if (bad) {
+            set_err(err, errlen, "NEXTUP_PROBE_PATH=\"%s\": expected a request path starting with / "
+                    "(no spaces, no control characters)", cfg->probe_path);
+            return -EINVAL;
+        }
+        if (cfg->upstream_tls) {
+            set_err(err, errlen, "NEXTUP_PROBE_PATH=\"%s\": HTTP probes are plain HTTP; with "
+                    "NEXTUP_UPSTREAM_TLS=on leave it empty (trials are then requests)", cfg->probe_path);
+            return -EINVAL;
         }
     }
     cfg->retry.max_retries = cfg->max_retries;

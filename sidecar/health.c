@@ -99,6 +99,9 @@ struct probe_arg {
     int index;
     uint32_t generation;
     int fd;
+    int http;                       /* a trial by NEXTUP_PROBE_PATH, not a connect */
+    size_t got;
+    char status_line[64];           /* the start of the answer */
 };
 
 static int64_t now_ms(void)
@@ -167,47 +170,118 @@ static void judge(struct health *h, struct peer *p, const struct peer_stats *pre
         peers_observe(h->peers, p, EVIDENCE_SOFT_FAILURE, REASON_KERNEL_RESETS, detail, now);
 }
 
-static void probe_done(struct probe_arg *a, int ok)
+/* Ends a probe with its evidence (<ok>: it connected, or for an HTTP probe, answered
+ * 2xx/3xx; <refused>: the connect failed). */
+static void probe_done(struct probe_arg *a, int ok, int refused)
 {
     struct health *h = a->h;
     struct peer *p = h->peers->peer[a->index];
+    char detail[352];
 
-    if (ok && atomic_load(&p->generation) == a->generation && peer_is_active(p))
-        peers_observe(h->peers, p, EVIDENCE_PROBE_OK, REASON_NONE, NULL, now_ms());
-    event_free(h->view[a->index].probe);
+    if (atomic_load(&p->generation) == a->generation && peer_is_active(p)) {
+        if (!a->http) {
+            if (ok)
+                peers_observe(h->peers, p, EVIDENCE_PROBE_OK, REASON_NONE, NULL, now_ms());
+        } else {
+            char *eol = strpbrk(a->status_line, "\r\n");
+            if (eol)
+                *eol = '\0';
+            snprintf(detail, sizeof(detail), "(probe GET %s: %s)", h->cfg->probe_path,
+                     refused ? "connect failed" : a->got ? a->status_line : "no answer");
+            peers_observe(h->peers, p, ok ? EVIDENCE_OK : refused ? EVIDENCE_NO_CONNECT : EVIDENCE_SOFT_FAILURE,
+                          refused ? REASON_CONNECT_FAILURES : REASON_TRIAL_FAILED, detail, now_ms());
+        }
+    }
+    if (h->view[a->index].probe)
+        event_free(h->view[a->index].probe);
     h->view[a->index].probe = NULL;
     close(a->fd);
     free(a);
 }
 
+/* The status line of an HTTP probe's answer: 2xx or 3xx is a success. */
+static void probe_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct probe_arg *a = arg;
+    ssize_t n;
+
+    if (!(what & EV_READ)) {
+        probe_done(a, 0, 0);    /* no answer in time */
+        return;
+    }
+    n = read(fd, a->status_line + a->got, sizeof(a->status_line) - 1 - a->got);
+    if (n > 0)
+        a->got += (size_t)n;
+    a->status_line[a->got] = '\0';
+    if (n > 0 && a->got < 12 && !strchr(a->status_line, '\n'))
+        return;                 /* the status code is still to come */
+    probe_done(a, a->got >= 12 && strncmp(a->status_line, "HTTP/1.", 7) == 0 &&
+                      (a->status_line[9] == '2' || a->status_line[9] == '3'), 0);
+}
+
 static void probe_cb(evutil_socket_t fd, short what, void *arg)
 {
+    struct probe_arg *a = arg;
+    struct health *h = a->h;
+    struct peer *p = h->peers->peer[a->index];
     int soerr = 0;
     socklen_t len = sizeof(soerr);
+    int connected = (what & EV_WRITE) && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr == 0;
+    char req[512];
+    int n;
+    struct timeval tv = { h->cfg->request_timeout_ms / 1000, (h->cfg->request_timeout_ms % 1000) * 1000 };
 
-    probe_done(arg, (what & EV_WRITE) && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr == 0);
+    if (!a->http || !connected) {
+        probe_done(a, connected, !connected);
+        return;
+    }
+    n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: nextup-probe\r\n"
+                 "Connection: close\r\n\r\n", h->cfg->probe_path, p->name);
+    /* A fresh socket's buffer takes a few hundred bytes at once. */
+    if (n <= 0 || n >= (int)sizeof(req) || write(fd, req, (size_t)n) != n) {
+        probe_done(a, 0, 0);
+        return;
+    }
+    event_free(h->view[a->index].probe);
+    h->view[a->index].probe = event_new(h->base, fd, EV_READ | EV_PERSIST, probe_read_cb, a);
+    if (!h->view[a->index].probe || event_add(h->view[a->index].probe, &tv) < 0)
+        probe_done(a, 0, 0);
 }
 
 /* A peer that is down (it refused connections, or SYNs went unanswered) comes
  * back on evidence: a TCP connect is tried every interval, and one that
  * succeeds ends it. Ejected and draining peers are judged by a trial request. */
+static void probe_start(struct health *h, int i, int http);
+
 static void probe_down(struct health *h, int i, int64_t now)
+{
+    struct peer *p = h->peers->peer[i];
+
+    if (h->view[i].probe || !peer_is_active(p))
+        return;
+    if (peer_state_now(p, now) == PEER_DOWN)
+        probe_start(h, i, 0);
+    /* With NEXTUP_PROBE_PATH, a peer whose time out is up is judged by a GET of it. */
+    else if (h->cfg->probe_path[0] && peers_take_trial_of(p, now, h->cfg->connect_timeout_ms + h->cfg->request_timeout_ms))
+        probe_start(h, i, 1);
+}
+
+static void probe_start(struct health *h, int i, int http)
 {
     struct peer *p = h->peers->peer[i];
     struct timeval tv = { h->cfg->connect_timeout_ms / 1000, (h->cfg->connect_timeout_ms % 1000) * 1000 };
     struct probe_arg *a;
     int fd;
 
-    if (h->view[i].probe || !peer_is_active(p) || peer_state_now(p, now) != PEER_DOWN)
-        return;
     fd = socket(p->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return;
-    a = malloc(sizeof(*a));
+    a = calloc(1, sizeof(*a));
     if (!a) {
         close(fd);
         return;
     }
+    a->http = http;
     a->h = h;
     a->index = i;
     a->generation = atomic_load(&p->generation);

@@ -327,16 +327,21 @@ struct peer *peers_take_trial(struct peers *set, const struct peer_mask *exclude
 
     for (i = 0; i < n; i++) {
         struct peer *p = set->peer[i];
-        int64_t held;
-        if (!peer_is_active(p) || (exclude && peer_mask_has(exclude, i)) || peer_state_now(p, now_ms) != PEER_TRIAL)
-            continue;
-        held = atomic_load_explicit(&p->trial_until_ms, memory_order_relaxed);
-        /* One trial at a time: whoever swaps the token in sends it. */
-        if (held <= now_ms &&
-            atomic_compare_exchange_strong_explicit(&p->trial_until_ms, &held, now_ms + hold_ms,
-                                                    memory_order_relaxed, memory_order_relaxed))
+        if (peer_is_active(p) && !(exclude && peer_mask_has(exclude, i)) && peers_take_trial_of(p, now_ms, hold_ms))
             return p;
     }
     return NULL;
+}
+
+int peers_take_trial_of(struct peer *p, int64_t now_ms, int hold_ms)
+{
+    int64_t held;
+
+    if (peer_state_now(p, now_ms) != PEER_TRIAL)
+        return 0;
+    held = atomic_load_explicit(&p->trial_until_ms, memory_order_relaxed);
+    /* One trial at a time: whoever swaps the token in sends it. */
+    return held <= now_ms && atomic_compare_exchange_strong_explicit(&p->trial_until_ms, &held, now_ms + hold_ms,
+                                                                     memory_order_relaxed, memory_order_relaxed);
 }
 

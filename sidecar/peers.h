@@ -148,6 +148,9 @@ void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, 
  * runs out). NULL when there is none. */
 struct peer *peers_take_trial(struct peers *set, const struct peer_mask *exclude, int64_t now_ms, int hold_ms);
 
+/* Takes <p>'s trial token for <hold_ms> if it is in TRIAL and no trial is out. 1 if taken. */
+int peers_take_trial_of(struct peer *p, int64_t now_ms, int hold_ms);
+
 /* The state selection sees at <now_ms>, without a lock. */
 static inline enum peer_state peer_state_now(const struct peer *p, int64_t now_ms)
 {

@@ -1050,7 +1050,8 @@ static struct peer *choose_peer(struct downstream *ds, int fresh_same_peer)
     if (fresh_same_peer && ds->peer)
         return ds->peer;
     /* A peer whose time out is up gets one request, which decides. */
-    if (request_may_trial(ds) && (p = peers_take_trial(w->peers, &ds->tried, now, w->cfg->request_timeout_ms)))
+    if (!w->cfg->probe_path[0] && request_may_trial(ds) &&
+        (p = peers_take_trial(w->peers, &ds->tried, now, w->cfg->request_timeout_ms)))
         return p;
     return peers_select(w->peers, &ds->tried, now, &w->rng);
 }

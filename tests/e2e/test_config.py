@@ -64,6 +64,8 @@ BAD_VALUES = [
     ("NEXTUP_WORKERS", "0"),
     ("NEXTUP_WORKERS", "65"),
     ("NEXTUP_WORKERS", "2x"),
+    ("NEXTUP_PROBE_PATH", "healthz"),
+    ("NEXTUP_PROBE_PATH", "/a b"),
     ("NEXTUP_CONNECT_TIMEOUT_MS", "abc"),
     ("NEXTUP_CONNECT_TIMEOUT_MS", "-5"),
     ("NEXTUP_CONNECT_TIMEOUT_MS", "1.5"),

@@ -181,6 +181,50 @@ class DrainTest(H.NextupCase):
             self.assertGreater(n, len(out) * 0.2, "replica %s got %d of %d: skewed" % (name, n, len(out)))
 
 
+class ProbePathTest(H.NextupCase):
+
+    def test_trial_by_http_probe(self):
+        # With NEXTUP_PROBE_PATH, a replica whose time out is up is judged by a GET of
+        # that path on a fresh connection, not by a client's request.
+        a, b = Replica("a"), Replica("b", mode="drain")
+        for r in (a, b):
+            self.addCleanup(r.stop)
+        nx = self.start_nextup([a.addr, b.addr], env={"NEXTUP_BPF": "off", "NEXTUP_EJECT_BASE_MS": "300",
+                                                      "NEXTUP_HEALTH_INTERVAL_MS": "50",
+                                                      "NEXTUP_PROBE_PATH": "/healthz"})
+        c = self.connect(nx, timeout=5)
+        self.addCleanup(c.close)
+
+        def get(n):
+            codes = []
+            for i in range(n):
+                c.send(H.request_bytes("GET", "/c/%d" % i))
+                r = c.read_response()
+                codes.append((r.status, r.get("x-backend")))
+                time.sleep(0.01)
+            return codes
+
+        get(20)
+        self.assertEqual(states(nx)[b.addr], "draining")
+        client_before = b.total()
+        # Still draining when its time is up: the probe fails, no client request meets it.
+        codes = get(60)
+        self.assertEqual([x for x in codes if x[0] != 200], [])
+        probes_failed = b.total() - client_before
+        self.assertGreaterEqual(probes_failed, 1, "no probe reached the replica")
+        self.assertTrue(all(x[1] == "a" for x in codes), "a client request was used as the trial")
+        # Serving again: the next probe brings it back, and clients reach it.
+        b.mode = "ok"
+        deadline = time.monotonic() + 5
+        while states(nx)[b.addr] != "healthy" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(states(nx)[b.addr], "healthy")
+        codes = get(40)
+        print("\n  probe path: %d failed probes while draining, then healthy; %d of 40 to b after"
+              % (probes_failed, sum(1 for x in codes if x[1] == "b")), end=" ")
+        self.assertGreater(sum(1 for x in codes if x[1] == "b"), 5)
+
+
 class IdleTimeoutLearnedTest(H.NextupCase):
 
     def test_pool_stays_below_the_replicas_idle_timeout(self):
