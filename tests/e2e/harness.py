@@ -881,10 +881,8 @@ class ReplicaSet:
             pass
 
 
-def rolling_restart(rs, phase_503=1.5, phase_down=1.5, settle=1.0, say=None):
-    """Each replica of ReplicaSet <rs> in turn: mode 503 for <phase_503> s, stopped
-    (connections refused) for <phase_down> s, started again in mode ok, <settle> s pause.
-    Returns [(seconds since start, event)]."""
+def _timeline(say=None):
+    """([(seconds since now, event)], a function that records an event there, and says it)."""
     t0 = time.monotonic()
     events = []
 
@@ -892,6 +890,15 @@ def rolling_restart(rs, phase_503=1.5, phase_down=1.5, settle=1.0, say=None):
         events.append((time.monotonic() - t0, text))
         if say:
             say("  %6.2f s  %s" % (time.monotonic() - t0, text))
+
+    return events, ev
+
+
+def rolling_restart(rs, phase_503=1.5, phase_down=1.5, settle=1.0, say=None):
+    """Each replica of ReplicaSet <rs> in turn: mode 503 for <phase_503> s, stopped
+    (connections refused) for <phase_down> s, started again in mode ok, <settle> s pause.
+    Returns [(seconds since start, event)]."""
+    events, ev = _timeline(say)
 
     for i, name in enumerate(rs.names):
         rs.set_mode(i, "503")
@@ -912,13 +919,7 @@ def rolling_restart_overlap(rs, phase_503=2.0, phase_down=2.0, settle=1.0, say=N
     graceful shutdown does, its idle keep-alive connections closed at once; then
     stopped (refused) for <phase_down> s; then started again in mode ok, and the next
     one drains. Returns [(seconds since start, event)]."""
-    t0 = time.monotonic()
-    events = []
-
-    def ev(text):
-        events.append((time.monotonic() - t0, text))
-        if say:
-            say("  %6.2f s  %s" % (time.monotonic() - t0, text))
+    events, ev = _timeline(say)
 
     def drain(i):
         rs.set_mode(i, "503")
