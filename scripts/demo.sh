@@ -385,8 +385,8 @@ if r2_after:
     p += (" and %d after it came back (the first at t=%.1f s, %.1f s after its restart)."
           % (len(r2_after), r2_after[0], r2_after[0] - down_to))
 else:
-    p += (" and none after it came back: a refused connection ejects a peer for a while (1 s, doubled "
-          "each time a probe after the ejection fails, up to 8 s; sidecar/peers.h), and that ejection had not run out "
+    p += (" and none after it came back: a refused connection takes a peer down until a probe connects "
+          "(every NEXTUP_HEALTH_INTERVAL_MS), and a draining one waits for its trial; that had not happened "
           "before the load ended. A longer run shows it return, e.g. NEXTUP_DEMO_SECONDS=15.")
 print(textwrap.fill(p, width=100))
 sys.exit(1 if bad else 0)
