@@ -1,11 +1,15 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -19,6 +23,10 @@
 #include "peers.h"
 #include "proxy.h"
 #include "upstream.h"
+
+/* After this many connections closed since the most open, what malloc holds for
+ * them goes back to the system (glibc keeps freed memory in its arenas otherwise). */
+#define TRIM_AFTER_CLOSES 256
 
 static struct worker *workers;
 static int n_workers;            /* workers allocated (a failed start may leave some half made) */
@@ -68,7 +76,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         close(fd);
         return;
     }
-    w->n_conns++;
+    if (++w->n_conns > w->n_conns_peak)
+        w->n_conns_peak = w->n_conns;
 }
 
 /* libevent calls this instead of printing its own warning, with errno still from accept(). */
@@ -151,6 +160,51 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     upstream_pool_close_inactive(w->pool);
+    if (w->n_conns_peak - w->n_conns >= TRIM_AFTER_CLOSES) {
+        w->n_conns_peak = w->n_conns;
+        malloc_trim(0);
+    }
+}
+
+/* libevent keeps one small entry per fd number a loop ever watched, made on first
+ * use and never freed. Made as connections come, they sit among the connections'
+ * memory and pin its pages after the connections close: a burst's RSS would stay
+ * for good. Made here, before any connection, for the fd numbers the process can
+ * have (up to PREWARM_FDS), they sit together. */
+#define PREWARM_FDS 4096
+
+static void noop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+static void prewarm_fd_map(struct event_base *base)
+{
+    struct rlimit rl;
+    int upto = PREWARM_FDS, probe, fd;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)upto)
+        upto = (int)rl.rlim_cur;
+    probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0)
+        return;
+    for (fd = probe + 1; fd < upto; fd++) {
+        struct event *ev;
+        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+            continue;   /* open already: its entry is made when it is used */
+        if (dup2(probe, fd) < 0)
+            break;
+        ev = event_new(base, fd, EV_READ, noop_cb, NULL);
+        if (ev) {
+            event_add(ev, NULL);
+            event_del(ev);
+            event_free(ev);
+        }
+        close(fd);
+    }
+    close(probe);
 }
 
 static void *worker_main(void *arg)
@@ -188,6 +242,7 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
             snprintf(err, errlen, "cannot create an event loop");
             return -ENOMEM;
         }
+        prewarm_fd_map(w->base);
         fd = net_listen((const struct sockaddr *)&cfg->listen.sa, cfg->listen.salen, 1);
         if (fd < 0) {
             snprintf(err, errlen, "NEXTUP_LISTEN=\"%s\": cannot listen: %s", cfg->listen.text, strerror(-fd));

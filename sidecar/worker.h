@@ -48,6 +48,7 @@ struct worker {
     int n_rq_free;
     struct downstream *conns;             /* live client connections (list head) */
     int n_conns;
+    int n_conns_peak;                     /* most open since memory was last given back */
     int draining;
 };
 
