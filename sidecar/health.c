@@ -26,6 +26,8 @@ struct peer_view {
     /* L7 closes against the peer's own habit (nextup's responses from it). */
     uint64_t last_responses, last_closes;
     uint64_t habit_responses;       /* responses the habit was learned from */
+    uint64_t window_responses, window_closes; /* since the last judgement */
+    int relearn;                    /* its habit is to be learned anew (back in rotation, or a new address) */
     double close_habit;             /* share of its responses that close their connection (moving average) */
     /* Kernel: peer-first closes per interval, against the peer's own habit. */
     int fin_intervals;              /* intervals the habit was learned from */
@@ -51,46 +53,62 @@ struct health {
     struct peer_view view[PEERS_MAX];
 };
 
-/* A drain seen in nextup's own responses: within one interval at least
- * DRAIN_CLOSES_MIN responses of a replica closed their connection, at least half
- * of them did, and the replica's habit (learned over DRAIN_HABIT_MIN responses)
- * is to keep connections open. Servers that close after every response, or
- * after N requests, never match: a drain is a change. */
+/* A drain seen in nextup's own responses: at least DRAIN_CLOSES_MIN responses of a
+ * replica closed their connection, and of those since the last judgement a share
+ * of at least half, and DRAIN_CLOSES_ABOVE_HABIT above the replica's habit (its
+ * share, learned over DRAIN_HABIT_MIN responses and following slowly). Servers
+ * that close after every response, or after N requests, never match: a drain is a
+ * change. Responses are judged in windows of at least DRAIN_HABIT_MIN responses, or
+ * sooner once enough of them closed, so that a change that starts late in a health
+ * interval is not averaged away, and one the habit's first window caught still
+ * stands out against it. */
 #define DRAIN_CLOSES_MIN 5
 #define DRAIN_HABIT_MIN 20
-#define DRAIN_HABIT_MAX_SHARE 0.1
+#define DRAIN_CLOSES_ABOVE_HABIT 0.4
 
 static void judge_closes(struct health *h, struct peer *p, struct peer_view *v, int64_t now)
 {
     uint64_t responses = atomic_load(&p->responses) + atomic_load(&p->gateway_errors);
     uint64_t closes = atomic_load(&p->closing_responses);
-    uint64_t d_resp, d_close;
+    uint64_t n, c;
     char detail[96];
 
-    if (responses < v->last_responses || closes < v->last_closes) {
-        /* The slot holds another address now: its habit is not this one's. */
-        v->habit_responses = 0;
-        v->close_habit = 0;
-        v->last_responses = v->last_closes = 0;
-    }
-    d_resp = responses - v->last_responses;
-    d_close = closes - v->last_closes;
+    if (responses < v->last_responses || closes < v->last_closes)
+        v->last_responses = v->last_closes = 0, v->relearn = 1;   /* the slot holds another address now */
+    v->window_responses += responses - v->last_responses;
+    v->window_closes += closes - v->last_closes;
     v->last_responses = responses;
     v->last_closes = closes;
-    if (d_resp == 0)
+    if (peer_state_now(p, now) != PEER_HEALTHY) {
+        /* Out of rotation: little to learn from. Back, its habit is learned anew, so
+         * that a replica that now always closes makes that its new normal. */
+        v->relearn = 1;
+        v->window_responses = v->window_closes = 0;
         return;
-    if (v->habit_responses >= DRAIN_HABIT_MIN && v->close_habit < DRAIN_HABIT_MAX_SHARE &&
-        d_close >= DRAIN_CLOSES_MIN && d_close * 2 >= d_resp && peer_state_now(p, now) == PEER_HEALTHY) {
-        snprintf(detail, sizeof(detail), "(%llu of %llu responses in %d ms closed; its habit %.0f%%)",
-                 (unsigned long long)d_close, (unsigned long long)d_resp, h->cfg->health_interval_ms,
-                 v->close_habit * 100);
-        peers_observe(h->peers, p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
     }
-    /* The habit follows slowly, so that a replica that keeps closing after its
-     * trial becomes its new normal rather than a drain forever. */
-    v->close_habit = v->habit_responses == 0 ? (double)d_close / (double)d_resp
-                                             : v->close_habit * 0.8 + 0.2 * (double)d_close / (double)d_resp;
-    v->habit_responses += d_resp;
+    if (v->relearn) {
+        v->relearn = 0;
+        v->habit_responses = 0;
+        v->close_habit = 0;
+    }
+    n = v->window_responses;
+    c = v->window_closes;
+    if (c >= DRAIN_CLOSES_MIN && v->habit_responses >= DRAIN_HABIT_MIN &&
+        (double)c >= (double)n * (v->close_habit + DRAIN_CLOSES_ABOVE_HABIT > 0.5 ? v->close_habit + DRAIN_CLOSES_ABOVE_HABIT
+                                                                                : 0.5)) {
+        snprintf(detail, sizeof(detail), "(%llu of its last %llu responses closed; its habit %.0f%%)",
+                 (unsigned long long)c, (unsigned long long)n, v->close_habit * 100);
+        peers_observe(h->peers, p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
+        v->window_responses = v->window_closes = 0;
+        return;
+    }
+    if (n < DRAIN_HABIT_MIN)
+        return;     /* a window still too small to say anything */
+    /* The habit follows slowly: a change shows against it for many windows. */
+    v->close_habit = v->habit_responses == 0 ? (double)c / (double)n
+                                             : v->close_habit * 0.95 + 0.05 * (double)c / (double)n;
+    v->habit_responses += n;
+    v->window_responses = v->window_closes = 0;
 }
 
 /* Arguments of one probe's callback. */
@@ -444,11 +462,11 @@ void health_write_debug_json(struct health *h, struct evbuffer *out)
         evbuffer_add_printf(out,
                             ", \"ejected_for_ms\": %lld, \"ejections\": %llu, \"outstanding\": %d,"
                             " \"l7\": {\"responses\": %llu, \"gateway_errors\": %llu, \"connect_failures\": %llu,"
-                            " \"consecutive_failures\": %d}",
+                            " \"consecutive_failures\": %d, \"closing_responses\": %llu, \"close_habit\": %.3f}",
                             (long long)(is_out && until > now ? until - now : 0), U(atomic_load(&p->ejections_total)),
                             atomic_load(&p->outstanding), U(atomic_load(&p->responses)),
                             U(atomic_load(&p->gateway_errors)), U(atomic_load(&p->connect_failures)),
-                            consecutive);
+                            consecutive, U(atomic_load(&p->closing_responses)), v->close_habit);
         if (v->have)
             evbuffer_add_printf(out,
                                 ", \"kernel\": {\"connect_attempts\": %llu, \"connects_established\": %llu,"
