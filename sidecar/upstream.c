@@ -286,9 +286,10 @@ void upstream_release(struct upconn *c)
 {
     struct upstream_pool *pool = c->pool;
     struct idle_list *l = &pool->idle[c->peer->index];
+    int64_t now = clock_mono_ms();
 
     if (l->count >= pool->max_idle || !peer_is_active(c->peer) ||
-        atomic_load_explicit(&c->peer->no_reuse_until_ms, memory_order_relaxed) > clock_mono_ms() ||
+        atomic_load_explicit(&c->peer->no_reuse_until_ms, memory_order_relaxed) > now ||
         evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
         evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
         upstream_close(c);
@@ -304,7 +305,7 @@ void upstream_release(struct upconn *c)
     l->count++;
     bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    c->idle_since_ms = clock_mono_ms();
+    c->idle_since_ms = now;
     {
         /* Below the peer's own idle timeout, when known: three quarters of it. */
         int peer_ms = atomic_load_explicit(&c->peer->idle_close_ms, memory_order_relaxed) * 3 / 4;

@@ -1306,11 +1306,14 @@ def read_keepalive_request(conn, buf):
     """The next request on a keep-alive connection: (head, body, rest) with <buf> the
     bytes already read; None when the peer closes (or resets) first. The body is
     read by Content-Length (none otherwise)."""
-    while b"\r\n\r\n" not in buf:
+    def more():
         try:
-            piece = conn.recv(65536)
+            return conn.recv(65536)
         except OSError:
-            return None
+            return b""
+
+    while b"\r\n\r\n" not in buf:
+        piece = more()
         if not piece:
             return None
         buf += piece
@@ -1321,10 +1324,7 @@ def read_keepalive_request(conn, buf):
         if k.strip().lower() == b"content-length":
             length = int(v)
     while len(buf) < length:
-        try:
-            piece = conn.recv(65536)
-        except OSError:
-            return None
+        piece = more()
         if not piece:
             return None
         buf += piece
