@@ -50,11 +50,6 @@ static void evdns_log(int is_warn, const char *msg)
         LOG_DEBUG("discovery: resolver: %s", msg);
 }
 
-static int64_t now_ms(void)
-{
-    return clock_mono_ms();
-}
-
 static int addrinfo_has(const struct evutil_addrinfo *res, const struct sockaddr_storage *sa)
 {
     char a[64], b[64];
@@ -74,7 +69,7 @@ static int addrinfo_has(const struct evutil_addrinfo *res, const struct sockaddr
 static void apply(struct dns_entry *e, const struct evutil_addrinfo *res)
 {
     struct peers *set = e->d->peers;
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     const struct evutil_addrinfo *ai;
     int i;
 

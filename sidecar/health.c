@@ -122,11 +122,6 @@ struct probe_arg {
     char status_line[64];           /* the start of the answer */
 };
 
-static int64_t now_ms(void)
-{
-    return clock_mono_ms();
-}
-
 /* Connect failures of every kind the kernel tells apart. */
 static uint64_t kernel_connect_failures(const struct peer_stats *s)
 {
@@ -199,7 +194,7 @@ static void probe_done(struct probe_arg *a, int ok, int refused)
     if (atomic_load(&p->generation) == a->generation && peer_is_active(p)) {
         if (!a->http) {
             if (ok)
-                peers_observe(h->peers, p, EVIDENCE_PROBE_OK, REASON_NONE, NULL, now_ms());
+                peers_observe(h->peers, p, EVIDENCE_PROBE_OK, REASON_NONE, NULL, clock_mono_ms());
         } else {
             char *eol = strpbrk(a->status_line, "\r\n");
             if (eol)
@@ -207,7 +202,7 @@ static void probe_done(struct probe_arg *a, int ok, int refused)
             snprintf(detail, sizeof(detail), "(probe GET %s: %s)", h->cfg->probe_path,
                      refused ? "connect failed" : a->got ? a->status_line : "no answer");
             peers_observe(h->peers, p, ok ? EVIDENCE_OK : refused ? EVIDENCE_NO_CONNECT : EVIDENCE_SOFT_FAILURE,
-                          refused ? REASON_CONNECT_FAILURES : REASON_TRIAL_FAILED, detail, now_ms());
+                          refused ? REASON_CONNECT_FAILURES : REASON_TRIAL_FAILED, detail, clock_mono_ms());
         }
     }
     if (h->view[a->index].probe)
@@ -321,7 +316,7 @@ static void probe_start(struct health *h, int i, int http)
 
 void health_poll(struct health *h)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     int i;
 
     for (i = 0; i < h->peers->n; i++) {
@@ -435,7 +430,7 @@ static void json_string(struct evbuffer *out, const char *s)
 
 void health_write_debug_json(struct health *h, struct evbuffer *out)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     int i;
 
     evbuffer_add_printf(out, "{\"bpf\": %s, \"peers\": [", h->bpf ? "true" : "false");
@@ -492,7 +487,7 @@ static void family(struct evbuffer *out, const char *name, const char *type, con
 
 void health_write_metrics(struct health *h, struct evbuffer *out)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     int i;
 
     family(out, "nextup_bpf_loaded", "gauge", "1 if the BPF programs feed the health view.");

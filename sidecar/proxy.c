@@ -144,11 +144,6 @@ struct downstream {
 /* Shared by every worker: requests and retries of the last 10 s. */
 static struct retry_budget budget;
 
-static int64_t now_ms(void)
-{
-    return clock_mono_ms();
-}
-
 static llhttp_settings_t req_settings;
 static llhttp_settings_t resp_settings;
 
@@ -176,11 +171,6 @@ static void count_response(int status)
         metrics_inc(M_RESP_4XX);
     else
         metrics_inc(M_RESP_5XX);
-}
-
-static int64_t unix_ms(void)
-{
-    return clock_unix_ms();
 }
 
 static void retry_log_add(struct downstream *ds, int cause, int status)
@@ -219,8 +209,8 @@ static void log_request(struct downstream *ds, int status)
             snprintf(texts[i], sizeof(texts[i]), "%s", cause_names[c]);
         reasons[i] = texts[i];
     }
-    e.start_unix_ms = ds->start_unix_ms ? ds->start_unix_ms : unix_ms();
-    e.duration_ms = ds->start_mono_ms ? now_ms() - ds->start_mono_ms : 0;
+    e.start_unix_ms = ds->start_unix_ms ? ds->start_unix_ms : clock_unix_ms();
+    e.duration_ms = ds->start_mono_ms ? clock_mono_ms() - ds->start_mono_ms : 0;
     e.client = ds->client_ip;
     /* llhttp has the method once the target began (the method comes first). */
     e.method = ds->req.first_len ? llhttp_method_name((llhttp_method_t)llhttp_get_method(&ds->parser)) : "-";
@@ -764,8 +754,8 @@ static void start_request(struct downstream *ds)
     const char *host_fallback = ds->w->peers->n > 0 ? ds->w->peers->peer[0]->name : "localhost";
 
     ds->start_pending = 0;
-    ds->start_mono_ms = now_ms();
-    ds->start_unix_ms = unix_ms();
+    ds->start_mono_ms = clock_mono_ms();
+    ds->start_unix_ms = clock_unix_ms();
     retry_budget_note_request(&budget, ds->start_mono_ms / 1000);
     ds->has_idempotency_key = http_head_get(&ds->req, "idempotency-key", &(size_t){ 0 }) != NULL;
     if (!head || http1_write_request_head(head, &ds->req, ds->client_ip, host_fallback,
@@ -875,7 +865,7 @@ static enum retry_verdict retry_verdict_for(struct downstream *ds, enum retry_ca
     enum retry_verdict v = retry_decide(pol, &a);
 
     /* The budget is only spent on retries that are otherwise allowed. */
-    if (v == RETRY_GO && retry_cause_reached_peer(cause) && !retry_budget_try_take(&budget, pol, now_ms() / 1000)) {
+    if (v == RETRY_GO && retry_cause_reached_peer(cause) && !retry_budget_try_take(&budget, pol, clock_mono_ms() / 1000)) {
         a.budget_ok = 0;
         v = retry_decide(pol, &a);
     }
@@ -905,7 +895,7 @@ static void retry_go(struct downstream *ds, enum retry_cause cause)
         ds_reply_error(ds, 503, "out of memory");
         return;
     }
-    if (retry_cause_reached_peer(cause) && !peers_has_fresh(w->peers, &ds->tried, now_ms()))
+    if (retry_cause_reached_peer(cause) && !peers_has_fresh(w->peers, &ds->tried, clock_mono_ms()))
         delay = retry_backoff_ms(&w->cfg->retry, ds->retries, peers_rand(&w->rng));
     if (delay > 0) {
         struct timeval tv = ms_tv(delay);
@@ -979,7 +969,7 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
                          ? PEER_CONNECT_FAILED
                      : cls == FAIL_TLS ? PEER_TLS_FAILED
                                        : PEER_GATEWAY_ERROR,
-                     now_ms());
+                     clock_mono_ms());
     if (cls != FAIL_BAD_RESPONSE && retry_verdict_for(ds, cause) == RETRY_GO) {
         LOG_INFO("%s: %s: %s; retrying on another peer", ds->client_ip, peer_text, fail_text(cls));
         retry_go(ds, cause);
@@ -1044,7 +1034,7 @@ static int request_may_trial(const struct downstream *ds)
 static struct peer *choose_peer(struct downstream *ds, int fresh_same_peer)
 {
     struct worker *w = ds->w;
-    int64_t now = now_ms();
+    int64_t now = clock_mono_ms();
     struct peer *p;
 
     if (fresh_same_peer && ds->peer)
@@ -1176,7 +1166,7 @@ static int on_resp_headers_complete(llhttp_t *p)
     if (ds->rq->resp.status < 200 && ds->rq->resp.status != 101)
         return 0;
     event_del(&ds->rq->try_timer);
-    peers_report(ds->w->peers, ds->peer, response_outcome(ds->peer, &ds->rq->resp), now_ms());
+    peers_report(ds->w->peers, ds->peer, response_outcome(ds->peer, &ds->rq->resp), clock_mono_ms());
     if (ds->rq->resp.status != 101) {
         /* The decision point: nothing of this response has gone downstream yet. */
         const struct nextup_error *e = hook_active()->upstream_response_decision(
