@@ -10,8 +10,6 @@
 #include <time.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <event2/event.h>
@@ -21,6 +19,7 @@
 #include "accesslog.h"
 #include "clock.h"
 #include "config.h"
+#include "conn.h"
 #include "hook.h"
 #include "http1.h"
 #include "log.h"
@@ -83,7 +82,7 @@ struct request_state {
 struct downstream {
     struct worker *w;
     struct downstream *next, *prev;       /* worker's list */
-    struct bufferevent *bev;              /* owned: the client socket */
+    struct conn *conn;                    /* owned: the client socket */
     struct event timer;                   /* header / idle timeout */
     struct event free_ev;                 /* deferred free, never inside a callback of ours */
     llhttp_t parser;
@@ -149,9 +148,10 @@ static llhttp_settings_t resp_settings;
 
 static void ds_parse_input(struct downstream *ds);
 static void ex_attempt(struct downstream *ds, int fresh_same_peer);
-static void up_read_cb(struct bufferevent *bev, void *arg);
-static void up_write_cb(struct bufferevent *bev, void *arg);
-static void up_event_cb(struct bufferevent *bev, short what, void *arg);
+static void up_read_cb(struct conn *conn, void *arg);
+static void up_drained_cb(struct conn *conn, void *arg);
+static void up_event_cb(struct conn *conn, int what, int err, void *arg);
+static void ds_balance(struct downstream *ds);
 
 static struct timeval ms_tv(int ms)
 {
@@ -223,42 +223,6 @@ static void log_request(struct downstream *ds, int status)
     e.retries = reasons;
     e.n_retries = n_retries;
     access_log_write(ds->w->alog, &e);
-}
-
-/* Writes what <bev> has queued now, from the callback that queued it, rather
- * than a loop turn later through EV_WRITE: no epoll_ctl pair per response on a
- * socket that takes the bytes at once. EV_WRITE goes on only for what is left
- * (or for an error, which libevent's own write then reports). */
-/* A write callback means "the output drained" only if it still is: libevent's
- * OpenSSL bufferevent defers its write callbacks, so one queued by an earlier
- * write can run after new bytes were queued (a pooled connection's previous
- * request, a keep-alive connection's previous response). Turning EV_WRITE off
- * then would leave those bytes unsent for good. */
-static int write_drained(struct bufferevent *bev)
-{
-    return evbuffer_get_length(bufferevent_get_output(bev)) == 0;
-}
-
-static void flush_now(struct bufferevent *bev)
-{
-    struct evbuffer *out = bufferevent_get_output(bev);
-
-    int n;
-
-    if (evbuffer_get_length(out) == 0)
-        return;
-    /* TLS writes go through OpenSSL: libevent does them, on EV_WRITE. */
-    if (bufferevent_openssl_get_ssl(bev)) {
-        bufferevent_enable(bev, EV_WRITE);
-        return;
-    }
-    /* A socket bufferevent keeps the start of its output frozen so that only
-     * its own write callback drains it; thawed for this one write, as it does. */
-    evbuffer_unfreeze(out, 1);
-    n = evbuffer_write(out, bufferevent_getfd(bev));
-    evbuffer_freeze(out, 1);
-    if (n < 0 || evbuffer_get_length(out) > 0)
-        bufferevent_enable(bev, EV_WRITE);
 }
 
 /* ---- lifetime ---------------------------------------------------------- */
@@ -393,7 +357,7 @@ static void ds_free_cb(evutil_socket_t fd, short what, void *arg)
         w->conns = ds->next;
     if (ds->next)
         ds->next->prev = ds->prev;
-    bufferevent_free(ds->bev);
+    conn_free(ds->conn);
     event_del(&ds->timer);
     rq_give_back(ds);
     http_head_free(&ds->req);
@@ -409,8 +373,8 @@ static void ds_abort(struct downstream *ds)
         log_request(ds, ds->resp_head_done ? ds->rq->resp.status : 499);
     ds->aborted = 1;
     up_detach(ds, 0);
-    bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
-    bufferevent_disable(ds->bev, EV_READ | EV_WRITE);
+    conn_set_cbs(ds->conn, NULL, NULL, NULL, NULL);
+    conn_read(ds->conn, 0);
     stop_timers(ds);
     ds->state = DS_CLOSING;
     event_active(&ds->free_ev, 0, 0);
@@ -429,8 +393,8 @@ static void ds_abort(struct downstream *ds)
  * still sends is read and dropped; TLS has no half-close, its connection just waits. */
 static void linger_half_close(struct downstream *ds)
 {
-    if (ds->lingering && !ds->tls && evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0)
-        shutdown(bufferevent_getfd(ds->bev), SHUT_WR);
+    if (ds->lingering)
+        conn_shutdown_write(ds->conn);
 }
 
 static void ds_close_after_write(struct downstream *ds)
@@ -442,28 +406,25 @@ static void ds_close_after_write(struct downstream *ds)
     stop_timers(ds);
     ds->lingering = body_unread && !ds->client_eof;
     if (!ds->lingering)
-        bufferevent_disable(ds->bev, EV_READ);
-    flush_now(ds->bev);
-    if (evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0 && !ds->lingering) {
+        conn_read(ds->conn, 0);
+    if (conn_flush(ds->conn) == 0 && !ds->lingering) {
         ds_abort(ds);
         return;
     }
     if (ds->lingering) {
         struct timeval tv = ms_tv(LINGER_MS);
-        bufferevent_setwatermark(ds->bev, EV_READ, 0, 0);
-        bufferevent_enable(ds->bev, EV_READ);
+        conn_set_read_limit(ds->conn, 0);
+        conn_read(ds->conn, 1);
         evtimer_add(&ds->timer, &tv);
         linger_half_close(ds);
     }
-    /* The write callback frees when the output is empty; the idle timeout bounds a client that never reads. */
-    if (evbuffer_get_length(bufferevent_get_output(ds->bev)) > 0)
-        bufferevent_enable(ds->bev, EV_WRITE);
+    /* on_drained frees once the output is empty; the idle timeout bounds a client that never reads. */
 }
 
 /* While lingering: what the client still sends is read and dropped. */
 static void linger_drain(struct downstream *ds)
 {
-    struct evbuffer *in = bufferevent_get_input(ds->bev);
+    struct evbuffer *in = conn_input(ds->conn);
 
     ds->lingered += evbuffer_get_length(in);
     evbuffer_drain(in, evbuffer_get_length(in));
@@ -474,7 +435,7 @@ static void linger_drain(struct downstream *ds)
 /* Sends the held response (the last real one) instead of a made-up error. */
 static void reply_held(struct downstream *ds, const char *why_not_later)
 {
-    struct evbuffer *out = bufferevent_get_output(ds->bev);
+    struct evbuffer *out = conn_output(ds->conn);
     int is_head = ds->req.method == HTTP_HEAD;
 
     LOG_INFO("%s: later attempts failed (%s); forwarding the %d held from an earlier attempt", ds->client_ip,
@@ -515,7 +476,7 @@ static void ds_reply_error(struct downstream *ds, int status, const char *reason
     log_request(ds, status);
     if (status < 500)
         metrics_inc(M_BAD_REQUESTS);
-    if (http1_write_error(bufferevent_get_output(ds->bev), status, reason) < 0) {
+    if (http1_write_error(conn_output(ds->conn), status, reason) < 0) {
         ds_abort(ds);
         return;
     }
@@ -527,7 +488,7 @@ static void ds_reply_error(struct downstream *ds, int status, const char *reason
 
 static struct evbuffer *request_sink(struct downstream *ds)
 {
-    return ds->up && ds->up_connected ? bufferevent_get_output(ds->up->bev) : ds->rq->tosend;
+    return ds->up && ds->up_connected ? conn_output(ds->up->conn) : ds->rq->tosend;
 }
 
 static void replay_keep(struct downstream *ds, const void *data, size_t len)
@@ -577,11 +538,35 @@ static int evbuffer_copy_all(struct evbuffer *dst, struct evbuffer *src)
     }
 }
 
-static void check_client_backpressure(struct downstream *ds)
+/* le-proxy's backpressure, both ways: a side stops reading while the other
+ * side's output holds more than HIGH_WATER, and reads again once it is below
+ * (after a flush, or from on_drained). */
+static void ds_balance(struct downstream *ds)
 {
-    if (ds->rq && !ds->client_paused && evbuffer_get_length(request_sink(ds)) > HIGH_WATER) {
-        bufferevent_disable(ds->bev, EV_READ);
-        ds->client_paused = 1;
+    size_t queued;
+
+    if (ds->aborted || ds->state == DS_CLOSING)
+        return;
+    if (ds->rq || ds->state == DS_TUNNEL) {
+        queued = ds->state == DS_TUNNEL ? (ds->up ? evbuffer_get_length(conn_output(ds->up->conn)) : 0)
+                                        : evbuffer_get_length(request_sink(ds));
+        if (!ds->client_paused && queued > HIGH_WATER) {
+            conn_read(ds->conn, 0);
+            ds->client_paused = 1;
+        } else if (ds->client_paused && queued <= HIGH_WATER) {
+            ds->client_paused = 0;
+            conn_read(ds->conn, 1);
+        }
+    }
+    if (ds->up && (ds->resp_head_done || ds->state == DS_TUNNEL)) {
+        queued = evbuffer_get_length(conn_output(ds->conn));
+        if (!ds->up_paused && queued > HIGH_WATER) {
+            conn_read(ds->up->conn, 0);
+            ds->up_paused = 1;
+        } else if (ds->up_paused && queued <= HIGH_WATER) {
+            ds->up_paused = 0;
+            conn_read(ds->up->conn, 1);
+        }
     }
 }
 
@@ -732,8 +717,7 @@ static int on_req_complete(llhttp_t *p)
     ds->req_complete = 1;
     ds->state = DS_WAIT;
     {
-        struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
-        bufferevent_set_timeouts(ds->bev, NULL, &idle);
+        conn_set_timeouts(ds->conn, 0, ds->w->cfg->idle_timeout_ms);
     }
     /* One request at a time: pipelined bytes wait in the input until this response is done. */
     return HPE_PAUSED;
@@ -750,7 +734,6 @@ static void start_request(struct downstream *ds)
 {
     struct evbuffer *head = evbuffer_new();
     struct timeval tv = ms_tv(ds->w->cfg->request_timeout_ms);
-    struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
     const char *host_fallback = ds->w->peers->n > 0 ? ds->w->peers->peer[0]->name : "localhost";
 
     ds->start_pending = 0;
@@ -782,9 +765,9 @@ static void start_request(struct downstream *ds)
     }
     if (ds->req.method != HTTP_HEAD && !ds->req_complete &&
         http_head_has_token(&ds->req, "expect", "100-continue") && ds->req.major == 1 && ds->req.minor >= 1)
-        evbuffer_add(bufferevent_get_output(ds->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        evbuffer_add(conn_output(ds->conn), "HTTP/1.1 100 Continue\r\n\r\n", 25);
     if (!ds->req_complete)
-        bufferevent_set_timeouts(ds->bev, &idle, &idle);
+        conn_set_timeouts(ds->conn, ds->w->cfg->idle_timeout_ms, ds->w->cfg->idle_timeout_ms);
     evtimer_add(&ds->rq->req_timer, &tv);
     ex_attempt(ds, 0);
 }
@@ -792,9 +775,8 @@ static void start_request(struct downstream *ds)
 static void ex_connected(struct downstream *ds)
 {
     struct upconn *c = ds->up;
-    struct bufferevent *ub = c->bev;
 
-    bufferevent_set_timeouts(ub, NULL, NULL);
+    conn_set_timeouts(c->conn, 0, 0);
     ds->up_connected = 1;
     /* The baseline for the "nothing acknowledged" proof: one getsockopt per
      * connection; after that, every byte of the requests it completed. */
@@ -806,10 +788,9 @@ static void ex_connected(struct downstream *ds)
     ds->attempt_bytes = evbuffer_get_length(ds->rq->tosend);
     if (ds->attempt_bytes > 0)
         ds->sent_any = 1;
-    bufferevent_disable(ub, EV_WRITE);
-    evbuffer_add_buffer(bufferevent_get_output(ub), ds->rq->tosend);
-    bufferevent_enable(ub, EV_READ);
-    flush_now(ub);
+    evbuffer_add_buffer(conn_output(c->conn), ds->rq->tosend);
+    conn_read(c->conn, 1);
+    conn_flush(c->conn);
 }
 
 static const char *fail_text(enum fail_class c)
@@ -1072,8 +1053,8 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
     llhttp_init(&ds->rq->resp_parser, HTTP_RESPONSE, &resp_settings);
     ds->rq->resp_parser.data = ds;
     http_head_reset(&ds->rq->resp);
-    bufferevent_setcb(c->bev, up_read_cb, up_write_cb, up_event_cb, ds);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, HIGH_WATER);
+    conn_set_cbs(c->conn, up_read_cb, up_drained_cb, up_event_cb, ds);
+    conn_set_read_limit(c->conn, HIGH_WATER);
     if (w->cfg->per_try_timeout_ms > 0) {
         struct timeval tv = ms_tv(w->cfg->per_try_timeout_ms);
         evtimer_add(&ds->rq->try_timer, &tv);
@@ -1081,7 +1062,7 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
     if (c->reused)
         ex_connected(ds);
     else
-        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+        conn_read(c->conn, 1);
 }
 
 /* ---- response ----------------------------------------------------------- */
@@ -1148,7 +1129,6 @@ static int on_resp_headers_complete(llhttp_t *p)
 {
     struct downstream *ds = p->data;
     struct evbuffer *out = resp_out(ds);
-    struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
     int is_head = ds->req.method == HTTP_HEAD;
     int close;
 
@@ -1204,7 +1184,7 @@ static int on_resp_headers_complete(llhttp_t *p)
                                   ds->req.major == 1 && ds->req.minor == 0) < 0)
         return -1;
     ds->resp_head_done = 1;
-    bufferevent_set_timeouts(ds->up->bev, &idle, NULL);
+    conn_set_timeouts(ds->up->conn, ds->w->cfg->idle_timeout_ms, 0);
     return is_head ? 1 : 0;
 }
 
@@ -1258,29 +1238,18 @@ static void tunnel_touch(struct downstream *ds)
 /* After 101: both sides' leftover bytes cross over, then plain relaying. */
 static void start_tunnel(struct downstream *ds)
 {
-    struct bufferevent *ub = ds->up->bev;
+    struct conn *uc = ds->up->conn;
 
     log_request(ds, 101);
     ds->state = DS_TUNNEL;
-    bufferevent_set_timeouts(ub, NULL, NULL);
-    bufferevent_set_timeouts(ds->bev, NULL, NULL);
-    bufferevent_setwatermark(ds->bev, EV_READ, 0, HIGH_WATER);
-    evbuffer_add_buffer(bufferevent_get_output(ub), bufferevent_get_input(ds->bev));
-    evbuffer_add_buffer(bufferevent_get_output(ds->bev), bufferevent_get_input(ub));
-    bufferevent_enable(ds->bev, EV_READ);
-    bufferevent_enable(ub, EV_READ);
+    conn_set_timeouts(uc, 0, 0);
+    conn_set_timeouts(ds->conn, 0, 0);
+    conn_set_read_limit(ds->conn, HIGH_WATER);
+    evbuffer_add_buffer(conn_output(uc), conn_input(ds->conn));
+    evbuffer_add_buffer(conn_output(ds->conn), conn_input(uc));
+    conn_read(ds->conn, 1);
+    conn_read(uc, 1);
     tunnel_touch(ds);
-    flush_now(ds->bev);
-    flush_now(ub);
-}
-
-static void tunnel_move(struct bufferevent *from, struct bufferevent *to, int *paused_flag)
-{
-    evbuffer_add_buffer(bufferevent_get_output(to), bufferevent_get_input(from));
-    if (evbuffer_get_length(bufferevent_get_output(to)) > HIGH_WATER) {
-        bufferevent_disable(from, EV_READ);
-        *paused_flag = 1;
-    }
 }
 
 /* The response is whole: pool or close the upstream connection, then go on
@@ -1289,9 +1258,9 @@ static void ex_finish(struct downstream *ds)
 {
     /* Bytes behind a complete response answer no request of ours: whatever they
      * are, the connection can no longer be trusted to frame the next answer. */
-    int stray = evbuffer_get_length(bufferevent_get_input(ds->up->bev)) > 0;
+    int stray = evbuffer_get_length(conn_input(ds->up->conn)) > 0;
     int reusable = llhttp_should_keep_alive(&ds->rq->resp_parser) && ds->req_complete && !stray &&
-                   evbuffer_get_length(bufferevent_get_output(ds->up->bev)) == 0;
+                   evbuffer_get_length(conn_output(ds->up->conn)) == 0;
 
     if (stray && ds->rq->resp.status != 101) {
         metrics_inc(ds->req.method == HTTP_HEAD ? M_PROTO_HEAD_BODY : M_PROTO_AFTER_RESPONSE);
@@ -1332,12 +1301,12 @@ static void ex_finish(struct downstream *ds)
     {
         struct timeval idle = ms_tv(ds->w->cfg->idle_timeout_ms);
         evtimer_add(&ds->timer, &idle);
-        bufferevent_set_timeouts(ds->bev, NULL, &idle);
+        conn_set_timeouts(ds->conn, 0, ds->w->cfg->idle_timeout_ms);
     }
     ds->client_paused = 0;
-    bufferevent_enable(ds->bev, EV_READ);
+    conn_read(ds->conn, 1);
     llhttp_resume(&ds->parser);
-    if (evbuffer_get_length(bufferevent_get_input(ds->bev)) > 0)
+    if (evbuffer_get_length(conn_input(ds->conn)) > 0)
         ds_parse_input(ds);
 }
 
@@ -1353,13 +1322,13 @@ static void commit_response(struct downstream *ds)
         ds->resp_committed = 1;
         count_response(ds->rq->resp.status);
     }
-    evbuffer_add_buffer(bufferevent_get_output(ds->bev), stage);
+    evbuffer_add_buffer(conn_output(ds->conn), stage);
 }
 
 /* Runs the response parser over what the upstream sent. */
 static void parse_response(struct downstream *ds)
 {
-    struct evbuffer *in = bufferevent_get_input(ds->up->bev);
+    struct evbuffer *in = conn_input(ds->up->conn);
     llhttp_errno_t err;
 
     if (evbuffer_get_length(in) > 0)
@@ -1405,11 +1374,6 @@ static void parse_response(struct downstream *ds)
         ex_finish(ds);
         return;
     }
-    if (ds->resp_head_done && !ds->up_paused &&
-        evbuffer_get_length(bufferevent_get_output(ds->bev)) > HIGH_WATER) {
-        bufferevent_disable(ds->up->bev, EV_READ);
-        ds->up_paused = 1;
-    }
 }
 
 /* Sends what a callback queued on either side, unless <ds> was torn down. */
@@ -1417,48 +1381,39 @@ static void ds_flush(struct downstream *ds)
 {
     if (ds->aborted)
         return;
-    flush_now(ds->bev);
+    conn_flush(ds->conn);
     if (ds->up && ds->up_connected)
-        flush_now(ds->up->bev);
+        conn_flush(ds->up->conn);
+    ds_balance(ds);
 }
 
-static void up_read_cb(struct bufferevent *bev, void *arg)
+static void up_read_cb(struct conn *conn, void *arg)
 {
     struct downstream *ds = arg;
 
     if (ds->state == DS_TUNNEL) {
-        tunnel_move(bev, ds->bev, &ds->up_paused);
+        evbuffer_add_buffer(conn_output(ds->conn), conn_input(conn));
         tunnel_touch(ds);
     } else
         parse_response(ds);
     ds_flush(ds);
 }
 
-static void up_write_cb(struct bufferevent *bev, void *arg)
+/* The upstream took what was queued: the client may send more. */
+static void up_drained_cb(struct conn *conn, void *arg)
 {
     struct downstream *ds = arg;
 
-    /* While connecting (and for TLS, handshaking) EV_WRITE belongs to libevent:
-     * a write callback then (a connect that succeeded at once) is not ours to act on. */
-    if (!ds->up_connected || !write_drained(bev))
-        return;
-    /* Drained: back to writing from the callbacks (flush_now). */
-    bufferevent_disable(bev, EV_WRITE);
-    /* The upstream took what was queued: the client may send more. */
-    if (ds->client_paused && ds->state != DS_CLOSING) {
-        ds->client_paused = 0;
-        bufferevent_enable(ds->bev, EV_READ);
-    }
+    (void)conn;
+    ds_balance(ds);
 }
 
-static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
+static void up_event(struct conn *conn, int what, int err, struct downstream *ds)
 {
-    int err = EVUTIL_SOCKET_ERROR();
-
     /* The peer's FIN came (EOF, or EPIPE: FIN then RST). Unlike a bare RST, a FIN
      * segment's ACK field is processed, so tcpi_bytes_acked is up to date with it. */
-    ds->fin_seen = (what & BEV_EVENT_EOF) || ((what & BEV_EVENT_ERROR) && err == EPIPE);
-    if (what & BEV_EVENT_CONNECTED) {
+    ds->fin_seen = (what & CONN_EOF) || ((what & CONN_ERROR) && err == EPIPE);
+    if (what & CONN_CONNECTED) {
         ex_connected(ds);
         return;
     }
@@ -1466,12 +1421,12 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         ds_close_after_write(ds);
         return;
     }
-    if (!ds->up_connected && ds->up->tls && !(what & BEV_EVENT_TIMEOUT) && err != ECONNREFUSED &&
+    if (!ds->up_connected && ds->up->tls && !(what & CONN_TIMEOUT) && err != ECONNREFUSED &&
         err != ETIMEDOUT && err != EHOSTUNREACH && err != ENETUNREACH) {
         /* The TCP connect worked (or no socket error says otherwise): the handshake failed. */
         char why[256];
-        SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        const char *kind = tls_upstream_failure(ssl, bufferevent_get_openssl_error(bev), why, sizeof(why));
+        SSL *ssl = conn_ssl(conn);
+        const char *kind = tls_upstream_failure(ssl, conn_tls_error(conn), why, sizeof(why));
         metrics_inc(strcmp(kind, "verify") == 0 ? M_TLS_UP_VERIFY : M_TLS_UP_HANDSHAKE);
         LOG_WARN("%s: TLS handshake with %s failed (%s): %s", ds->client_ip, ds->peer->addr_text, kind, why);
         ERR_clear_error();
@@ -1479,20 +1434,20 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         return;
     }
     if (!ds->up_connected) {
-        ex_fail(ds, (what & BEV_EVENT_TIMEOUT) ? FAIL_CONNECT_TIMEOUT : classify_connect_errno(err));
+        ex_fail(ds, (what & CONN_TIMEOUT) ? FAIL_CONNECT_TIMEOUT : classify_connect_errno(err));
         return;
     }
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && !ds->resp_head_done) {
+    if ((what & CONN_TIMEOUT) && (what & CONN_READING) && !ds->resp_head_done) {
         /* No read timeout is ours before the head (the per-try and request timers
          * are separate): this is the pool's idle timeout, queued in the loop turn
          * that handed the connection out. Reading goes on. */
-        bufferevent_enable(bev, EV_READ);
+        conn_read(conn, 1);
         return;
     }
-    if ((what & BEV_EVENT_EOF) && ds->resp_head_done) {
+    if ((what & CONN_EOF) && ds->resp_head_done) {
         struct upconn *c = ds->up;
         /* A close-delimited body ends here; any other framing was cut short. */
-        if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        if (evbuffer_get_length(conn_input(conn)) > 0)
             parse_response(ds);
         if (ds->state == DS_CLOSING || ds->up != c || ds->resp_complete)
             return;
@@ -1508,7 +1463,7 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         ds_close_after_write(ds);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT) {
+    if (what & CONN_TIMEOUT) {
         LOG_WARN("%s: %s: response stalled past NEXTUP_IDLE_TIMEOUT_MS", ds->client_ip, ds->peer->addr_text);
         ds_close_after_write(ds);
         return;
@@ -1517,7 +1472,7 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
         ds_close_after_write(ds);
         return;
     }
-    if (ds->resp_any && (what & BEV_EVENT_EOF)) {
+    if (ds->resp_any && (what & CONN_EOF)) {
         /* Part of a head, then EOF. */
         struct upconn *c = ds->up;
         parse_response(ds);
@@ -1535,11 +1490,11 @@ static void up_event(struct bufferevent *bev, short what, struct downstream *ds)
     ex_fail(ds, ds->resp_any ? FAIL_BAD_RESPONSE : FAIL_CLOSED);
 }
 
-static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+static void up_event_cb(struct conn *conn, int what, int err, void *arg)
 {
     struct downstream *ds = arg;
 
-    up_event(bev, what, ds);
+    up_event(conn, what, err, ds);
     ds_flush(ds);
 }
 
@@ -1565,7 +1520,7 @@ static void ds_parse_input(struct downstream *ds)
 
     if (ds->state == DS_WAIT || ds->state == DS_CLOSING)
         return;
-    err = parse_evbuffer(&ds->parser, bufferevent_get_input(ds->bev), &ds->req, &ds->req_offset);
+    err = parse_evbuffer(&ds->parser, conn_input(ds->conn), &ds->req, &ds->req_offset);
     if (ds->error_status || parse_failed(err)) {
         int status = ds->error_status ? ds->error_status : 400;
         const char *reason = ds->error_reason ? ds->error_reason : llhttp_get_error_reason(&ds->parser);
@@ -1576,18 +1531,15 @@ static void ds_parse_input(struct downstream *ds)
     }
     if (ds->start_pending)
         start_request(ds);
-    if (ds->state == DS_CLOSING)
-        return;
-    check_client_backpressure(ds);
 }
 
-static void ds_read_cb(struct bufferevent *bev, void *arg)
+static void ds_read_cb(struct conn *conn, void *arg)
 {
     struct downstream *ds = arg;
 
     if (ds->state == DS_TUNNEL) {
         if (ds->up)
-            tunnel_move(bev, ds->up->bev, &ds->client_paused);
+            evbuffer_add_buffer(conn_output(ds->up->conn), conn_input(conn));
         tunnel_touch(ds);
     } else if (ds->lingering) {
         linger_drain(ds);
@@ -1598,14 +1550,11 @@ static void ds_read_cb(struct bufferevent *bev, void *arg)
     ds_flush(ds);
 }
 
-static void ds_write_cb(struct bufferevent *bev, void *arg)
+static void ds_drained_cb(struct conn *conn, void *arg)
 {
     struct downstream *ds = arg;
 
-    if (!write_drained(bev))
-        return;
-    /* Drained: back to writing from the callbacks (flush_now). */
-    bufferevent_disable(bev, EV_WRITE);
+    (void)conn;
     if (ds->state == DS_CLOSING) {
         /* A lingering connection ends when the client closes or the linger time is up. */
         if (!ds->lingering)
@@ -1614,49 +1563,21 @@ static void ds_write_cb(struct bufferevent *bev, void *arg)
             linger_half_close(ds);
         return;
     }
-    if (ds->up_paused && ds->up) {
-        ds->up_paused = 0;
-        bufferevent_enable(ds->up->bev, EV_READ);
-    }
+    ds_balance(ds);
 }
 
-/* A client's request often comes in the same flight as its last handshake
- * message: OpenSSL then holds it already, and libevent 2.1's socket-based TLS
- * bufferevent does not look for it until the socket is readable again, which
- * may be never. Whatever OpenSSL holds is moved into the input here. */
-static void tls_take_early_bytes(struct downstream *ds)
-{
-    SSL *ssl = bufferevent_openssl_get_ssl(ds->bev);
-    struct evbuffer *in = bufferevent_get_input(ds->bev);
-    char buf[16384];
-    int n, got = 0;
-
-    if (!ssl || !SSL_has_pending(ssl))
-        return;
-    /* The input's end is frozen for everyone but libevent itself. */
-    evbuffer_unfreeze(in, 0);
-    while (SSL_has_pending(ssl) && (n = SSL_read(ssl, buf, sizeof(buf))) > 0) {
-        evbuffer_add(in, buf, (size_t)n);
-        got = 1;
-    }
-    evbuffer_freeze(in, 0);
-    ERR_clear_error();
-    if (got)
-        ds_read_cb(ds->bev, ds);
-}
-
-static void ds_event_cb(struct bufferevent *bev, short what, void *arg)
+static void ds_event_cb(struct conn *conn, int what, int err, void *arg)
 {
     struct downstream *ds = arg;
 
-    if (what & BEV_EVENT_CONNECTED) {
+    (void)err;
+    if (what & CONN_CONNECTED) {
         ds->tls_up = 1;     /* the client's TLS handshake is done */
-        tls_take_early_bytes(ds);
         return;
     }
-    if (ds->tls && !ds->tls_up && (what & BEV_EVENT_ERROR)) {
+    if (ds->tls && !ds->tls_up && (what & CONN_ERROR)) {
         /* Plain HTTP on the TLS port, a refused client certificate, ...: one line, one connection. */
-        const char *why = ERR_reason_error_string(bufferevent_get_openssl_error(bev));
+        const char *why = ERR_reason_error_string(conn_tls_error(conn));
         metrics_inc(M_TLS_DOWN_HANDSHAKE);
         LOG_INFO("%s: TLS handshake failed (%s)", ds->client_ip,
                  why ? why : "not a TLS client? plain HTTP on the TLS port is closed");
@@ -1664,25 +1585,26 @@ static void ds_event_cb(struct bufferevent *bev, short what, void *arg)
         ds_abort(ds);
         return;
     }
-    if (ds->lingering && (what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
-        evbuffer_get_length(bufferevent_get_output(ds->bev)) > 0) {
-        /* The client is done sending: the write callback closes once the response is out. */
+    if (ds->lingering && (what & CONN_EOF) && !(what & CONN_ERROR) &&
+        evbuffer_get_length(conn_output(ds->conn)) > 0) {
+        /* The client is done sending: on_drained closes once the response is out. */
         ds->lingering = 0;
         return;
     }
-    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && ds->state == DS_WAIT) {
+    if ((what & CONN_EOF) && !(what & CONN_ERROR) && ds->state == DS_WAIT) {
         /* A client may half-close after its request: the response is still wanted. */
         ds->client_eof = 1;
         ds->keep_alive = 0;
         return;
     }
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && ds->state == DS_BODY && !ds->resp_head_done) {
+    if ((what & CONN_TIMEOUT) && (what & CONN_READING) && ds->state == DS_BODY && !ds->resp_head_done) {
         ds_reply_error(ds, 408, "request body stalled past NEXTUP_IDLE_TIMEOUT_MS");
+        ds_flush(ds);
         return;
     }
-    if (ds->state == DS_TUNNEL && (what & BEV_EVENT_EOF) && ds->up) {
+    if (ds->state == DS_TUNNEL && (what & CONN_EOF) && ds->up) {
         /* Flush what the client sent last, then close both. */
-        evbuffer_add_buffer(bufferevent_get_output(ds->up->bev), bufferevent_get_input(ds->bev));
+        evbuffer_add_buffer(conn_output(ds->up->conn), conn_input(ds->conn));
     }
     ds_abort(ds);
 }
@@ -1731,7 +1653,6 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
 {
     struct downstream *ds = calloc(1, sizeof(*ds));
     struct timeval header_tv = ms_tv(w->cfg->header_timeout_ms);
-    struct timeval idle = ms_tv(w->cfg->idle_timeout_ms);
     int one = 1;
 
     (void)peer_len;
@@ -1744,24 +1665,16 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
     ds->w = w;
     evtimer_assign(&ds->timer, w->base, ds_timer_cb, ds);
     event_assign(&ds->free_ev, w->base, -1, 0, ds_free_cb, ds);
-    /* Created last: from here on the bufferevent closes <fd> when freed. */
-    {
-        if (tls_listener_enabled()) {
-            SSL *ssl = tls_listener_new();
-            if (ssl) {
-                ds->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                                         BEV_OPT_CLOSE_ON_FREE);
-                if (!ds->bev)
-                    SSL_free(ssl);
-                else
-                    bufferevent_openssl_set_allow_dirty_shutdown(ds->bev, 1);
-            }
-            ds->tls = 1;
-        } else {
-            ds->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-        }
+    /* Created last: from here on the conn closes <fd> when freed. */
+    if (tls_listener_enabled()) {
+        SSL *ssl = tls_listener_new();
+        if (ssl && !(ds->conn = conn_tls_new(w->base, fd, ssl, 1)))
+            SSL_free(ssl);
+        ds->tls = 1;
+    } else {
+        ds->conn = conn_plain_new(w->base, fd);
     }
-    if (!ds->bev) {
+    if (!ds->conn) {
         free(ds);
         return -ENOMEM;
     }
@@ -1781,12 +1694,10 @@ int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, s
     if (w->conns)
         w->conns->prev = ds;
     w->conns = ds;
-    bufferevent_setcb(ds->bev, ds_read_cb, ds_write_cb, ds_event_cb, ds);
-    bufferevent_setwatermark(ds->bev, EV_READ, 0, CLIENT_READ_HIGH);
-    bufferevent_set_timeouts(ds->bev, NULL, &idle);
-    /* A new bufferevent starts with EV_WRITE on; nextup writes from its callbacks (flush_now). */
-    bufferevent_disable(ds->bev, EV_WRITE);
-    bufferevent_enable(ds->bev, EV_READ);
+    conn_set_cbs(ds->conn, ds_read_cb, ds_drained_cb, ds_event_cb, ds);
+    conn_set_read_limit(ds->conn, CLIENT_READ_HIGH);
+    conn_set_timeouts(ds->conn, 0, w->cfg->idle_timeout_ms);
+    conn_read(ds->conn, 1);
     /* A new connection must send its first head within the header timeout. */
     evtimer_add(&ds->timer, &header_tv);
     return 0;

@@ -8,13 +8,10 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <openssl/ssl.h>
-#include <event2/event.h>
-#include <event2/util.h>
 
 #include "clock.h"
+#include "conn.h"
 #include "log.h"
 #include "metrics.h"
 #include "peers.h"
@@ -29,8 +26,8 @@ struct upstream_pool {
     struct event_base *base;
     int n_peers;
     int max_idle;
-    struct timeval connect_timeout;
-    struct timeval idle_timeout;
+    int connect_timeout_ms;
+    int idle_timeout_ms;
     struct idle_list *idle;          /* owned, one per peer index */
     void **tls_sessions;             /* owned: the last TLS session per peer index, resumed next time */
     unsigned tls_generation;         /* tls_client_generation() the sessions belong to */
@@ -54,10 +51,8 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, int n_peers, in
     pool->base = base;
     pool->n_peers = n_peers;
     pool->max_idle = max_idle;
-    pool->connect_timeout.tv_sec = connect_timeout_ms / 1000;
-    pool->connect_timeout.tv_usec = (connect_timeout_ms % 1000) * 1000;
-    pool->idle_timeout.tv_sec = idle_timeout_ms / 1000;
-    pool->idle_timeout.tv_usec = (idle_timeout_ms % 1000) * 1000;
+    pool->connect_timeout_ms = connect_timeout_ms;
+    pool->idle_timeout_ms = idle_timeout_ms;
     return pool;
 }
 
@@ -115,8 +110,7 @@ void upstream_close(struct upconn *c)
 {
     if (!c)
         return;
-    if (c->bev)
-        bufferevent_free(c->bev);
+    conn_free(c->conn);
     free(c);
 }
 
@@ -131,11 +125,11 @@ void upstream_distrust(struct peer *peer)
 
 /* While pooled, any byte or event from the peer means the connection is no
  * longer usable: an idle HTTP/1.1 server has nothing to say. */
-static void idle_read_cb(struct bufferevent *bev, void *arg)
+static void idle_read_cb(struct conn *conn, void *arg)
 {
     struct upconn *c = arg;
 
-    (void)bev;
+    (void)conn;
     metrics_inc(M_PROTO_IDLE_BYTES);
     upstream_distrust(c->peer);
     idle_unlink(c);
@@ -168,48 +162,30 @@ static void learn_idle_close(struct upconn *c)
     }
 }
 
-static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
+static void idle_event_cb(struct conn *conn, int what, int err, void *arg)
 {
     struct upconn *c = arg;
 
-    (void)bev;
+    (void)conn;
+    (void)err;
     LOG_DEBUG("pooled connection to %s %s while idle: closed", c->peer->addr_text,
-              (what & BEV_EVENT_TIMEOUT) ? "timed out" : "closed by the peer");
-    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_TIMEOUT))
+              (what & CONN_TIMEOUT) ? "timed out" : "closed by the peer");
+    if ((what & CONN_EOF) && !(what & CONN_TIMEOUT))
         learn_idle_close(c);
     idle_unlink(c);
     upstream_close(c);
 }
 
-/* Whether pooled <c> is still quiet: nothing arrived since the loop last looked.
- * The pool's read watch sees what came before the last poll; this asks the
- * kernel about what came after (one recv), so that bytes or a FIN that reached
- * the socket before the next request is written never meet that request: no
- * stray response can pass for its answer. TLS records that are not application
- * data (session tickets) may arrive at any time, so a TLS connection is left to
- * the read watch, which only sees decrypted bytes. */
+/* Whether pooled <c> is still quiet. Its read watch runs at the loop's first
+ * priority (upstream_release), so whatever reached the socket before the loop's
+ * last poll was seen and closed it before any request could pick it; only bytes
+ * already read and not yet looked at are left to check here, without a system call. */
 static int idle_still_quiet(struct upconn *c)
 {
-    char byte;
-    ssize_t n;
-
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
-        n = 1;
-    } else {
-        if (c->tls)
-            return 1;
-        n = recv(bufferevent_getfd(c->bev), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-            return 1;
-    }
-    if (n > 0) {
-        metrics_inc(M_PROTO_IDLE_BYTES);
-        upstream_distrust(c->peer);
-    } else {
-        LOG_DEBUG("pooled connection to %s was closed by the peer: not reused", c->peer->addr_text);
-        if (n == 0)
-            learn_idle_close(c);
-    }
+    if (evbuffer_get_length(conn_input(c->conn)) == 0)
+        return 1;
+    metrics_inc(M_PROTO_IDLE_BYTES);
+    upstream_distrust(c->peer);
     return 0;
 }
 
@@ -228,8 +204,9 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
             upstream_close(c);
             continue;
         }
-        bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
-        bufferevent_set_timeouts(c->bev, NULL, NULL);
+        conn_set_cbs(c->conn, NULL, NULL, NULL, NULL);
+        conn_set_timeouts(c->conn, 0, 0);
+        conn_set_priority(c->conn, 1);
         c->reused = 1;
         metrics_inc(M_UPSTREAM_REUSED);
         return c;
@@ -240,7 +217,7 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
     c->peer = peer;
     c->pool = pool;
     if (tls_upstream_enabled()) {
-        /* The handshake runs right after the TCP connect; BEV_EVENT_CONNECTED means both are done. */
+        /* The handshake runs right after the TCP connect; CONNECTED means both are done. */
         SSL *ssl;
         if (pool->tls_generation != tls_client_generation()) {
             for (int i = 0; i < pool->n_peers; i++) {
@@ -250,34 +227,23 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
             pool->tls_generation = tls_client_generation();
         }
         ssl = tls_upstream_new(peer, &pool->tls_sessions[peer->index]);
-        if (ssl) {
-            c->bev = bufferevent_openssl_socket_new(pool->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                                    BEV_OPT_CLOSE_ON_FREE);
-            if (!c->bev)
-                SSL_free(ssl);
-        }
-        if (c->bev)
-            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
         c->tls = 1;
         c->tls_generation = pool->tls_generation;
+        if (!ssl)
+            errno = ENOMEM;
+        else if (!(c->conn = conn_tls_connect(pool->base, (struct sockaddr *)&peer->sa, peer->salen, ssl,
+                                              pool->connect_timeout_ms)) && errno == ENOMEM)
+            SSL_free(ssl);
     } else {
-        c->bev = bufferevent_socket_new(pool->base, -1, BEV_OPT_CLOSE_ON_FREE);
+        c->conn = conn_plain_connect(pool->base, (struct sockaddr *)&peer->sa, peer->salen, pool->connect_timeout_ms);
     }
-    if (!c->bev) {
+    if (!c->conn) {
+        int err = errno;
         free(c);
-        errno = ENOMEM;
+        errno = err ? err : ENOMEM;
         return NULL;
     }
-    /* The write timeout while connecting is libevent's connect timeout; a TLS
-     * handshake then waits to read, so NEXTUP_CONNECT_TIMEOUT_MS bounds it too. */
-    bufferevent_set_timeouts(c->bev, c->tls ? &pool->connect_timeout : NULL, &pool->connect_timeout);
-    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&peer->sa, (int)peer->salen) < 0) {
-        int err = EVUTIL_SOCKET_ERROR();
-        upstream_close(c);
-        errno = err ? err : ECONNREFUSED;
-        return NULL;
-    }
-    setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(conn_fd(c->conn), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     metrics_inc(M_UPSTREAM_CONNECTS);
     return c;
 }
@@ -290,8 +256,7 @@ void upstream_release(struct upconn *c)
 
     if (l->count >= pool->max_idle || !peer_is_active(c->peer) ||
         atomic_load_explicit(&c->peer->no_reuse_until_ms, memory_order_relaxed) > now ||
-        evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
-        evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        evbuffer_get_length(conn_input(c->conn)) > 0 || evbuffer_get_length(conn_output(c->conn)) > 0) {
         upstream_close(c);
         return;
     }
@@ -303,26 +268,23 @@ void upstream_release(struct upconn *c)
         l->head->prev_idle = c;
     l->head = c;
     l->count++;
-    bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    conn_set_cbs(c->conn, idle_read_cb, NULL, idle_event_cb, c);
+    conn_set_read_limit(c->conn, 0);
+    /* First in the loop turn: see upstream_acquire's idle_still_quiet(). */
+    conn_set_priority(c->conn, 0);
     c->idle_since_ms = now;
     {
         /* Below the peer's own idle timeout, when known: three quarters of it. */
         int peer_ms = atomic_load_explicit(&c->peer->idle_close_ms, memory_order_relaxed) * 3 / 4;
-        struct timeval tv = pool->idle_timeout;
-        if (peer_ms > 0 && (int64_t)peer_ms < (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000) {
-            tv.tv_sec = peer_ms / 1000;
-            tv.tv_usec = (peer_ms % 1000) * 1000;
-        }
-        c->idle_limit_ms = (int)(tv.tv_sec * 1000 + tv.tv_usec / 1000);
-        bufferevent_set_timeouts(c->bev, &tv, NULL);
+        c->idle_limit_ms = peer_ms > 0 && peer_ms < pool->idle_timeout_ms ? peer_ms : pool->idle_timeout_ms;
+        conn_set_timeouts(c->conn, c->idle_limit_ms, 0);
     }
-    bufferevent_enable(c->bev, EV_READ);
+    conn_read(c->conn, 1);
 }
 
 void upstream_tls_keep_session(struct upconn *c)
 {
-    SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+    SSL *ssl = c->tls ? conn_ssl(c->conn) : NULL;
 
     /* Once per connection: a copy of the session per response would be work on the
      * request path for nothing. A connection made before a certificate change must
@@ -335,7 +297,7 @@ int64_t upstream_bytes_acked(const struct upconn *c)
 {
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
-    int fd = bufferevent_getfd(c->bev);
+    int fd = conn_fd(c->conn);
 
     if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
         len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked))

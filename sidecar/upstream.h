@@ -16,12 +16,12 @@
 #include <stdint.h>
 
 struct event_base;
-struct bufferevent;
+struct conn;
 struct peer;
 struct upstream_pool;
 
 struct upconn {
-    struct bufferevent *bev;        /* owned */
+    struct conn *conn;              /* owned */
     struct peer *peer;
     struct upstream_pool *pool;
     int reused;                     /* served a request before this one */

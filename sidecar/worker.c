@@ -238,7 +238,9 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
         if (w->rng == 0)
             w->rng = 1;
         w->base = event_base_new();
-        if (!w->base) {
+        /* Two priorities: pooled upstream connections' events (0) run before the
+         * rest (1) of a loop turn; see conn_set_priority(). */
+        if (!w->base || event_base_priority_init(w->base, 2) < 0) {
             snprintf(err, errlen, "cannot create an event loop");
             return -ENOMEM;
         }
