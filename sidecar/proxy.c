@@ -64,7 +64,8 @@ enum fail_class {
 struct request_state {
     struct request_state *next_free;      /* worker's cache link */
     struct evbuffer *tosend;              /* owned: produced, not yet handed to a connection */
-    struct evbuffer *replay;              /* owned: every byte produced, while replay_whole */
+    struct evbuffer *replay;              /* owned: every body byte produced, while replay_whole (the
+                                             head is written again from the request for a retry) */
     llhttp_t resp_parser;
     struct http_head resp;
     struct event req_timer;               /* NEXTUP_REQUEST_TIMEOUT_MS until the response head */
@@ -688,7 +689,8 @@ static int on_req_headers_complete(llhttp_t *p)
     ds->state = DS_BODY;
     ds->start_pending = 1;
     event_del(&ds->timer);
-    return 0;
+    /* Paused: ds_parse_input starts the attempts, then parses the body. */
+    return HPE_PAUSED;
 }
 
 static int on_req_body(llhttp_t *p, const char *at, size_t len)
@@ -730,44 +732,34 @@ static int request_replayable(const struct downstream *ds)
     return !ds->sent_any || ds->replay_whole;
 }
 
+/* The head sent upstream, into <out>: written once per attempt, never copied. */
+static int write_upstream_head(struct downstream *ds, struct evbuffer *out)
+{
+    const char *host_fallback = ds->w->peers->n > 0 ? ds->w->peers->peer[0]->name : "localhost";
+
+    return http1_write_request_head(out, &ds->req, ds->client_ip, host_fallback, ds->tls ? "https" : "http");
+}
+
+/* The request head is whole (the parser paused right after it): its attempts
+ * start now, before any body byte is parsed, so the head goes first. */
 static void start_request(struct downstream *ds)
 {
-    struct evbuffer *head = evbuffer_new();
     struct timeval tv = ms_tv(ds->w->cfg->request_timeout_ms);
-    const char *host_fallback = ds->w->peers->n > 0 ? ds->w->peers->peer[0]->name : "localhost";
 
     ds->start_pending = 0;
     ds->start_mono_ms = clock_mono_ms();
     ds->start_unix_ms = clock_unix_ms();
     retry_budget_note_request(&budget, ds->start_mono_ms / 1000);
     ds->has_idempotency_key = http_head_get(&ds->req, "idempotency-key", &(size_t){ 0 }) != NULL;
-    if (!head || http1_write_request_head(head, &ds->req, ds->client_ip, host_fallback,
-                                          ds->tls ? "https" : "http") < 0) {
-        if (head)
-            evbuffer_free(head);
+    if (write_upstream_head(ds, ds->rq->tosend) < 0) {
         ds_reply_error(ds, 503, "out of memory");
         return;
     }
-    /* The head goes first into tosend; body bytes already parsed in this batch follow it. */
-    evbuffer_prepend_buffer(ds->rq->tosend, head);
-    evbuffer_free(head);
-    if (ds->replay_whole) {
-        struct evbuffer *copy = evbuffer_new();
-        if (!copy || evbuffer_copy_all(copy, ds->rq->tosend) < 0 ||
-            !retry_buffer_fits(0, evbuffer_get_length(copy), (uint64_t)ds->w->cfg->retry_buffer_bytes)) {
-            ds->replay_whole = 0;
-        } else {
-            evbuffer_drain(ds->rq->replay, evbuffer_get_length(ds->rq->replay));
-            evbuffer_add_buffer(ds->rq->replay, copy);
-        }
-        if (copy)
-            evbuffer_free(copy);
-    }
-    if (ds->req.method != HTTP_HEAD && !ds->req_complete &&
+    /* 100 Continue only to a client that waits for it: no body byte has come yet. */
+    if (ds->req.method != HTTP_HEAD && evbuffer_get_length(conn_input(ds->conn)) == 0 &&
         http_head_has_token(&ds->req, "expect", "100-continue") && ds->req.major == 1 && ds->req.minor >= 1)
         evbuffer_add(conn_output(ds->conn), "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    if (!ds->req_complete)
-        conn_set_timeouts(ds->conn, ds->w->cfg->idle_timeout_ms, ds->w->cfg->idle_timeout_ms);
+    conn_set_timeouts(ds->conn, ds->w->cfg->idle_timeout_ms, ds->w->cfg->idle_timeout_ms);
     evtimer_add(&ds->rq->req_timer, &tv);
     ex_attempt(ds, 0);
 }
@@ -813,6 +805,8 @@ static int rewind_request(struct downstream *ds)
     if (!ds->sent_any)
         return 0;
     evbuffer_drain(ds->rq->tosend, evbuffer_get_length(ds->rq->tosend));
+    if (write_upstream_head(ds, ds->rq->tosend) < 0)
+        return -ENOMEM;
     return evbuffer_copy_all(ds->rq->tosend, ds->rq->replay);
 }
 
@@ -1529,8 +1523,25 @@ static void ds_parse_input(struct downstream *ds)
         ds_reply_error(ds, status, reason);
         return;
     }
-    if (ds->start_pending)
+    if (ds->start_pending && err == HPE_PAUSED) {
         start_request(ds);
+        if (ds->state == DS_CLOSING || ds->aborted)
+            return;
+        llhttp_resume(&ds->parser);
+        /* llhttp ends a bodiless request only when executed again: with no
+         * byte left that happens here, on nothing. */
+        if (evbuffer_get_length(conn_input(ds->conn)) == 0) {
+            static const char nothing[1];
+            err = llhttp_execute(&ds->parser, nothing, 0);
+            if (ds->error_status || parse_failed(err)) {
+                ds_reply_error(ds, ds->error_status ? ds->error_status : 400,
+                               ds->error_reason ? ds->error_reason : "malformed request");
+                return;
+            }
+            return;
+        }
+        ds_parse_input(ds);
+    }
 }
 
 static void ds_read_cb(struct conn *conn, void *arg)
