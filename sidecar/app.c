@@ -24,6 +24,7 @@
 #include "log.h"
 #include "peers.h"
 #include "proxy.h"
+#include "version.h"
 #include "worker.h"
 
 static struct config cfg;
@@ -217,8 +218,13 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
             config_print_help(stdout);
             return 0;
         }
-        fprintf(stderr, "nextup: unknown argument \"%s\": nextup takes only --help; it is configured by NEXTUP_* "
-                        "environment variables\n", argv[1]);
+        if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+            version_line(err, sizeof(err));
+            printf("%s\n", err);
+            return 0;
+        }
+        fprintf(stderr, "nextup: unknown argument \"%s\": nextup takes only --help and --version; it is configured "
+                        "by NEXTUP_* environment variables\n", argv[1]);
         return 2;
     }
     if (config_from_env(&cfg, err, sizeof(err)) < 0 || hook_setup(&cfg, hooks, err, sizeof(err)) < 0) {
@@ -226,6 +232,10 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         return 2;
     }
     log_set_level(cfg.log_level);
+    version_line(err, sizeof(err));
+    LOG_INFO("%s starting, pid %d", err, (int)getpid());
+    for (int i = 0; i < cfg.n_warnings; i++)
+        LOG_WARN("%s", cfg.warnings[i]);
     log_files_note();
     signal(SIGPIPE, SIG_IGN);
     if (tls_setup(&cfg, err, sizeof(err)) < 0) {
