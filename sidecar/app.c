@@ -232,6 +232,7 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         return 2;
     }
     log_set_level(cfg.log_level);
+    log_set_format(cfg.log_format);
     version_line(err, sizeof(err));
     LOG_INFO("%s starting, pid %d", err, (int)getpid());
     for (int i = 0; i < cfg.n_warnings; i++)

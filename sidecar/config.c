@@ -28,7 +28,7 @@
 
 /* VAR_INT_CLAMPED: a VAR_INT whose values above <max> are taken as <max>, with a warning. */
 enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_INT_CLAMPED, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE, VAR_ONOFF,
-                VAR_DEBUG_FROM };
+                VAR_DEBUG_FROM, VAR_LOG_FORMAT };
 
 struct var {
     const char *name;
@@ -45,7 +45,7 @@ static const struct var vars[] = {
     { "NEXTUP_ADMIN", VAR_ADDR, "127.0.0.1:15000", 0, 0, offsetof(struct config, admin),
       "address for /healthz /readyz /metrics /debug/peers" },
     { "NEXTUP_ADMIN_DEBUG_FROM", VAR_DEBUG_FROM, "loopback", 0, 0, offsetof(struct config, admin_debug_any),
-      "who may read /debug/* on the admin listener: loopback (others get 403) or any" },
+      "who may read /debug/* and use /logging on the admin listener: loopback (others get 403) or any" },
     { "NEXTUP_UPSTREAMS", VAR_UPSTREAMS, NULL, 0, 0, offsetof(struct config, upstreams),
       "comma-separated host:port peers; names resolve to every address" },
     { "NEXTUP_WORKERS", VAR_INT_CLAMPED, NULL, 1, WORKERS_MAX, offsetof(struct config, workers),
@@ -72,7 +72,9 @@ static const struct var vars[] = {
     { "NEXTUP_RETRY_BUFFER_BYTES", VAR_INT, "65536", 0, 67108864,
       offsetof(struct config, retry_buffer_bytes), "request body bytes kept so the request can be retried" },
     { "NEXTUP_LOG_LEVEL", VAR_LOG_LEVEL, "info", 0, 0, offsetof(struct config, log_level),
-      "one of error, warn, info, debug" },
+      "one of error, warn, info, debug (POST /logging?level= on the admin listener changes it while running)" },
+    { "NEXTUP_LOG_FORMAT", VAR_LOG_FORMAT, "text", 0, 0, offsetof(struct config, log_format),
+      "diagnostics on stderr as text lines or json (one object a line: time, level, msg)" },
     { "NEXTUP_UPSTREAM_TLS", VAR_ONOFF, "off", 0, 0, offsetof(struct config, upstream_tls),
       "on: every upstream connection is TLS (verified, ALPN http/1.1, pooled, sessions resumed)" },
     { "NEXTUP_UPSTREAM_TLS_VERIFY", VAR_ONOFF, "on", 0, 0, offsetof(struct config, upstream_tls_verify),
@@ -741,6 +743,13 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
             return 0;
         }
         set_err(err, errlen, "%s=\"%s\": expected loopback or any", v->name, value);
+        return -EINVAL;
+    case VAR_LOG_FORMAT:
+        if (strcmp(value, "text") == 0 || strcmp(value, "json") == 0) {
+            *(enum log_format *)field = strcmp(value, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT;
+            return 0;
+        }
+        set_err(err, errlen, "%s=\"%s\": expected text or json", v->name, value);
         return -EINVAL;
     case VAR_LOG_LEVEL:
         for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {

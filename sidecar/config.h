@@ -21,6 +21,8 @@ enum { CONFIG_BPF_AUTO, CONFIG_BPF_ON, CONFIG_BPF_OFF };
 
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
 
+enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
+
 struct config_addr {
     struct sockaddr_storage sa;
     socklen_t salen;
@@ -57,6 +59,7 @@ struct config {
     int pool_max_idle;                    /* NEXTUP_POOL_MAX_IDLE per peer per worker, default 64, 0..10000 */
     int retry_buffer_bytes;               /* NEXTUP_RETRY_BUFFER_BYTES, default 65536, 0..67108864 */
     enum log_level log_level;             /* NEXTUP_LOG_LEVEL error|warn|info|debug, default info */
+    enum log_format log_format;           /* NEXTUP_LOG_FORMAT text|json, default text */
     int per_try_timeout_ms;               /* NEXTUP_PER_TRY_TIMEOUT_MS, default 0 = off */
     int retry_backoff_base_ms;            /* NEXTUP_RETRY_BACKOFF_BASE_MS, default 25 */
     int retry_backoff_max_ms;             /* NEXTUP_RETRY_BACKOFF_MAX_MS, default 250 */
