@@ -27,6 +27,9 @@ struct access_entry {
     int n_retries;
 };
 
+/* Declare entries with it: fields a caller does not know stay unset. */
+#define ACCESS_ENTRY_INIT { 0 }
+
 /* NULL on allocation failure. With <enabled> 0, a log that writes nothing. */
 struct access_log *access_log_new(struct event_base *base, int enabled);
 void access_log_write(struct access_log *l, const struct access_entry *e);

@@ -191,7 +191,7 @@ static void log_request(struct downstream *ds, int status)
     };
     char texts[18][24];
     const char *reasons[18];
-    struct access_entry e;
+    struct access_entry e = ACCESS_ENTRY_INIT;
     int i, n_retries;
 
     /* Nothing to say about a connection that sent nothing; a bad request line is logged as "-". */
