@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "net.h"
 #include "peers.h"
+#include "worker.h"
 
 /* The manifests bind the admin listener beyond loopback (the kubelet probes the pod IP),
  * under a 128 MiB limit: whoever reaches the pod may talk to it. No endpoint takes a body,
@@ -317,6 +318,9 @@ static void admin_cb(struct evhttp_request *req, void *arg)
         }
     } else if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
         metrics_write_prometheus(body);
+        metrics_write_process(body, workers_live_connections());
+        if (known_peers)
+            metrics_write_peers(body, known_peers);
         write_admin_metrics(body);
         if (health)
             health_write_metrics(health, body);
