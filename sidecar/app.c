@@ -233,8 +233,6 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     }
     log_set_level(cfg.log_level);
     log_set_format(cfg.log_format);
-    version_line(err, sizeof(err));
-    LOG_INFO("%s starting, pid %d", err, (int)getpid());
     for (int i = 0; i < cfg.n_warnings; i++)
         LOG_WARN("%s", cfg.warnings[i]);
     log_files_note();
@@ -305,8 +303,10 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
             goto out;
         }
     }
-    LOG_INFO("listening on %s (admin %s), %d worker(s), %d peer(s), kernel health view %s", cfg.listen.text,
-             cfg.admin.text, cfg.workers, peers->n, bpf ? "on" : "off");
+    /* The first line at info, once started (a startup error stays the one line on stderr). */
+    version_line(err, sizeof(err));
+    LOG_INFO("%s, pid %d: listening on %s (admin %s), %d worker(s), %d peer(s), kernel health view %s", err,
+             (int)getpid(), cfg.listen.text, cfg.admin.text, cfg.workers, peers->n, bpf ? "on" : "off");
     event_base_dispatch(base);
 
 out:

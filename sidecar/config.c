@@ -279,7 +279,7 @@ static const char *describe(const char *name, char *buf, size_t len)
 }
 
 /* Two values that cannot both be meant: one of them would never take effect. */
-static int check_contradictions(const struct config *cfg, char *err, size_t errlen)
+static int check_contradictions(struct config *cfg, char *err, size_t errlen)
 {
     static const struct {
         const char *low, *high;
@@ -294,9 +294,6 @@ static int check_contradictions(const struct config *cfg, char *err, size_t errl
         { "NEXTUP_PER_TRY_TIMEOUT_MS", "NEXTUP_REQUEST_TIMEOUT_MS", offsetof(struct config, per_try_timeout_ms),
           offsetof(struct config, request_timeout_ms), 1,
           "one attempt may not take longer than the whole request: the per-try timeout would never fire" },
-        { "NEXTUP_CONNECT_TIMEOUT_MS", "NEXTUP_REQUEST_TIMEOUT_MS", offsetof(struct config, connect_timeout_ms),
-          offsetof(struct config, request_timeout_ms), 0,
-          "a connect may not take longer than the whole request: a slow connect would never be retried" },
     };
     char a[128], b[128];
 
@@ -311,6 +308,12 @@ static int check_contradictions(const struct config *cfg, char *err, size_t errl
             return -EINVAL;
         }
     }
+    /* Not an error: lowering the request timeout alone is common and still works (the connect is
+     * cut by the request timeout), but a slow connect is then never retried. */
+    if (cfg->connect_timeout_ms > cfg->request_timeout_ms && cfg->n_warnings < CONFIG_MAX_WARNINGS)
+        snprintf(cfg->warnings[cfg->n_warnings++], sizeof(cfg->warnings[0]),
+                 "%s is above %s: a slow connect ends the request (504) instead of being retried",
+                 describe("NEXTUP_CONNECT_TIMEOUT_MS", a, sizeof(a)), describe("NEXTUP_REQUEST_TIMEOUT_MS", b, sizeof(b)));
     if (cfg->listen.salen == cfg->admin.salen && memcmp(&cfg->listen.sa, &cfg->admin.sa, cfg->listen.salen) == 0) {
         set_err(err, errlen, "%s and %s are the same address: the admin listener needs its own port",
                 describe("NEXTUP_LISTEN", a, sizeof(a)), describe("NEXTUP_ADMIN", b, sizeof(b)));
@@ -330,11 +333,9 @@ static int check_contradictions(const struct config *cfg, char *err, size_t errl
                         describe("NEXTUP_UPSTREAM_TLS", b, sizeof(b)));
                 return -EINVAL;
             }
-    } else if (!cfg->upstream_tls_verify && cfg->upstream_ca_file[0]) {
-        set_err(err, errlen, "%s is set but %s: the CA bundle would never be used",
-                describe("NEXTUP_UPSTREAM_CA_FILE", a, sizeof(a)), describe("NEXTUP_UPSTREAM_TLS_VERIFY", b, sizeof(b)));
-        return -EINVAL;
     }
+    /* A CA file with NEXTUP_UPSTREAM_TLS_VERIFY=off is left alone: turning verification off for a
+     * while, the CA kept, is how one debugs a certificate (tls.c warns at start). */
     return 0;
 }
 
