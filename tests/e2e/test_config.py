@@ -152,7 +152,7 @@ class ConfigTest(H.NextupCase):
         nx = self.start_nextup(b, env={"NEXTUP_SERVICE_HOST": "10.96.0.10", "NEXTUP_SERVICE_PORT": "15001",
                                        "NEXTUP_SERVICE_PORT_HTTP": "15001", "NEXTUP_PORT": "tcp://10.96.0.10:15001",
                                        "NEXTUP_PORT_15001_TCP": "tcp://10.96.0.10:15001",
-                                       "NEXTUP_PORT_15001_TCP_PROTO": "tcp"})
+                                       "NEXTUP_PORT_15001_TCP_PROTO": "tcp", "NEXTUP_BPF": "off"})
         self.assertEqual(self.roundtrip(nx, "GET", "/").status, 200)
 
     def test_contradictory_values_exit_2_naming_both(self):
@@ -173,7 +173,7 @@ class ConfigTest(H.NextupCase):
 
     def test_workers_above_the_most_clamp_with_a_warning(self):
         b = self.start_backend("a")
-        nx = self.start_nextup(b, workers=65)
+        nx = self.start_nextup(b, workers=65, env={"NEXTUP_BPF": "off"})
         self.assertEqual(self.roundtrip(nx, "GET", "/").status, 200)
         warn = [l for l in nx.stderr_text().splitlines() if "NEXTUP_WORKERS" in l]
         self.assertEqual(len(warn), 1, nx.stderr_text()[-2000:])
