@@ -91,6 +91,11 @@ $(BUILD)/.deps-build: scripts/deps.sh
 $(LLHTTP_SRC_DIR)/%.c: | $(BUILD)/.deps-build
 	@test -f $@ || { echo "missing $@: is node-llhttp installed?" >&2; exit 1; }
 
+# Installed by deps.sh during this very build, the sources look to make like files the rule
+# above made, so intermediate: without this, make deletes the package's files once the
+# objects are built (seen on a fresh machine: /usr/share/llhttp/*.c gone after the first make).
+.PRECIOUS: $(LLHTTP_SRC_DIR)/%.c
+
 # The test's .d adds the headers it includes to $^: they are not inputs.
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(SIDECAR_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)

@@ -1,5 +1,7 @@
 #include "accesslog.h"
 
+#include "json.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -68,25 +70,31 @@ void access_log_free(struct access_log *l)
     free(l);
 }
 
-/* JSON string body of <s> (<n> bytes): quotes, backslashes and control bytes escaped. */
-static void json_str(struct evbuffer *out, const char *s, size_t n)
+const char *access_status_source_name(enum access_status_source src)
 {
-    size_t i, run = 0;
+    static const char *const names[ACCESS_SOURCE_COUNT] = {
+        [ACCESS_SOURCE_UPSTREAM] = "upstream", [ACCESS_SOURCE_TIMEOUT] = "nextup:timeout",
+        [ACCESS_SOURCE_PER_TRY_TIMEOUT] = "nextup:per_try_timeout", [ACCESS_SOURCE_REFUSED] = "nextup:refused",
+        [ACCESS_SOURCE_CONNECT_FAILURE] = "nextup:connect_failure", [ACCESS_SOURCE_RESET] = "nextup:reset",
+        [ACCESS_SOURCE_TLS] = "nextup:tls", [ACCESS_SOURCE_BAD_RESPONSE] = "nextup:bad_response",
+        [ACCESS_SOURCE_BUDGET] = "nextup:budget", [ACCESS_SOURCE_NO_PEER] = "nextup:no_peer",
+        [ACCESS_SOURCE_BAD_REQUEST] = "nextup:bad_request", [ACCESS_SOURCE_OVERLOAD] = "nextup:overload",
+        [ACCESS_SOURCE_CLIENT_CLOSED] = "client_closed",
+    };
+    return (unsigned)src < ACCESS_SOURCE_COUNT ? names[src] : NULL;
+}
 
-    evbuffer_add(out, "\"", 1);
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
-            continue;
-        evbuffer_add(out, s + run, i - run);
-        if (c == '"' || c == '\\')
-            evbuffer_add_printf(out, "\\%c", c);
-        else
-            evbuffer_add_printf(out, "\\u%04x", c);
-        run = i + 1;
-    }
-    evbuffer_add(out, s + run, n - run);
-    evbuffer_add(out, "\"", 1);
+static void json_field(struct evbuffer *out, const char *s, size_t n)
+{
+    json_add_str(out, s, n, ACCESS_LOG_CAP_FIELD);
+}
+
+static void json_opt(struct evbuffer *out, const char *key, const char *s, size_t n)
+{
+    if (!s)
+        return;
+    evbuffer_add_printf(out, ",\"%s\":", key);
+    json_field(out, s, n);
 }
 
 void access_log_write(struct access_log *l, const struct access_entry *e)
@@ -94,6 +102,7 @@ void access_log_write(struct access_log *l, const struct access_entry *e)
     time_t secs;
     int i, ms;
     char msz[6];
+    const char *source;
 
     if (!l || !l->enabled)
         return;
@@ -113,19 +122,31 @@ void access_log_write(struct access_log *l, const struct access_entry *e)
     evbuffer_add(l->buf, l->when, l->when_len);
     evbuffer_add(l->buf, msz, 5);
     evbuffer_add(l->buf, ",\"client\":", 10);
-    json_str(l->buf, e->client, strlen(e->client));
+    json_field(l->buf, e->client, strlen(e->client));
     evbuffer_add(l->buf, ",\"method\":", 10);
-    json_str(l->buf, e->method, strlen(e->method));
+    json_field(l->buf, e->method, strlen(e->method));
     evbuffer_add(l->buf, ",\"path\":", 8);
-    json_str(l->buf, e->path, e->path_len);
+    json_add_str(l->buf, e->path, e->path_len, ACCESS_LOG_CAP_PATH);
+    json_opt(l->buf, "host", e->host, e->host_len);
+    json_opt(l->buf, "protocol", e->protocol, e->protocol ? strlen(e->protocol) : 0);
+    json_opt(l->buf, "request_id", e->request_id, e->request_id_len);
+    json_opt(l->buf, "traceparent", e->traceparent, e->traceparent_len);
+    if (e->request_bytes >= 0)
+        evbuffer_add_printf(l->buf, ",\"request_bytes\":%lld", (long long)e->request_bytes);
     evbuffer_add_printf(l->buf, ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%lld,\"upstream\":", e->status,
                         (unsigned long long)e->bytes, (long long)e->duration_ms);
-    json_str(l->buf, e->upstream, strlen(e->upstream));
+    json_field(l->buf, e->upstream, strlen(e->upstream));
+    if (e->upstream_ms >= 0)
+        evbuffer_add_printf(l->buf, ",\"upstream_ms\":%lld", (long long)e->upstream_ms);
+    source = access_status_source_name(e->status_source);
+    if (source)
+        evbuffer_add_printf(l->buf, ",\"status_source\":\"%s\"", source);
     evbuffer_add_printf(l->buf, ",\"attempts\":%d,\"retries\":[", e->attempts);
-    for (i = 0; i < e->n_retries; i++) {
+    /* Retry reasons are nextup's own short words; at most 18 of them (1 + NEXTUP_MAX_RETRIES). */
+    for (i = 0; i < e->n_retries && i < 18; i++) {
         if (i)
             evbuffer_add(l->buf, ",", 1);
-        json_str(l->buf, e->retries[i], strlen(e->retries[i]));
+        json_add_str(l->buf, e->retries[i], strlen(e->retries[i]), 64);
     }
     evbuffer_add(l->buf, "]}\n", 3);
     if (evbuffer_get_length(l->buf) >= FLUSH_BYTES)

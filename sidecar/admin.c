@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "net.h"
 #include "peers.h"
+#include "worker.h"
 
 /* The manifests bind the admin listener beyond loopback (the kubelet probes the pod IP),
  * under a 128 MiB limit: whoever reaches the pod may talk to it. No endpoint takes a body,
@@ -232,12 +233,41 @@ static void write_admin_metrics(struct evbuffer *out)
                         ADMIN_MAX_CONNECTIONS, n_conns, ADMIN_MAX_CONNECTIONS, (unsigned long long)refused_total);
 }
 
+/* GET /logging: the level now. POST /logging?level=debug|info|warn|error: sets it (every
+ * worker, from its next line on) and answers with it. The query is the only input: a POST
+ * has no body here (evhttp answers 413 to one). */
+static void logging_endpoint(struct evhttp_request *req, const char *query, struct evbuffer *body)
+{
+    enum log_level old = log_get_level(), level;
+    const char *v;
+    size_t vlen;
+
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        evbuffer_add_printf(body, "level=%s\n", log_level_name(old));
+        reply(req, 200, "OK", "text/plain", body);
+        return;
+    }
+    v = query[0] == '?' && strncmp(query + 1, "level=", 6) == 0 ? query + 7 : NULL;
+    vlen = v ? strcspn(v, "&") : 0;
+    if (!v || v[vlen] != '\0' || log_level_parse(v, vlen, &level) < 0) {
+        evbuffer_add_printf(body, "bad request: expected POST /logging?level=debug, info, warn or error\n");
+        reply(req, 400, "Bad Request", "text/plain", body);
+        return;
+    }
+    log_set_level(level);
+    /* At warn so that the change shows in the log unless the new level is error. */
+    LOG_WARN("admin: log level %s (was %s), set through POST /logging", log_level_name(level), log_level_name(old));
+    evbuffer_add_printf(body, "level=%s\n", log_level_name(level));
+    reply(req, 200, "OK", "text/plain", body);
+}
+
 static void admin_cb(struct evhttp_request *req, void *arg)
 {
     const char *uri = evhttp_request_get_uri(req);
     struct admin_conn *ac = conn_of(req);
     struct evbuffer *body;
     size_t plen;
+    int is_logging;
 
     (void)arg;
     if (ac && ac->refused) {
@@ -258,11 +288,20 @@ static void admin_cb(struct evhttp_request *req, void *arg)
         return;
     }
     plen = strcspn(uri, "?");
-    if (plen >= 6 && strncmp(uri, "/debug", 6) == 0 && (plen == 6 || uri[6] == '/') && !debug_any &&
-        !from_loopback(req)) {
-        evbuffer_add_printf(body, "forbidden: /debug/* answers only clients on loopback "
-                                  "(NEXTUP_ADMIN_DEBUG_FROM=any opens it to every client)\n");
+    is_logging = plen == 8 && strncmp(uri, "/logging", 8) == 0;
+    if (((plen >= 6 && strncmp(uri, "/debug", 6) == 0 && (plen == 6 || uri[6] == '/')) || is_logging) &&
+        !debug_any && !from_loopback(req)) {
+        evbuffer_add_printf(body, "forbidden: %s answers only clients on loopback "
+                                  "(NEXTUP_ADMIN_DEBUG_FROM=any opens it to every client)\n",
+                            is_logging ? "/logging" : "/debug/*");
         reply(req, 403, "Forbidden", "text/plain", body);
+    } else if (evhttp_request_get_command(req) == EVHTTP_REQ_POST && !is_logging) {
+        /* POST is let through evhttp for /logging alone. */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        evbuffer_add_printf(body, "method not allowed: only /logging takes POST\n");
+        reply(req, 405, "Method Not Allowed", "text/plain", body);
+    } else if (is_logging) {
+        logging_endpoint(req, uri + plen, body);
     } else if (plen == 8 && strncmp(uri, "/healthz", 8) == 0) {
         evbuffer_add_printf(body, "ok\n");
         reply(req, 200, "OK", "text/plain", body);
@@ -279,6 +318,9 @@ static void admin_cb(struct evhttp_request *req, void *arg)
         }
     } else if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
         metrics_write_prometheus(body);
+        metrics_write_process(body, workers_live_connections());
+        if (known_peers)
+            metrics_write_peers(body, known_peers);
         write_admin_metrics(body);
         if (health)
             health_write_metrics(health, body);
@@ -287,7 +329,7 @@ static void admin_cb(struct evhttp_request *req, void *arg)
         health_write_debug_json(health, body);
         reply(req, 200, "OK", "application/json", body);
     } else {
-        evbuffer_add_printf(body, "not found: try /healthz, /readyz, /metrics or /debug/peers\n");
+        evbuffer_add_printf(body, "not found: try /healthz, /readyz, /metrics, /logging or /debug/peers\n");
         reply(req, 404, "Not Found", "text/plain", body);
     }
     evbuffer_free(body);
@@ -352,10 +394,11 @@ int admin_start(struct event_base *base, const struct config *cfg, const struct 
     evhttp_set_gencb(http, admin_cb, NULL);
     evhttp_set_bevcb(http, conn_bev_cb, NULL);
     /* Over these evhttp answers by itself: 400 for a longer head, 413 for any body (read
-     * no further: evhttp stops reading and closes), 501 for another method. */
+     * no further: evhttp stops reading and closes), 501 for another method. POST is for
+     * /logging only (405 elsewhere); it needs no body either. */
     evhttp_set_max_headers_size(http, ADMIN_MAX_HEAD_BYTES);
     evhttp_set_max_body_size(http, ADMIN_MAX_BODY_BYTES);
-    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
     evhttp_set_timeout(http, ADMIN_TIMEOUT_S);
     return 0;
 }

@@ -1,8 +1,10 @@
 /* admin: the admin listener (NEXTUP_ADMIN) on the main thread's loop:
  * /healthz (alive), /readyz (serving and a peer known; 503 while draining), /metrics,
- * /debug/peers (JSON: each peer's verdict, reason, L7 and kernel counters).
- * GET and HEAD only, no body, heads up to 8 KiB, a whole request within 10 s, at most
- * 64 connections; /debug/... only to loopback clients unless NEXTUP_ADMIN_DEBUG_FROM=any.
+ * /debug/peers (JSON: each peer's verdict, reason, L7 and kernel counters), /logging (GET: the
+ * log level; POST /logging?level=debug|info|warn|error changes it while running).
+ * GET and HEAD only (POST for /logging alone), no body, heads up to 8 KiB, a whole request
+ * within 10 s, at most 64 connections; /debug/... and /logging only to loopback clients unless
+ * NEXTUP_ADMIN_DEBUG_FROM=any.
  * Out of descriptors or memory, the listener stops accepting for 100 ms at a time and says
  * so at most once a second. */
 #ifndef SIDECAR_ADMIN_H

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "peers.h"
 #include "proxy.h"
+#include "version.h"
 #include "worker.h"
 
 static struct config cfg;
@@ -217,8 +218,13 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
             config_print_help(stdout);
             return 0;
         }
-        fprintf(stderr, "nextup: unknown argument \"%s\": nextup takes only --help; it is configured by NEXTUP_* "
-                        "environment variables\n", argv[1]);
+        if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+            version_line(err, sizeof(err));
+            printf("%s\n", err);
+            return 0;
+        }
+        fprintf(stderr, "nextup: unknown argument \"%s\": nextup takes only --help and --version; it is configured "
+                        "by NEXTUP_* environment variables\n", argv[1]);
         return 2;
     }
     if (config_from_env(&cfg, err, sizeof(err)) < 0 || hook_setup(&cfg, hooks, err, sizeof(err)) < 0) {
@@ -226,6 +232,9 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         return 2;
     }
     log_set_level(cfg.log_level);
+    log_set_format(cfg.log_format);
+    for (int i = 0; i < cfg.n_warnings; i++)
+        LOG_WARN("%s", cfg.warnings[i]);
     log_files_note();
     signal(SIGPIPE, SIG_IGN);
     if (tls_setup(&cfg, err, sizeof(err)) < 0) {
@@ -294,8 +303,10 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
             goto out;
         }
     }
-    LOG_INFO("listening on %s (admin %s), %d worker(s), %d peer(s), kernel health view %s", cfg.listen.text,
-             cfg.admin.text, cfg.workers, peers->n, bpf ? "on" : "off");
+    /* The first line at info, once started (a startup error stays the one line on stderr). */
+    version_line(err, sizeof(err));
+    LOG_INFO("%s, pid %d: listening on %s (admin %s), %d worker(s), %d peer(s), kernel health view %s", err,
+             (int)getpid(), cfg.listen.text, cfg.admin.text, cfg.workers, peers->n, bpf ? "on" : "off");
     event_base_dispatch(base);
 
 out:

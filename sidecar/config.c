@@ -26,8 +26,9 @@
     "expected comma-separated host:port peers, e.g. 10.0.0.1:8080,[::1]:8080,orders:8080"
 #define ADDR_EXPECTED "expected host:port with a numeric IPv4 address or [IPv6]:port"
 
-enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE, VAR_ONOFF,
-                VAR_DEBUG_FROM };
+/* VAR_INT_CLAMPED: a VAR_INT whose values above <max> are taken as <max>, with a warning. */
+enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_INT_CLAMPED, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE, VAR_ONOFF,
+                VAR_DEBUG_FROM, VAR_LOG_FORMAT };
 
 struct var {
     const char *name;
@@ -44,11 +45,11 @@ static const struct var vars[] = {
     { "NEXTUP_ADMIN", VAR_ADDR, "127.0.0.1:15000", 0, 0, offsetof(struct config, admin),
       "address for /healthz /readyz /metrics /debug/peers" },
     { "NEXTUP_ADMIN_DEBUG_FROM", VAR_DEBUG_FROM, "loopback", 0, 0, offsetof(struct config, admin_debug_any),
-      "who may read /debug/* on the admin listener: loopback (others get 403) or any" },
+      "who may read /debug/* and use /logging on the admin listener: loopback (others get 403) or any" },
     { "NEXTUP_UPSTREAMS", VAR_UPSTREAMS, NULL, 0, 0, offsetof(struct config, upstreams),
       "comma-separated host:port peers; names resolve to every address" },
-    { "NEXTUP_WORKERS", VAR_INT, NULL, 1, WORKERS_MAX, offsetof(struct config, workers),
-      "worker threads" },
+    { "NEXTUP_WORKERS", VAR_INT_CLAMPED, NULL, 1, WORKERS_MAX, offsetof(struct config, workers),
+      "worker threads; above the most, the most (with a warning)" },
     { "NEXTUP_CONNECT_TIMEOUT_MS", VAR_INT, "1000", 1, MS_MAX,
       offsetof(struct config, connect_timeout_ms), "upstream connect timeout, ms" },
     { "NEXTUP_REQUEST_TIMEOUT_MS", VAR_INT, "30000", 1, MS_MAX,
@@ -71,7 +72,9 @@ static const struct var vars[] = {
     { "NEXTUP_RETRY_BUFFER_BYTES", VAR_INT, "65536", 0, 67108864,
       offsetof(struct config, retry_buffer_bytes), "request body bytes kept so the request can be retried" },
     { "NEXTUP_LOG_LEVEL", VAR_LOG_LEVEL, "info", 0, 0, offsetof(struct config, log_level),
-      "one of error, warn, info, debug" },
+      "one of error, warn, info, debug (POST /logging?level= on the admin listener changes it while running)" },
+    { "NEXTUP_LOG_FORMAT", VAR_LOG_FORMAT, "text", 0, 0, offsetof(struct config, log_format),
+      "diagnostics on stderr as text lines or json (one object a line: time, level, msg)" },
     { "NEXTUP_UPSTREAM_TLS", VAR_ONOFF, "off", 0, 0, offsetof(struct config, upstream_tls),
       "on: every upstream connection is TLS (verified, ALPN http/1.1, pooled, sessions resumed)" },
     { "NEXTUP_UPSTREAM_TLS_VERIFY", VAR_ONOFF, "on", 0, 0, offsetof(struct config, upstream_tls_verify),
@@ -161,6 +164,179 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     for (char *p = err; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
             *p = '?';
+}
+
+/* Optimal string alignment distance of <a> and <b>, each cut at NAME_CMP_MAX bytes:
+ * a typo is a letter missed, added, changed or two swapped. */
+#define NAME_CMP_MAX 64
+static int edit_distance(const char *a, const char *b)
+{
+    int d[NAME_CMP_MAX + 1][NAME_CMP_MAX + 1];
+    size_t la = strnlen(a, NAME_CMP_MAX), lb = strnlen(b, NAME_CMP_MAX);
+
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        for (size_t j = 1; j <= lb; j++) {
+            int cost = a[i - 1] != b[j - 1];
+            int best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < best)
+                best = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[la][lb];
+}
+
+const char *config_nearest_name(const char *name)
+{
+    const char *best = vars[0].name;
+    int best_d = edit_distance(name, best);
+
+    for (size_t i = 1; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        int d = edit_distance(name, vars[i].name);
+        if (d < best_d) {
+            best_d = d;
+            best = vars[i].name;
+        }
+    }
+    return best;
+}
+
+static const struct var *find_var(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+        if (strlen(vars[i].name) == len && strncmp(vars[i].name, name, len) == 0)
+            return &vars[i];
+    return NULL;
+}
+
+/* Kubernetes gives every container of a namespace with a Service named "nextup" the service
+ * links NEXTUP_SERVICE_HOST, NEXTUP_SERVICE_PORT[_<name>], NEXTUP_PORT and
+ * NEXTUP_PORT_<port>_<proto>[_PROTO|_PORT|_ADDR] (enableServiceLinks is on by default): they are
+ * the cluster's, not typos, and must not stop the pod. */
+static bool is_service_link(const char *name, size_t len)
+{
+    const char *n = name + 7;   /* after "NEXTUP_" */
+    size_t l = len - 7;
+
+    if ((l == 12 && strncmp(n, "SERVICE_HOST", 12) == 0) ||
+        (l >= 12 && strncmp(n, "SERVICE_PORT", 12) == 0 && (l == 12 || n[12] == '_')) ||
+        (l == 4 && strncmp(n, "PORT", 4) == 0))
+        return true;
+    if (l > 5 && strncmp(n, "PORT_", 5) == 0) {
+        size_t i = 5;
+        while (i < l && n[i] >= '0' && n[i] <= '9')
+            i++;
+        return i > 5 && i < l && n[i] == '_';
+    }
+    return false;
+}
+
+extern char **environ;
+
+/* The first NEXTUP_* variable of the environment that nextup does not read. A misspelled
+ * name would otherwise start with the default and report ready. */
+static int check_unknown(char *err, size_t errlen)
+{
+    for (char **e = environ; e && *e; e++) {
+        const char *eq;
+        char name[NAME_CMP_MAX + 1];
+        size_t len;
+
+        if (strncmp(*e, "NEXTUP_", 7) != 0)
+            continue;
+        eq = strchr(*e, '=');
+        len = eq ? (size_t)(eq - *e) : strlen(*e);
+        if (find_var(*e, len) || is_service_link(*e, len))
+            continue;
+        snprintf(name, sizeof(name), "%.*s", (int)(len < NAME_CMP_MAX ? len : NAME_CMP_MAX), *e);
+        set_err(err, errlen, "%.*s=\"%.64s\": unknown variable; the nearest known one is %s "
+                "(nextup --help lists them all)", (int)len, *e, eq ? eq + 1 : "", config_nearest_name(name));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* "NEXTUP_X=\"v\"" when set, "NEXTUP_X (default v)" when not: a contradiction may be with a default. */
+static const char *describe(const char *name, char *buf, size_t len)
+{
+    const char *value = getenv(name);
+
+    if (value && *value) {
+        snprintf(buf, len, "%s=\"%.64s\"", name, value);
+    } else {
+        const struct var *v = find_var(name, strlen(name));
+        snprintf(buf, len, "%s (default %s)", name, v && v->def ? v->def : "?");
+    }
+    return buf;
+}
+
+/* Two values that cannot both be meant: one of them would never take effect. */
+static int check_contradictions(struct config *cfg, char *err, size_t errlen)
+{
+    static const struct {
+        const char *low, *high;
+        size_t low_off, high_off;
+        int low_zero_off;          /* 0 in <low> turns it off: no contradiction then */
+        const char *why;
+    } pairs[] = {
+        { "NEXTUP_EJECT_BASE_MS", "NEXTUP_EJECT_MAX_MS", offsetof(struct config, eject_base_ms),
+          offsetof(struct config, eject_max_ms), 0, "the first ejection would be longer than the longest" },
+        { "NEXTUP_RETRY_BACKOFF_BASE_MS", "NEXTUP_RETRY_BACKOFF_MAX_MS", offsetof(struct config, retry_backoff_base_ms),
+          offsetof(struct config, retry_backoff_max_ms), 0, "the backoff base would be above its cap" },
+        { "NEXTUP_PER_TRY_TIMEOUT_MS", "NEXTUP_REQUEST_TIMEOUT_MS", offsetof(struct config, per_try_timeout_ms),
+          offsetof(struct config, request_timeout_ms), 1,
+          "one attempt may not take longer than the whole request: the per-try timeout would never fire" },
+    };
+    char a[128], b[128];
+
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+        int low = *(const int *)((const char *)cfg + pairs[i].low_off);
+        int high = *(const int *)((const char *)cfg + pairs[i].high_off);
+        if (pairs[i].low_zero_off && low == 0)
+            continue;
+        if (low > high) {
+            set_err(err, errlen, "%s is above %s: %s", describe(pairs[i].low, a, sizeof(a)),
+                    describe(pairs[i].high, b, sizeof(b)), pairs[i].why);
+            return -EINVAL;
+        }
+    }
+    /* Not an error: lowering the request timeout alone is common and still works (the connect is
+     * cut by the request timeout), but a slow connect is then never retried. */
+    if (cfg->connect_timeout_ms > cfg->request_timeout_ms && cfg->n_warnings < CONFIG_MAX_WARNINGS)
+        snprintf(cfg->warnings[cfg->n_warnings++], sizeof(cfg->warnings[0]),
+                 "%s is above %s: a slow connect ends the request (504) instead of being retried",
+                 describe("NEXTUP_CONNECT_TIMEOUT_MS", a, sizeof(a)), describe("NEXTUP_REQUEST_TIMEOUT_MS", b, sizeof(b)));
+    if (cfg->listen.salen == cfg->admin.salen && memcmp(&cfg->listen.sa, &cfg->admin.sa, cfg->listen.salen) == 0) {
+        set_err(err, errlen, "%s and %s are the same address: the admin listener needs its own port",
+                describe("NEXTUP_LISTEN", a, sizeof(a)), describe("NEXTUP_ADMIN", b, sizeof(b)));
+        return -EINVAL;
+    }
+    if (!cfg->upstream_tls) {
+        static const struct { const char *name; size_t off; } tls_only[] = {
+            { "NEXTUP_UPSTREAM_CA_FILE", offsetof(struct config, upstream_ca_file) },
+            { "NEXTUP_UPSTREAM_SNI", offsetof(struct config, upstream_sni) },
+            { "NEXTUP_UPSTREAM_CERT_FILE", offsetof(struct config, upstream_cert_file) },
+            { "NEXTUP_UPSTREAM_KEY_FILE", offsetof(struct config, upstream_key_file) },
+        };
+        for (size_t i = 0; i < sizeof(tls_only) / sizeof(tls_only[0]); i++)
+            if (((const char *)cfg + tls_only[i].off)[0]) {
+                set_err(err, errlen, "%s is set but %s: it applies only to TLS to the replicas "
+                        "(NEXTUP_UPSTREAM_TLS=on)", describe(tls_only[i].name, a, sizeof(a)),
+                        describe("NEXTUP_UPSTREAM_TLS", b, sizeof(b)));
+                return -EINVAL;
+            }
+    }
+    /* A CA file with NEXTUP_UPSTREAM_TLS_VERIFY=off is left alone: turning verification off for a
+     * while, the CA kept, is how one debugs a certificate (tls.c warns at start). */
+    return 0;
 }
 
 static int default_workers(void)
@@ -495,8 +671,18 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
     case VAR_UPSTREAMS:
         /* syntax only: names are resolved once every variable is known good */
         return scan_upstreams(cfg, v->name, value, true, err, errlen);
-    case VAR_INT: {
+    case VAR_INT:
+    case VAR_INT_CLAMPED: {
         long n;
+        /* A pod template written for a bigger node must still start: more threads than
+         * allowed is a wish for "as many as possible", not a typo. */
+        if (v->kind == VAR_INT_CLAMPED && parse_long(value, v->max + 1, LONG_MAX, &n) == 0) {
+            if (cfg->n_warnings < CONFIG_MAX_WARNINGS)
+                snprintf(cfg->warnings[cfg->n_warnings++], sizeof(cfg->warnings[0]),
+                         "%s=\"%s\": above the most allowed (%ld); using %ld", v->name, value, v->max, v->max);
+            *(int *)field = (int)v->max;
+            return 0;
+        }
         if (parse_long(value, v->min, v->max, &n) < 0) {
             set_err(err, errlen, "%s=\"%s\": expected an integer from %ld to %ld",
                     v->name, value, v->min, v->max);
@@ -559,6 +745,13 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
         }
         set_err(err, errlen, "%s=\"%s\": expected loopback or any", v->name, value);
         return -EINVAL;
+    case VAR_LOG_FORMAT:
+        if (strcmp(value, "text") == 0 || strcmp(value, "json") == 0) {
+            *(enum log_format *)field = strcmp(value, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT;
+            return 0;
+        }
+        set_err(err, errlen, "%s=\"%s\": expected text or json", v->name, value);
+        return -EINVAL;
     case VAR_LOG_LEVEL:
         for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
             if (strcmp(value, level_names[i]) == 0) {
@@ -582,6 +775,8 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
     if (err && errlen)
         err[0] = '\0';
     memset(cfg, 0, sizeof(*cfg));
+    if (check_unknown(err, errlen) < 0)
+        return -EINVAL;
 
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
         const struct var *v = &vars[i];
@@ -626,6 +821,8 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
             return -EINVAL;
         }
     }
+    if (check_contradictions(cfg, err, errlen) < 0)
+        return -EINVAL;
     cfg->retry.max_retries = cfg->max_retries;
     cfg->retry.budget_percent = cfg->retry_budget_percent;
     cfg->retry.budget_min_per_sec = cfg->retry_budget_min_per_sec;
@@ -639,7 +836,7 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
 
 void config_print_help(FILE *out)
 {
-    fprintf(out, "usage: nextup [--help]\n\n"
+    fprintf(out, "usage: nextup [--help | --version]\n\n"
                  "nextup is configured by environment variables only; each is read once at start.\n\n");
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
         const struct var *v = &vars[i];
@@ -655,7 +852,7 @@ void config_print_help(FILE *out)
             snprintf(def, sizeof(def), "online CPUs (%d)", default_workers());
 
         fprintf(out, "  %s  default: %s\n      %s", v->name, def, v->help);
-        if (v->kind == VAR_INT)
+        if (v->kind == VAR_INT || v->kind == VAR_INT_CLAMPED)
             fprintf(out, " (%ld..%ld)", v->min, v->max);
         fputc('\n', out);
     }

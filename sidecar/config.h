@@ -15,10 +15,13 @@
 #include "retry.h"
 
 #define CONFIG_MAX_UPSTREAMS 256
+#define CONFIG_MAX_WARNINGS 4
 
 enum { CONFIG_BPF_AUTO, CONFIG_BPF_ON, CONFIG_BPF_OFF };
 
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
+
+enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
 
 struct config_addr {
     struct sockaddr_storage sa;
@@ -56,6 +59,7 @@ struct config {
     int pool_max_idle;                    /* NEXTUP_POOL_MAX_IDLE per peer per worker, default 64, 0..10000 */
     int retry_buffer_bytes;               /* NEXTUP_RETRY_BUFFER_BYTES, default 65536, 0..67108864 */
     enum log_level log_level;             /* NEXTUP_LOG_LEVEL error|warn|info|debug, default info */
+    enum log_format log_format;           /* NEXTUP_LOG_FORMAT text|json, default text */
     int per_try_timeout_ms;               /* NEXTUP_PER_TRY_TIMEOUT_MS, default 0 = off */
     int retry_backoff_base_ms;            /* NEXTUP_RETRY_BACKOFF_BASE_MS, default 25 */
     int retry_backoff_max_ms;             /* NEXTUP_RETRY_BACKOFF_MAX_MS, default 250 */
@@ -89,17 +93,27 @@ struct config {
     int max_ejection_percent;             /* NEXTUP_MAX_EJECTION_PERCENT, default 50 */
     /* NEXTUP_RETRY_ON and NEXTUP_RETRY_METHODS, with the numbers above copied in. */
     struct retry_policy retry;
+    /* Values taken with a change (NEXTUP_WORKERS above the most allowed): one line each, for the
+     * caller to log once logging is set up. */
+    char warnings[CONFIG_MAX_WARNINGS][256];
+    int n_warnings;
 };
 
 /* Fills <cfg> from the NEXTUP_* environment; unset variables take their defaults.
  * Host names in NEXTUP_UPSTREAMS are resolved with getaddrinfo (every address
  * becomes one upstream). Returns 0, or -EINVAL with one line in <err> naming the
  * variable, the value and what was expected, e.g.
- *   NEXTUP_MAX_RETRIES="abc": expected an integer from 0 to 16 */
+ *   NEXTUP_MAX_RETRIES="abc": expected an integer from 0 to 16
+ * Also -EINVAL: a NEXTUP_* variable that is none of nextup's (the line names the nearest
+ * known one), and two values that contradict each other (the line names both). */
 int config_from_env(struct config *cfg, char *err, size_t errlen);
 
 /* Writes the --help text to <out>: every variable, its default and meaning. */
 void config_print_help(FILE *out);
+
+/* The known variable nearest to <name> by edit distance (insertions, deletions,
+ * substitutions, transpositions of neighbours); never NULL. */
+const char *config_nearest_name(const char *name);
 
 /* Parses "a.b.c.d:port", "[v6]:port" (numeric only) into <sa>/<salen>.
  * 0, or -EINVAL when <text> is not of that form or port is not 1..65535. */

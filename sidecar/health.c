@@ -494,10 +494,13 @@ void health_write_metrics(struct health *h, struct evbuffer *out)
     evbuffer_add_printf(out, "nextup_bpf_loaded %d\n", h->bpf ? 1 : 0);
     family(out, "nextup_peers_active", "gauge", "Peers taking new requests (discovery's current set).");
     evbuffer_add_printf(out, "nextup_peers_active %d\n", peers_active_count(h->peers));
-    family(out, "nextup_peer_healthy", "gauge", "1 if the peer takes first tries, 0 while out of rotation or removed.");
+    /* Only the peers discovery has now: a removed peer's series end at once (they stayed at 0
+     * for as long as the slot was kept, 30 s and more, and alerts fired after every rollout). */
+    family(out, "nextup_peer_healthy", "gauge", "1 if the peer takes first tries, 0 while out of rotation.");
     for (i = 0; i < h->peers->n; i++)
-        evbuffer_add_printf(out, "nextup_peer_healthy{peer=\"%s\"} %d\n", h->peers->peer[i]->addr_text,
-                            peer_is_active(h->peers->peer[i]) && !peer_is_out(h->peers->peer[i], now));
+        if (peer_is_active(h->peers->peer[i]))
+            evbuffer_add_printf(out, "nextup_peer_healthy{peer=\"%s\"} %d\n", h->peers->peer[i]->addr_text,
+                                !peer_is_out(h->peers->peer[i], now));
     family(out, "nextup_peer_state", "gauge",
            "1 for the state the peer is in (healthy, draining, down, ejected, trial), 0 for the others.");
     for (i = 0; i < h->peers->n; i++) {
@@ -510,33 +513,35 @@ void health_write_metrics(struct health *h, struct evbuffer *out)
     }
     family(out, "nextup_peer_ejections_total", "counter", "Times the peer was taken out of rotation (down, draining or ejected).");
     for (i = 0; i < h->peers->n; i++)
-        evbuffer_add_printf(out, "nextup_peer_ejections_total{peer=\"%s\"} %llu\n", h->peers->peer[i]->addr_text,
-                            U(atomic_load(&h->peers->peer[i]->ejections_total)));
+        if (peer_is_active(h->peers->peer[i]))
+            evbuffer_add_printf(out, "nextup_peer_ejections_total{peer=\"%s\"} %llu\n", h->peers->peer[i]->addr_text,
+                                U(atomic_load(&h->peers->peer[i]->ejections_total)));
     family(out, "nextup_peer_outstanding_requests", "gauge", "Requests in flight to the peer.");
     for (i = 0; i < h->peers->n; i++)
-        evbuffer_add_printf(out, "nextup_peer_outstanding_requests{peer=\"%s\"} %d\n",
-                            h->peers->peer[i]->addr_text, atomic_load(&h->peers->peer[i]->outstanding));
+        if (peer_is_active(h->peers->peer[i]))
+            evbuffer_add_printf(out, "nextup_peer_outstanding_requests{peer=\"%s\"} %d\n",
+                                h->peers->peer[i]->addr_text, atomic_load(&h->peers->peer[i]->outstanding));
     if (!h->bpf)
         return;
     family(out, "nextup_peer_kernel_connect_failures_total", "counter",
            "Connects to the peer the kernel saw fail (refused, timed out, unreachable), from every socket of the pod.");
     for (i = 0; i < h->peers->n; i++)
-        if (h->view[i].have)
+        if (h->view[i].have && peer_is_active(h->peers->peer[i]))
             evbuffer_add_printf(out, "nextup_peer_kernel_connect_failures_total{peer=\"%s\"} %llu\n",
                                 h->peers->peer[i]->addr_text, U(kernel_connect_failures(&h->view[i].last)));
     family(out, "nextup_peer_kernel_resets_received_total", "counter", "Resets the kernel received from the peer.");
     for (i = 0; i < h->peers->n; i++)
-        if (h->view[i].have)
+        if (h->view[i].have && peer_is_active(h->peers->peer[i]))
             evbuffer_add_printf(out, "nextup_peer_kernel_resets_received_total{peer=\"%s\"} %llu\n",
                                 h->peers->peer[i]->addr_text, U(h->view[i].last.resets_received));
     family(out, "nextup_peer_kernel_syn_retransmits_total", "counter", "SYNs to the peer the kernel retransmitted.");
     for (i = 0; i < h->peers->n; i++)
-        if (h->view[i].have)
+        if (h->view[i].have && peer_is_active(h->peers->peer[i]))
             evbuffer_add_printf(out, "nextup_peer_kernel_syn_retransmits_total{peer=\"%s\"} %llu\n",
                                 h->peers->peer[i]->addr_text, U(h->view[i].last.syn_retransmits));
     family(out, "nextup_peer_kernel_srtt_seconds", "gauge", "Last smoothed RTT the kernel measured to the peer.");
     for (i = 0; i < h->peers->n; i++)
-        if (h->view[i].have)
+        if (h->view[i].have && peer_is_active(h->peers->peer[i]))
             evbuffer_add_printf(out, "nextup_peer_kernel_srtt_seconds{peer=\"%s\"} %.6f\n",
                                 h->peers->peer[i]->addr_text, (double)h->view[i].last.srtt_us / 1e6);
 }

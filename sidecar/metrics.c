@@ -1,9 +1,20 @@
 #include "metrics.h"
 
-#include <event2/buffer.h>
+#include <dirent.h>
 #include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+
+#include "peers.h"
+#include "version.h"
 
 _Atomic uint64_t metrics[M_COUNT];
+
+static void write_histograms(struct evbuffer *out);
 
 static uint64_t get(enum metric_id id)
 {
@@ -97,4 +108,310 @@ void metrics_write_prometheus(struct evbuffer *out)
             M_DNS_FAILURES);
     counter(out, "nextup_dns_empty_answers_total",
             "Empty answers; the peers of that name are removed only when it repeats.", M_DNS_EMPTY);
+    write_histograms(out);
+}
+
+/* ---- histograms ----------------------------------------------------------------------
+ * Each thread that observes gets a shard of its own on first use (a thread-local pointer),
+ * which only it writes: an increment is a relaxed load and store, no locked instruction, no
+ * cache line shared with another worker. /metrics sums the shards. Threads beyond
+ * METRICS_SHARDS - 1 share the last shard, with atomic adds. */
+
+#define METRICS_SHARDS 80        /* 64 workers, the main thread, and room */
+#define N_CODES 6                /* 1xx..5xx, and "none" (no status: client gone, attempt failed) */
+#define N_HIST 3
+
+enum { H_REQUEST, H_UPSTREAM_HEAD, H_CONNECT };
+
+static const int64_t bucket_us[METRICS_BUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000, 30000000,
+};
+
+struct hist {
+    _Atomic uint64_t bucket[METRICS_BUCKETS + 1];   /* not cumulative; the last is +Inf */
+    _Atomic uint64_t sum_us;
+};
+
+struct shard {
+    struct hist h[N_HIST][N_CODES];
+} __attribute__((aligned(64)));
+
+static struct shard shards[METRICS_SHARDS];
+static _Atomic int shards_taken;
+static _Thread_local struct shard *my_shard;
+static _Thread_local int my_shard_shared;
+
+static inline void bump(_Atomic uint64_t *c, uint64_t v)
+{
+    if (my_shard_shared)
+        atomic_fetch_add_explicit(c, v, memory_order_relaxed);
+    else
+        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v, memory_order_relaxed);
+}
+
+static void observe(int which, int code_index, int64_t us)
+{
+    struct hist *h;
+    int b = 0;
+
+    if (!my_shard) {
+        int i = atomic_fetch_add(&shards_taken, 1);
+        my_shard_shared = i >= METRICS_SHARDS - 1;
+        my_shard = &shards[my_shard_shared ? METRICS_SHARDS - 1 : i];
+    }
+    if (us < 0)
+        us = 0;
+    while (b < METRICS_BUCKETS && us > bucket_us[b])
+        b++;
+    h = &my_shard->h[which][code_index];
+    bump(&h->bucket[b], 1);
+    bump(&h->sum_us, (uint64_t)us);
+}
+
+static int code_index(int status)
+{
+    return status >= 100 && status <= 599 ? status / 100 - 1 : 5;
+}
+
+void metrics_observe_request(int status, int64_t us)
+{
+    observe(H_REQUEST, code_index(status), us);
+}
+
+void metrics_observe_upstream_head(int status, int64_t us)
+{
+    observe(H_UPSTREAM_HEAD, code_index(status), us);
+}
+
+void metrics_observe_connect(int ok, int64_t us)
+{
+    observe(H_CONNECT, ok ? 0 : 1, us);
+}
+
+static void write_hist(struct evbuffer *out, int which, const char *name, const char *help, const char *label,
+                       const char *const *values, int n_values)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    for (int c = 0; c < n_values; c++) {
+        uint64_t counts[METRICS_BUCKETS + 1] = { 0 }, sum_us = 0, cum = 0;
+        for (int s = 0; s < METRICS_SHARDS; s++) {
+            const struct hist *h = &shards[s].h[which][c];
+            for (int b = 0; b <= METRICS_BUCKETS; b++)
+                counts[b] += atomic_load_explicit(&h->bucket[b], memory_order_relaxed);
+            sum_us += atomic_load_explicit(&h->sum_us, memory_order_relaxed);
+        }
+        for (int b = 0; b <= METRICS_BUCKETS; b++) {
+            cum += counts[b];
+            if (b < METRICS_BUCKETS)
+                evbuffer_add_printf(out, "%s_bucket{%s=\"%s\",le=\"%g\"} %" PRIu64 "\n", name, label, values[c],
+                                    (double)bucket_us[b] / 1e6, cum);
+            else
+                evbuffer_add_printf(out, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %" PRIu64 "\n", name, label, values[c], cum);
+        }
+        evbuffer_add_printf(out, "%s_sum{%s=\"%s\"} %.6f\n%s_count{%s=\"%s\"} %" PRIu64 "\n", name, label, values[c],
+                            (double)sum_us / 1e6, name, label, values[c], cum);
+    }
+}
+
+static void write_histograms(struct evbuffer *out)
+{
+    static const char *const codes[N_CODES] = { "1xx", "2xx", "3xx", "4xx", "5xx", "none" };
+    static const char *const results[2] = { "ok", "failed" };
+
+    write_hist(out, H_REQUEST, "nextup_downstream_request_duration_seconds",
+               "Requests from head read to last byte sent, by status class sent (none: the client left first).",
+               "code", codes, N_CODES);
+    write_hist(out, H_UPSTREAM_HEAD, "nextup_upstream_response_head_seconds",
+               "Attempts from request sent to response head, by status class (none: failed without a head).",
+               "code", codes, N_CODES);
+    write_hist(out, H_CONNECT, "nextup_upstream_connect_seconds",
+               "Fresh upstream connections from connect() to usable (TLS handshake included), by result.", "result",
+               results, 2);
+}
+
+/* ---- per peer ------------------------------------------------------------------------
+ * By slot (struct peer's index): a handful of shared atomics per peer, next to the
+ * <outstanding> count the request path already changes. */
+
+struct peer_series {
+    _Atomic uint64_t attempts;
+    _Atomic uint64_t responses[5];              /* 1xx..5xx */
+    _Atomic uint64_t failures[METRICS_FAIL_COUNT];
+} __attribute__((aligned(64)));
+
+static struct peer_series peer_series[PEERS_MAX];
+
+static const char *const fail_names[METRICS_FAIL_COUNT] = {
+    [METRICS_FAIL_REFUSED] = "refused", [METRICS_FAIL_CONNECT] = "connect_failure", [METRICS_FAIL_TLS] = "tls",
+    [METRICS_FAIL_RESET] = "reset", [METRICS_FAIL_TIMEOUT] = "timeout", [METRICS_FAIL_BAD_RESPONSE] = "bad_response",
+};
+
+void metrics_peer_reset(int index)
+{
+    struct peer_series *ps;
+
+    if (index < 0 || index >= PEERS_MAX)
+        return;
+    ps = &peer_series[index];
+    atomic_store(&ps->attempts, 0);
+    for (int i = 0; i < 5; i++)
+        atomic_store(&ps->responses[i], 0);
+    for (int i = 0; i < METRICS_FAIL_COUNT; i++)
+        atomic_store(&ps->failures[i], 0);
+}
+
+void metrics_peer_attempt(int index)
+{
+    if (index >= 0 && index < PEERS_MAX)
+        atomic_fetch_add_explicit(&peer_series[index].attempts, 1, memory_order_relaxed);
+}
+
+void metrics_peer_response(int index, int status)
+{
+    if (index >= 0 && index < PEERS_MAX && status >= 100 && status <= 599)
+        atomic_fetch_add_explicit(&peer_series[index].responses[status / 100 - 1], 1, memory_order_relaxed);
+}
+
+void metrics_peer_failure(int index, enum metrics_failure cls)
+{
+    if (index >= 0 && index < PEERS_MAX && (unsigned)cls < METRICS_FAIL_COUNT)
+        atomic_fetch_add_explicit(&peer_series[index].failures[cls], 1, memory_order_relaxed);
+}
+
+void metrics_write_peers(struct evbuffer *out, const struct peers *set)
+{
+    static const char *const classes[5] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+    int n = atomic_load_explicit(&set->n, memory_order_acquire);
+
+    evbuffer_add_printf(out, "# HELP nextup_peer_attempts_total Attempts sent to the peer (first tries and retries).\n"
+                             "# TYPE nextup_peer_attempts_total counter\n");
+    for (int i = 0; i < n; i++)
+        if (peer_is_active(set->peer[i]))
+            evbuffer_add_printf(out, "nextup_peer_attempts_total{peer=\"%s\"} %" PRIu64 "\n", set->peer[i]->addr_text,
+                                atomic_load_explicit(&peer_series[i].attempts, memory_order_relaxed));
+    evbuffer_add_printf(out, "# HELP nextup_peer_responses_total Response heads from the peer, by status class "
+                             "(retried ones included).\n# TYPE nextup_peer_responses_total counter\n");
+    for (int i = 0; i < n; i++)
+        if (peer_is_active(set->peer[i]))
+            for (int c = 0; c < 5; c++)
+                evbuffer_add_printf(out, "nextup_peer_responses_total{code=\"%s\",peer=\"%s\"} %" PRIu64 "\n",
+                                    classes[c], set->peer[i]->addr_text,
+                                    atomic_load_explicit(&peer_series[i].responses[c], memory_order_relaxed));
+    evbuffer_add_printf(out, "# HELP nextup_peer_failures_total Attempts to the peer that failed without a response "
+                             "head, by class.\n# TYPE nextup_peer_failures_total counter\n");
+    for (int i = 0; i < n; i++)
+        if (peer_is_active(set->peer[i]))
+            for (int c = 0; c < METRICS_FAIL_COUNT; c++)
+                evbuffer_add_printf(out, "nextup_peer_failures_total{class=\"%s\",peer=\"%s\"} %" PRIu64 "\n",
+                                    fail_names[c], set->peer[i]->addr_text,
+                                    atomic_load_explicit(&peer_series[i].failures[c], memory_order_relaxed));
+}
+
+/* ---- build and process -------------------------------------------------------------- */
+
+static _Atomic int64_t upstream_open;
+
+void metrics_upstream_conn_opened(void)
+{
+    atomic_fetch_add_explicit(&upstream_open, 1, memory_order_relaxed);
+}
+
+void metrics_upstream_conn_closed(void)
+{
+    atomic_fetch_sub_explicit(&upstream_open, 1, memory_order_relaxed);
+}
+
+/* Fields 14 (utime), 15 (stime), 22 (starttime), 24 (rss) of /proc/self/stat. 0, or -1. */
+static int read_stat(double *cpu_s, double *start_since_boot_s, double *rss_bytes)
+{
+    char buf[1024], *p;
+    unsigned long long utime, stime, start;
+    long rss, tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    FILE *f = fopen("/proc/self/stat", "re");
+    size_t n;
+
+    if (!f)
+        return -1;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The command name (field 2) may hold spaces and parentheses: fields count from the last ')'. */
+    p = strrchr(buf, ')');
+    if (!p || tck <= 0 ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d %llu %*u %ld",
+               &utime, &stime, &start, &rss) != 4)
+        return -1;
+    *cpu_s = (double)(utime + stime) / (double)tck;
+    *start_since_boot_s = (double)start / (double)tck;
+    *rss_bytes = (double)rss * (double)page;
+    return 0;
+}
+
+static long boot_time(void)
+{
+    char line[256];
+    long btime = -1;
+    FILE *f = fopen("/proc/stat", "re");
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "btime %ld", &btime) == 1)
+            break;
+    fclose(f);
+    return btime;
+}
+
+static int open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int n = 0;
+
+    if (!d)
+        return -1;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1;   /* the directory's own descriptor */
+}
+
+void metrics_write_process(struct evbuffer *out, int downstream_open)
+{
+    double cpu, start, rss;
+    struct rlimit rl;
+    long btime = boot_time();
+    int fds = open_fds();
+
+    evbuffer_add_printf(out, "# HELP nextup_build_info The running nextup's version and its libraries'.\n"
+                             "# TYPE nextup_build_info gauge\n"
+                             "nextup_build_info{version=\"%s\",libevent=\"%s\",openssl=\"%s\",libbpf=\"%s\"} 1\n",
+                        NEXTUP_VERSION, version_libevent(), version_openssl(), version_libbpf());
+    evbuffer_add_printf(out, "# HELP nextup_downstream_connections_open Client connections open now.\n"
+                             "# TYPE nextup_downstream_connections_open gauge\n"
+                             "nextup_downstream_connections_open %d\n"
+                             "# HELP nextup_upstream_connections_open Upstream connections open now, in use or pooled.\n"
+                             "# TYPE nextup_upstream_connections_open gauge\n"
+                             "nextup_upstream_connections_open %" PRId64 "\n",
+                        downstream_open, atomic_load_explicit(&upstream_open, memory_order_relaxed));
+    if (read_stat(&cpu, &start, &rss) == 0) {
+        evbuffer_add_printf(out, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+                                 "# TYPE process_cpu_seconds_total counter\n"
+                                 "process_cpu_seconds_total %.2f\n"
+                                 "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                                 "# TYPE process_resident_memory_bytes gauge\n"
+                                 "process_resident_memory_bytes %.0f\n", cpu, rss);
+        if (btime > 0)
+            evbuffer_add_printf(out, "# HELP process_start_time_seconds Start time of the process since unix epoch in "
+                                     "seconds.\n# TYPE process_start_time_seconds gauge\n"
+                                     "process_start_time_seconds %.2f\n", (double)btime + start);
+    }
+    if (fds >= 0)
+        evbuffer_add_printf(out, "# HELP process_open_fds Number of open file descriptors.\n"
+                                 "# TYPE process_open_fds gauge\nprocess_open_fds %d\n", fds);
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        evbuffer_add_printf(out, "# HELP process_max_fds Maximum number of open file descriptors.\n"
+                                 "# TYPE process_max_fds gauge\nprocess_max_fds %.0f\n",
+                            rl.rlim_cur == RLIM_INFINITY ? -1.0 : (double)rl.rlim_cur);
 }

@@ -1,5 +1,18 @@
-/* metrics: process-wide counters, atomic, shared by all workers.
- * API: metrics_inc(), metrics_add(), metrics_write_prometheus(). */
+/* metrics: process-wide counters, atomic, shared by all workers; latency histograms kept per
+ * thread (no shared cache line on the request path); per-peer series by slot.
+ *
+ * API:
+ *   metrics_inc()                     one of the counters below
+ *   metrics_observe_request()         downstream request duration, by status class
+ *   metrics_observe_upstream_head()   one attempt's time to the response head, by status class
+ *   metrics_observe_connect()         one fresh upstream connect's time, by result
+ *   metrics_peer_reset() / metrics_peer_attempt() / metrics_peer_response() / metrics_peer_failure()
+ *   metrics_upstream_conn_opened() / metrics_upstream_conn_closed()
+ *   metrics_write_prometheus()        counters and histograms as Prometheus text
+ *   metrics_write_peers()             per-peer series, active peers only
+ *   metrics_write_process()           nextup_build_info and process_* (CPU, RSS, fds, start time)
+ * Every metrics_observe_* and metrics_peer_* call is a few relaxed atomic operations, no lock,
+ * callable from any thread. */
 #ifndef SIDECAR_METRICS_H
 #define SIDECAR_METRICS_H
 
@@ -53,7 +66,54 @@ static inline void metrics_inc(enum metric_id id)
     atomic_fetch_add_explicit(&metrics[id], 1, memory_order_relaxed);
 }
 
-/* Appends every counter in Prometheus text format (HELP, TYPE, samples) to <out>. */
+/* Histogram buckets, upper bounds in microseconds: 0.5 ms to 30 s (then +Inf). */
+#define METRICS_BUCKETS 15
+
+/* Failure of one attempt, for nextup_peer_failures_total{class}. */
+enum metrics_failure {
+    METRICS_FAIL_REFUSED,          /* "refused": ECONNREFUSED */
+    METRICS_FAIL_CONNECT,          /* "connect_failure": connect timed out or failed otherwise */
+    METRICS_FAIL_TLS,              /* "tls": the handshake failed */
+    METRICS_FAIL_RESET,            /* "reset": closed or reset before the response head */
+    METRICS_FAIL_TIMEOUT,          /* "timeout": NEXTUP_PER_TRY_TIMEOUT_MS, or the request timeout, hit */
+    METRICS_FAIL_BAD_RESPONSE,     /* "bad_response": an unreadable response head */
+    METRICS_FAIL_COUNT
+};
+
+struct peers;
+
+/* A request's end, as the client saw it: <status> sent (0: none, the client left first),
+ * <us> from its head read to its last byte written or its end. */
+void metrics_observe_request(int status, int64_t us);
+/* One attempt: <us> from its request head written to the response head; <status> of that
+ * head, or 0 when the attempt failed without one (then counted as code="none"). */
+void metrics_observe_upstream_head(int status, int64_t us);
+/* One fresh upstream connection: <us> from connect() to usable (TLS handshake included);
+ * <ok> 0 when it failed (refused, timeout, TLS). */
+void metrics_observe_connect(int ok, int64_t us);
+
+/* The slot <index> (struct peer's index) now holds another address: its series start at zero.
+ * peers.c calls it; the request path never needs to. */
+void metrics_peer_reset(int index);
+/* An attempt sent to the peer in slot <index> (first tries and retries). */
+void metrics_peer_attempt(int index);
+/* A response head from the peer, forwarded or not (a retried 503 counts). */
+void metrics_peer_response(int index, int status);
+/* An attempt to the peer that failed without a response head. */
+void metrics_peer_failure(int index, enum metrics_failure cls);
+
+/* An upstream connection opened (pooled or not) / closed, for nextup_upstream_connections_open. */
+void metrics_upstream_conn_opened(void);
+void metrics_upstream_conn_closed(void);
+
+/* Appends every counter and histogram in Prometheus text format (HELP, TYPE, samples) to <out>. */
 void metrics_write_prometheus(struct evbuffer *out);
+/* Appends the per-peer series (nextup_peer_attempts_total, _responses_total, _failures_total;
+ * in flight is health's nextup_peer_outstanding_requests) of the peers of <set> that are
+ * active: a removed peer's series are gone at once. */
+void metrics_write_peers(struct evbuffer *out, const struct peers *set);
+/* Appends nextup_build_info, nextup_downstream_connections_open / nextup_upstream_connections_open (open
+ * now; <downstream_open> from the workers) and the process_* gauges and counter. */
+void metrics_write_process(struct evbuffer *out, int downstream_open);
 
 #endif

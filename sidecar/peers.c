@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 
 /* A removed peer's slot is reused for another address only after this long:
  * workers have closed its pooled connections by then. */
@@ -37,6 +38,7 @@ static void peer_init_state(struct peer *p)
     atomic_store(&p->responses, 0);
     atomic_store(&p->gateway_errors, 0);
     atomic_store(&p->connect_failures, 0);
+    metrics_peer_reset(p->index);
 }
 
 struct peers *peers_new(const struct config_upstream *ups, int n)

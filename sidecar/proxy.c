@@ -192,7 +192,7 @@ static void log_request(struct downstream *ds, int status)
     };
     char texts[18][24];
     const char *reasons[18];
-    struct access_entry e;
+    struct access_entry e = ACCESS_ENTRY_INIT;
     int i, n_retries;
 
     /* Nothing to say about a connection that sent nothing; a bad request line is logged as "-". */
@@ -223,6 +223,7 @@ static void log_request(struct downstream *ds, int status)
     e.attempts = ds->attempts;
     e.retries = reasons;
     e.n_retries = n_retries;
+    metrics_observe_request(status == 499 ? 0 : status, e.duration_ms * 1000);
     access_log_write(ds->w->alog, &e);
 }
 
@@ -939,6 +940,10 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
         break;
     }
     if (ds->peer)
+        metrics_peer_failure(ds->peer->index, cls == FAIL_REFUSED ? METRICS_FAIL_REFUSED : cls == FAIL_TLS ? METRICS_FAIL_TLS
+                             : cls == FAIL_CLOSED ? METRICS_FAIL_RESET : cls == FAIL_TRY_TIMEOUT ? METRICS_FAIL_TIMEOUT
+                             : cls == FAIL_BAD_RESPONSE ? METRICS_FAIL_BAD_RESPONSE : METRICS_FAIL_CONNECT);
+    if (ds->peer)
         peers_report(ds->w->peers, ds->peer,
                      cls == FAIL_REFUSED || cls == FAIL_CONNECT_TIMEOUT || cls == FAIL_CONNECT_ERROR
                          ? PEER_CONNECT_FAILED
@@ -1037,6 +1042,7 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
     ds->resp_any = 0;
     ds->fin_seen = 0;
     metrics_inc(M_UPSTREAM_ATTEMPTS);
+    metrics_peer_attempt(p->index);
     c = upstream_acquire(w->pool, p, fresh_same_peer);
     if (!c) {
         ex_fail(ds, classify_connect_errno(errno));
@@ -1140,6 +1146,7 @@ static int on_resp_headers_complete(llhttp_t *p)
     if (ds->rq->resp.status < 200 && ds->rq->resp.status != 101)
         return 0;
     event_del(&ds->rq->try_timer);
+    metrics_peer_response(ds->peer->index, ds->rq->resp.status);
     peers_report(ds->w->peers, ds->peer, response_outcome(ds->peer, &ds->rq->resp), clock_mono_ms());
     if (ds->rq->resp.status != 101) {
         /* The decision point: nothing of this response has gone downstream yet. */

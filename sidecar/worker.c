@@ -22,6 +22,7 @@
 #include "net.h"
 #include "peers.h"
 #include "proxy.h"
+#include "rng.h"
 #include "upstream.h"
 
 /* After this many connections closed since the most open, what malloc holds for
@@ -234,9 +235,7 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
         w->id = i;
         w->cfg = cfg;
         w->peers = peers;
-        w->rng = ((uint64_t)time(NULL) << 20) ^ ((uint64_t)getpid() << 8) ^ (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ULL;
-        if (w->rng == 0)
-            w->rng = 1;
+        w->rng = rng_seed();
         w->base = event_base_new();
         /* Two priorities: pooled upstream connections' events (0) run before the
          * rest (1) of a loop turn; see conn_set_priority(). */

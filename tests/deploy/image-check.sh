@@ -159,7 +159,7 @@ check_variant() {
     if podman exec "$name" bpftool map dump pinned "$pin/peer_stats" >"$work/dump" 2>&1; then
       ok "in the container: bpftool map dump works"
     else
-      echo "  note: in the container, bpftool map dump: $(tail -1 "$work/dump") (needs CAP_SYS_ADMIN for the map's BTF; see README.md, Deploy on Kubernetes)"
+      echo "  note: in the container, bpftool map dump: $(tail -1 "$work/dump") (needs CAP_SYS_ADMIN for the map's BTF; see deploy/README.md, Kubernetes, step by step)"
     fi
   fi
   if [ -n "$(get preStop)" ]; then

@@ -21,7 +21,81 @@ def access_lines(nx, want, timeout=3.0):
         time.sleep(0.05)
 
 
+MAX_LINE = 8192   # sidecar/accesslog.h ACCESS_LOG_MAX_LINE
+HOSTILE = [b'"', b'\\', b'\x01', b'\x1b[31m', b'\x7f', b'\xff', b'\xc0\xaf', b'\xed\xa0\x80', b'\xe2\x82',
+           b'\xf4\x90\x80\x80', b'"}\n{"status":1', b'\\u0000']
+
+
+def hostile_requests():
+    """40 requests, each on its own connection: odd bytes in the path, in header values, in Host,
+    in the method, in X-Request-Id and traceparent, and heads of 60 KiB, 70 KiB and 1 MiB."""
+    reqs = []
+    for i, p in enumerate(HOSTILE):                         # 12: in the path
+        reqs.append(b"GET /h%02d/" % i + p + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    for i, p in enumerate(HOSTILE):                         # 12: in a header value
+        reqs.append(b"GET /v%02d HTTP/1.1\r\nHost: a\r\nX-Odd: a" % i + p + b"b\r\n\r\n")
+    for i, p in enumerate(HOSTILE[:8]):                     # 8: in Host
+        reqs.append(b"GET /host%02d HTTP/1.1\r\nHost: a" % i + p + b"\r\n\r\n")
+    reqs.append(b"G\"ET /m HTTP/1.1\r\nHost: a\r\n\r\n")
+    reqs.append(b"\xffGET /m2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    reqs.append(b'GET /rid HTTP/1.1\r\nHost: a\r\nX-Request-Id: "\\\xff\r\n\r\n')
+    reqs.append(b"GET /tp HTTP/1.1\r\nHost: a\r\ntraceparent: 00-\xff\x01\"-x\r\n\r\n")
+    reqs.append(b"GET /" + b"\xff" * (60 * 1024) + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    reqs.append(b"GET /big-head HTTP/1.1\r\nHost: a\r\nX-Big: " + b"\x01\xfe" * (35 * 1024) + b"\r\n\r\n")
+    reqs.append(b"GET /" + b'"\\\xff' * (350 * 1024) + b" HTTP/1.1\r\nHost: a\r\n\r\n")   # a 1 MiB path
+    reqs.append(b"GET /last HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert len(reqs) == 40, len(reqs)
+    return reqs
+
+
 class AccessLogTest(NextupCase):
+    def test_hostile_requests_give_one_valid_line_each(self):
+        import os
+        import tempfile
+        good = self.start_backend(name="good")
+        out = tempfile.NamedTemporaryFile(prefix="nextup-access-", suffix=".log", delete=False)
+        out.close()
+        self.addCleanup(os.unlink, out.name)
+        nx = self.start_nextup([good], env={"NEXTUP_BPF": "off"}, stdout_path=out.name)
+        reqs = hostile_requests()
+        for raw in reqs:
+            c = RawConn(nx.listen_port)
+            try:
+                try:
+                    c.send(raw)
+                except OSError:
+                    pass   # nextup answered (431, 414) and closed before taking the whole 1 MiB
+                try:
+                    c.read_response()
+                except Exception:
+                    pass   # a close is an answer too; the log line is what is checked
+            finally:
+                c.close()
+        deadline = time.time() + 5
+        while True:
+            with open(out.name, "rb") as f:
+                data = f.read()
+            lines = data.split(b"\n")[:-1]
+            if len(lines) >= len(reqs) or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)   # and no more lines after that
+        with open(out.name, "rb") as f:
+            lines = f.read().split(b"\n")[:-1]
+        self.assertEqual(len(lines), len(reqs), "want one access line per request, got %d: %r"
+                         % (len(lines), [l[:120] for l in lines]))
+        for i, line in enumerate(lines):
+            with self.subTest(line=i):
+                self.assertLess(len(line) + 1, MAX_LINE, "line %d is %d bytes: %r" % (i, len(line), line[:200]))
+                text = line.decode("utf-8")          # strict: raises on invalid UTF-8
+                obj = json.loads(text)
+                self.assertIsInstance(obj, dict)
+                self.assertIn("status", obj)
+        paths = [json.loads(l)["path"] for l in lines]
+        self.assertIn("/last", paths)
+        self.assertTrue(any(p.endswith(" bytes]") for p in paths), "the 1 MiB path is capped with a marker")
+
+
     def test_lines_for_success_retry_and_bad_request(self):
         good = self.start_backend(name="good")
         bad = self.start_backend(name="bad", mode="503")

@@ -307,14 +307,14 @@ def _in_netns(ns, fn):
     return out["v"]
 
 
-def get_from(ns, host, port, path, timeout=3.0):
-    """(status, body) of GET <path> to host:port, from inside <ns>."""
+def get_from(ns, host, port, path, timeout=3.0, method="GET"):
+    """(status, body) of <method> <path> to host:port, from inside <ns>."""
     def go():
         s = socket.create_connection((host, port), timeout=timeout)
         c = http.client.HTTPConnection(host, port, timeout=timeout)
         c.sock = s
         try:
-            c.request("GET", path)
+            c.request(method, path)
             r = c.getresponse()
             return r.status, r.read()
         finally:
@@ -397,6 +397,17 @@ class AdminDebugFromTest(H.NextupCase):
         self.assertIn("127.0.0.1:8080", json.dumps(json.loads(body)))
         print("\n  from 10.217.1.2: %s; from 127.0.0.1: /debug/peers 200"
               % ", ".join("%s %d" % (p, v[0]) for p, v in remote.items()))
+
+    def test_logging_only_from_loopback(self):
+        # Changing the log level is not for the pod network (the kubelet reaches the admin port).
+        self.start_in_ns({})
+        for method, path in (("POST", "/logging?level=debug"), ("GET", "/logging")):
+            st, body = get_from(self.cli, "10.217.1.1", self.PORT, path, method=method)
+            self.assertEqual(st, 403, "%s %s from 10.217.1.2 answered %d: %r" % (method, path, st, body[:200]))
+            self.assertIn(b"loopback", body)
+        self.assertEqual(get_from(self.srv, "127.0.0.1", self.PORT, "/logging"), (200, b"level=warn\n"))
+        self.assertEqual(get_from(self.srv, "127.0.0.1", self.PORT, "/logging?level=info", method="POST"),
+                         (200, b"level=info\n"))
 
     def test_debug_from_any(self):
         self.start_in_ns({"NEXTUP_ADMIN_DEBUG_FROM": "any"})

@@ -1,6 +1,7 @@
 """Configuration from the environment, --help, and the admin listener."""
 
 import os
+import re
 import subprocess
 import time
 import unittest
@@ -62,7 +63,6 @@ BAD_VALUES = [
     ("NEXTUP_UPSTREAMS", "127.0.0.1:"),
     ("NEXTUP_WORKERS", "abc"),
     ("NEXTUP_WORKERS", "0"),
-    ("NEXTUP_WORKERS", "65"),
     ("NEXTUP_WORKERS", "2x"),
     ("NEXTUP_PROBE_PATH", "healthz"),
     ("NEXTUP_PROBE_PATH", "/a b"),
@@ -93,7 +93,106 @@ BAD_VALUES = [
 ]
 
 
+# A misspelled name, and the known one the error line must offer.
+MISSPELLED = [
+    ("NEXTUP_WORKER", "4", "NEXTUP_WORKERS"),
+    ("NEXTUP_MAX_RETRY", "5", "NEXTUP_MAX_RETRIES"),
+    ("NEXTUP_RETRYON", "5xx", "NEXTUP_RETRY_ON"),
+    ("NEXTUP_LOGLEVEL", "debug", "NEXTUP_LOG_LEVEL"),
+    ("NEXTUP_CONECT_TIMEOUT_MS", "100", "NEXTUP_CONNECT_TIMEOUT_MS"),
+    ("NEXTUP_REQEUST_TIMEOUT_MS", "100", "NEXTUP_REQUEST_TIMEOUT_MS"),
+    ("NEXTUP_ACCESSLOG", "off", "NEXTUP_ACCESS_LOG"),
+]
+
+# Settings that contradict each other: every variable named must be in the error line.
+CONTRADICTIONS = [
+    ({"NEXTUP_EJECT_BASE_MS": "9000", "NEXTUP_EJECT_MAX_MS": "2000"},
+     ["NEXTUP_EJECT_BASE_MS", "NEXTUP_EJECT_MAX_MS"]),
+    ({"NEXTUP_EJECT_BASE_MS": "9000"}, ["NEXTUP_EJECT_BASE_MS", "NEXTUP_EJECT_MAX_MS"]),  # above the default max
+    ({"NEXTUP_RETRY_BACKOFF_BASE_MS": "500", "NEXTUP_RETRY_BACKOFF_MAX_MS": "100"},
+     ["NEXTUP_RETRY_BACKOFF_BASE_MS", "NEXTUP_RETRY_BACKOFF_MAX_MS"]),
+    ({"NEXTUP_PER_TRY_TIMEOUT_MS": "5000", "NEXTUP_REQUEST_TIMEOUT_MS": "1000"},
+     ["NEXTUP_PER_TRY_TIMEOUT_MS", "NEXTUP_REQUEST_TIMEOUT_MS"]),
+    ({"NEXTUP_LISTEN": "127.0.0.1:%d" % H.free_port(), "NEXTUP_ADMIN": "SAME"},
+     ["NEXTUP_LISTEN", "NEXTUP_ADMIN"]),
+    ({"NEXTUP_UPSTREAM_CA_FILE": "/etc/ssl/certs/ca-certificates.crt"},
+     ["NEXTUP_UPSTREAM_CA_FILE", "NEXTUP_UPSTREAM_TLS"]),
+]
+
+
+def run_all(cases, timeout=3.0):
+    """Starts every env of <cases> at once; [(env, (status, out, err))]."""
+    procs = []
+    try:
+        for env in cases:
+            procs.append((env, spawn(env)))
+        deadline = time.monotonic() + timeout
+        return [(env, finish(p, deadline)) for env, p in procs]
+    finally:
+        for _, p in procs:
+            H.stop_pid(p, wait=2)
+
+
 class ConfigTest(H.NextupCase):
+
+    def test_misspelled_variable_exits_2_naming_the_nearest(self):
+        results = run_all([{name: value} for name, value, _ in MISSPELLED])
+        for (name, value, nearest), (_, (status, out, err)) in zip(MISSPELLED, results):
+            with self.subTest(name=name):
+                self.assertEqual(status, 2, "%s=%s: exit %r (None = still running: the typo was ignored), "
+                                 "stderr %r" % (name, value, status, err[-500:]))
+                lines = err.splitlines()
+                self.assertEqual(len(lines), 1, lines)
+                self.assertIn(name + "=", lines[0])
+                self.assertIn(nearest, lines[0])
+
+    def test_kubernetes_service_links_are_not_typos(self):
+        # A Service named "nextup" in the namespace gives every container these (enableServiceLinks).
+        b = self.start_backend("a")
+        nx = self.start_nextup(b, env={"NEXTUP_SERVICE_HOST": "10.96.0.10", "NEXTUP_SERVICE_PORT": "15001",
+                                       "NEXTUP_SERVICE_PORT_HTTP": "15001", "NEXTUP_PORT": "tcp://10.96.0.10:15001",
+                                       "NEXTUP_PORT_15001_TCP": "tcp://10.96.0.10:15001",
+                                       "NEXTUP_PORT_15001_TCP_PROTO": "tcp", "NEXTUP_BPF": "off"})
+        self.assertEqual(self.roundtrip(nx, "GET", "/").status, 200)
+
+    def test_contradictory_values_exit_2_naming_both(self):
+        cases = []
+        for env, _ in CONTRADICTIONS:
+            env = dict(env)
+            if env.get("NEXTUP_ADMIN") == "SAME":
+                env["NEXTUP_ADMIN"] = env["NEXTUP_LISTEN"]
+            cases.append(env)
+        for env, (status, out, err) in run_all(cases):
+            names = [n for e, n in CONTRADICTIONS if set(e) == set(env)][0]
+            with self.subTest(env=env):
+                self.assertEqual(status, 2, "%r: exit %r (None = started anyway), stderr %r" % (env, status, err[-500:]))
+                lines = err.splitlines()
+                self.assertEqual(len(lines), 1, lines)
+                for n in names:
+                    self.assertIn(n, lines[0])
+
+    def test_workers_above_the_most_clamp_with_a_warning(self):
+        b = self.start_backend("a")
+        nx = self.start_nextup(b, workers=65, env={"NEXTUP_BPF": "off"})
+        self.assertEqual(self.roundtrip(nx, "GET", "/").status, 200)
+        warn = [l for l in nx.stderr_text().splitlines() if "NEXTUP_WORKERS" in l]
+        self.assertEqual(len(warn), 1, nx.stderr_text()[-2000:])
+        self.assertIn(" warn ", warn[0])
+        self.assertIn("64", warn[0])
+
+    def test_version(self):
+        status, out, err = run_nextup({}, args=["--version"])
+        self.assertEqual(status, 0, err)
+        self.assertRegex(out, r"^nextup \d+\.\d+\.\d+ \(libevent [^,]+, OpenSSL [^,]+, libbpf [^)]+\)\n$")
+        version = out.split()[1]
+        # The first line nextup logs at info once started names the same version.
+        b = self.start_backend("a")
+        nx = self.start_nextup(b, env={"NEXTUP_LOG_LEVEL": "info", "NEXTUP_BPF": "off"})
+        first = [l for l in nx.stderr_text().splitlines() if " info " in l][0]
+        self.assertIn(" info nextup %s (" % version, first)
+        self.assertIn("listening on", first)
+        self.assertTrue(re.search(r"pid %d\b" % nx.pid, first), first)
+
 
     def test_help_lists_every_variable(self):
         status, out, err = run_nextup({}, args=["--help"])

@@ -97,6 +97,27 @@ class DnsDiscoveryTest(NextupCase):
         self.assertEqual(v["%s:%d" % (self.replicas["r3"], self.port)], "healthy")
         self.assertGreater(self.dns.queries, 2)
 
+    def test_removed_peer_series_gone_within_one_refresh(self):
+        # After a rollout the old pods' series must end, not stay at 0 and fire alerts.
+        self.dns.set(FQDN, [self.replicas["r1"], self.replicas["r2"]])
+        nx = self.start(refresh_ms=300)
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200), "never ready")
+        self.assertEqual(self.answered_by(nx, 20), {"r1", "r2"})
+        gone = "%s:%d" % (self.replicas["r1"], self.port)
+        peer_lines = lambda: [l for l in http_get(nx.admin_port, "/metrics")[1].splitlines()
+                              if l.startswith("nextup_peer") and 'peer="%s"' % gone in l]
+        self.assertTrue(any(l.startswith("nextup_peer_responses_total") for l in peer_lines()), peer_lines())
+        self.assertTrue(any(l.startswith("nextup_peer_healthy") for l in peer_lines()), peer_lines())
+        self.dns.set(FQDN, [self.replicas["r2"]])
+        t0 = time.monotonic()
+        self.assertTrue(wait_for(lambda: not peer_lines(), timeout=2.0),
+                        "series of the removed peer still there after 2 s (refresh 300 ms): %s" % peer_lines())
+        took = time.monotonic() - t0
+        # one refresh, plus the scrape loop's step and a loaded machine
+        self.assertLess(took, 1.5, "gone only after %.2f s" % took)
+        self.assertEqual(self.peers(nx)[gone], "removed")
+        print("\n  removed peer's series gone %.2f s after the DNS change (refresh 300 ms)" % took)
+
     def test_in_flight_request_to_a_removed_peer_finishes(self):
         self.dns.set(FQDN, [self.replicas["r1"]])
         nx = self.start()

@@ -217,6 +217,10 @@ static void test_int_values_accepted(void **state)
         for (int k = 0; k < 2; k++) {
             setup(NULL);
             set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+            /* Room for either end of the timeouts the request timeout bounds (a connect
+             * timeout above the request timeout is a contradiction of its own). */
+            set("NEXTUP_REQUEST_TIMEOUT_MS", "86400000");
+            set("NEXTUP_CONNECT_TIMEOUT_MS", "1");
             snprintf(buf, sizeof(buf), "%ld", vals[k]);
             set(v->name, buf);
             expect_ok();
@@ -264,6 +268,10 @@ static void test_int_values_rejected(void **state)
 
         for (size_t k = 0; k < N(bad); k++) {
             char prefix[128];
+
+            /* NEXTUP_WORKERS above the most is clamped (test_workers_clamped). */
+            if (bad[k] == above && strcmp(v->name, "NEXTUP_WORKERS") == 0)
+                continue;
 
             setup(NULL);
             set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
@@ -639,7 +647,7 @@ static void test_help(void **state)
     char line[512];
     (void)state;
 
-    assert_true(strncmp(help, "usage: nextup [--help]\n", strlen("usage: nextup [--help]\n")) == 0);
+    assert_true(strncmp(help, "usage: nextup [--help | --version]\n", strlen("usage: nextup [--help | --version]\n")) == 0);
     assert_non_null(strstr(help, "environment variables only"));
     for (size_t i = 0; i < N(all_names); i++)
         help_line(help, all_names[i], line, sizeof(line));
@@ -676,6 +684,111 @@ static void test_help_matches_parser(void **state)
     free(help);
 }
 
+static void test_workers_clamped(void **state)
+{
+    (void)state;
+    set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+    set("NEXTUP_WORKERS", "65");
+    expect_ok();
+    assert_int_equal(cfg.workers, 64);
+    assert_int_equal(cfg.n_warnings, 1);
+    assert_string_equal(cfg.warnings[0], "NEXTUP_WORKERS=\"65\": above the most allowed (64); using 64");
+    setup(NULL);
+    set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+    set("NEXTUP_WORKERS", "64");
+    expect_ok();
+    assert_int_equal(cfg.workers, 64);
+    assert_int_equal(cfg.n_warnings, 0);
+}
+
+static void test_unknown_variable(void **state)
+{
+    static const struct { const char *typo, *nearest; } cases[] = {
+        { "NEXTUP_WORKER", "NEXTUP_WORKERS" }, { "NEXTUP_MAX_RETRY", "NEXTUP_MAX_RETRIES" },
+        { "NEXTUP_RETRYON", "NEXTUP_RETRY_ON" }, { "NEXTUP_WROKERS", "NEXTUP_WORKERS" },
+        { "NEXTUP_UPSTREAM", "NEXTUP_UPSTREAMS" }, { "NEXTUP_BPF_PINDIR", "NEXTUP_BPF_PIN_DIR" },
+    };
+    (void)state;
+    for (size_t i = 0; i < N(cases); i++) {
+        char want[128];
+        setup(NULL);
+        set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+        set(cases[i].typo, "4");
+        snprintf(want, sizeof(want), "%s=\"4\": unknown variable; the nearest known one is %s ", cases[i].typo,
+                 cases[i].nearest);
+        expect_fail(want, NULL);
+        assert_string_equal(config_nearest_name(cases[i].typo), cases[i].nearest);
+    }
+    /* A known name is its own nearest. */
+    for (size_t i = 0; i < N(all_names); i++)
+        assert_string_equal(config_nearest_name(all_names[i]), all_names[i]);
+}
+
+static void test_service_links_allowed(void **state)
+{
+    static const char *const links[] = { "NEXTUP_SERVICE_HOST", "NEXTUP_SERVICE_PORT", "NEXTUP_SERVICE_PORT_HTTP",
+                                         "NEXTUP_PORT", "NEXTUP_PORT_15001_TCP", "NEXTUP_PORT_15001_TCP_ADDR" };
+    static const char *const not_links[] = { "NEXTUP_PORTS", "NEXTUP_PORT_X", "NEXTUP_SERVICE_HOSTS",
+                                             "NEXTUP_PORT_15001" };
+    (void)state;
+    for (size_t i = 0; i < N(links); i++) {
+        setup(NULL);
+        set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+        set(links[i], "tcp://10.96.0.1:15001");
+        expect_ok();
+    }
+    for (size_t i = 0; i < N(not_links); i++) {
+        setup(NULL);
+        set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+        set(not_links[i], "1");
+        expect_fail(not_links[i], "unknown variable");
+    }
+}
+
+static void test_contradictions(void **state)
+{
+    static const struct { const char *a, *va, *b, *vb, *want; } cases[] = {
+        { "NEXTUP_EJECT_BASE_MS", "5000", "NEXTUP_EJECT_MAX_MS", "4000",
+          "NEXTUP_EJECT_BASE_MS=\"5000\" is above NEXTUP_EJECT_MAX_MS=\"4000\": " },
+        { "NEXTUP_EJECT_BASE_MS", "9000", NULL, NULL,
+          "NEXTUP_EJECT_BASE_MS=\"9000\" is above NEXTUP_EJECT_MAX_MS (default 8000): " },
+        { "NEXTUP_RETRY_BACKOFF_BASE_MS", "300", NULL, NULL,
+          "NEXTUP_RETRY_BACKOFF_BASE_MS=\"300\" is above NEXTUP_RETRY_BACKOFF_MAX_MS (default 250): " },
+        { "NEXTUP_PER_TRY_TIMEOUT_MS", "31000", NULL, NULL,
+          "NEXTUP_PER_TRY_TIMEOUT_MS=\"31000\" is above NEXTUP_REQUEST_TIMEOUT_MS (default 30000): " },
+        { "NEXTUP_LISTEN", "127.0.0.1:15000", NULL, NULL,
+          "NEXTUP_LISTEN=\"127.0.0.1:15000\" and NEXTUP_ADMIN (default 127.0.0.1:15000) are the same address" },
+        { "NEXTUP_UPSTREAM_SNI", "orders", NULL, NULL,
+          "NEXTUP_UPSTREAM_SNI=\"orders\" is set but NEXTUP_UPSTREAM_TLS (default off)" },
+    };
+    (void)state;
+    for (size_t i = 0; i < N(cases); i++) {
+        setup(NULL);
+        set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+        set(cases[i].a, cases[i].va);
+        if (cases[i].b)
+            set(cases[i].b, cases[i].vb);
+        expect_fail(cases[i].want, NULL);
+        assert_true(strncmp(err, cases[i].want, strlen(cases[i].want)) == 0);
+    }
+    /* Equal is no contradiction; a per-try timeout of 0 is off. */
+    setup(NULL);
+    set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+    set("NEXTUP_EJECT_BASE_MS", "8000");
+    set("NEXTUP_RETRY_BACKOFF_BASE_MS", "250");
+    set("NEXTUP_PER_TRY_TIMEOUT_MS", "30000");
+    expect_ok();
+    assert_int_equal(cfg.n_warnings, 0);
+    /* A connect timeout above the request timeout is a warning, not an error. */
+    setup(NULL);
+    set("NEXTUP_UPSTREAMS", "10.0.0.1:8080");
+    set("NEXTUP_REQUEST_TIMEOUT_MS", "500");
+    expect_ok();
+    assert_int_equal(cfg.n_warnings, 1);
+    assert_string_equal(cfg.warnings[0], "NEXTUP_CONNECT_TIMEOUT_MS (default 1000) is above "
+                        "NEXTUP_REQUEST_TIMEOUT_MS=\"500\": a slow connect ends the request (504) instead of being retried");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -701,6 +814,10 @@ int main(void)
         cmocka_unit_test_setup(test_parse_addr, setup),
         cmocka_unit_test_setup(test_help, setup),
         cmocka_unit_test_setup(test_help_matches_parser, setup),
+        cmocka_unit_test_setup(test_workers_clamped, setup),
+        cmocka_unit_test_setup(test_unknown_variable, setup),
+        cmocka_unit_test_setup(test_service_links_allowed, setup),
+        cmocka_unit_test_setup(test_contradictions, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
