@@ -296,7 +296,7 @@ int http1_only_chunked(const struct http_head *h)
     return 1;
 }
 
-static int count_headers(const struct http_head *h, const char *name)
+int http_head_count(const struct http_head *h, const char *name)
 {
     int i, n = 0;
 
@@ -450,11 +450,11 @@ int http1_check_request(const struct http_head *req, const char **reason)
         *reason = "request target must be a path (absolute-form is not accepted)";
         return 400;
     }
-    if (req->major == 1 && req->minor >= 1 && count_headers(req, "host") != 1) {
+    if (req->major == 1 && req->minor >= 1 && http_head_count(req, "host") != 1) {
         *reason = "HTTP/1.1 request needs exactly one Host header";
         return 400;
     }
-    if (count_headers(req, "host") > 1) {
+    if (http_head_count(req, "host") > 1) {
         *reason = "more than one Host header";
         return 400;
     }
@@ -464,7 +464,7 @@ int http1_check_request(const struct http_head *req, const char **reason)
         *reason = hlen ? "invalid Host header (host[:port] expected)" : "empty Host header";
         return 400;
     }
-    if (count_headers(req, "transfer-encoding") > 0) {
+    if (http_head_count(req, "transfer-encoding") > 0) {
         if (req->has_content_length) {
             *reason = "both Content-Length and Transfer-Encoding";
             return 400;
@@ -479,7 +479,7 @@ int http1_check_request(const struct http_head *req, const char **reason)
             return 501;
         }
     }
-    if (count_headers(req, "content-length") > 1) {
+    if (http_head_count(req, "content-length") > 1) {
         *reason = "repeated Content-Length";
         return 400;
     }
@@ -576,7 +576,7 @@ static int request_header_is_rewritten(const struct http_head *h, const struct h
 }
 
 int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
-                             const char *host_fallback, const char *proto)
+                             const char *host_fallback, const char *proto, const char *request_id)
 {
     struct head_out o;
     int i, have_xff = 0;
@@ -588,11 +588,17 @@ int http1_write_request_head(struct evbuffer *out, const struct http_head *req, 
     ho_add(&o, " HTTP/1.1\r\n", 11);
     for (i = 0; i < req->n_hdr; i++) {
         const struct http_header *hd = &req->hdr[i];
-        if (http1_is_hop_by_hop(req, req->buf + hd->name_off, hd->name_len) || request_header_is_rewritten(req, hd))
+        if (http1_is_hop_by_hop(req, req->buf + hd->name_off, hd->name_len) || request_header_is_rewritten(req, hd) ||
+            (request_id && name_is(req, hd, "x-request-id")))
             continue;
         write_header(&o, req, hd);
     }
-    if (count_headers(req, "host") == 0 && host_fallback) {
+    if (request_id) {
+        ho_add(&o, "X-Request-Id: ", 14);
+        ho_str(&o, request_id);
+        ho_add(&o, "\r\n", 2);
+    }
+    if (http_head_count(req, "host") == 0 && host_fallback) {
         ho_add(&o, "Host: ", 6);
         ho_str(&o, host_fallback);
         ho_add(&o, "\r\n", 2);

@@ -85,6 +85,8 @@ size_t http_head_size(const struct http_head *h);
 
 /* Value of the first header named <name>, trimmed; NULL if absent. <*len> gets its length. */
 const char *http_head_get(const struct http_head *h, const char *name, size_t *len);
+/* How many fields named <name> (case-insensitive) the head has. */
+int http_head_count(const struct http_head *h, const char *name);
 /* 1 if any header named <name> holds the comma-separated token <token> (case-insensitive). */
 int http_head_has_token(const struct http_head *h, const char *name, const char *token);
 
@@ -107,9 +109,11 @@ int http1_check_request(const struct http_head *req, const char **reason);
  * X-Forwarded-For (+<client_ip>) and X-Forwarded-Proto (<proto>: "http", "https") set, Host added for an
  * HTTP/1.0 request without one (<host_fallback>), Expect dropped (nextup answers
  * 100-continue itself), Upgrade kept for upgrade requests, and framing: the
- * original Content-Length, or chunked (bodies are re-chunked), or none. */
+ * original Content-Length, or chunked (bodies are re-chunked), or none. A
+ * <request_id> (NULL: the client's fields go as they are) replaces every
+ * X-Request-Id of the client's. */
 int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
-                             const char *host_fallback, const char *proto);
+                             const char *host_fallback, const char *proto, const char *request_id);
 
 enum resp_framing { RESP_NO_BODY, RESP_CONTENT_LENGTH, RESP_CHUNKED, RESP_CLOSE };
 

@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "nextup.h"
 #include "peers.h"
+#include "request_id.h"
 #include "retry.h"
 #include "tls.h"
 #include "upstream.h"
@@ -129,8 +130,16 @@ struct downstream {
     void *user_ctx;                       /* the hook's per-request pointer, freed by request_done */
     struct request_state *rq;             /* owned while a request is in hand; NULL on an idle connection */
     enum { HELD_NONE, HELD_COLLECTING, HELD_WHOLE } held_state;
-    /* For the access log. */
+    /* For the access log and the histograms. */
     int64_t start_mono_ms, start_unix_ms;
+    int64_t start_us;                     /* request head read (monotonic µs) */
+    int64_t connect_us;                   /* this attempt's fresh connection was asked for */
+    int64_t sent_us;                      /* this attempt's request head was handed to its connection */
+    int64_t upstream_us;                  /* the answering attempt: sent -> response head; -1 none */
+    uint64_t req_body_bytes;              /* request body bytes read from the client */
+    enum access_status_source status_source; /* who produced the status (set where decided) */
+    char request_id[REQUEST_ID_MAX + 1];  /* X-Request-Id sent upstream */
+    int request_id_made;                  /* ... made here (the client's, if any, replaced) */
     uint64_t resp_bytes;                  /* body bytes sent to the client */
     int logged;                           /* this request's line is written */
     int aborted_status;                   /* status of the response the hook last aborted */
@@ -223,7 +232,28 @@ static void log_request(struct downstream *ds, int status)
     e.attempts = ds->attempts;
     e.retries = reasons;
     e.n_retries = n_retries;
-    metrics_observe_request(status == 499 ? 0 : status, e.duration_ms * 1000);
+    if (ds->start_us) {
+        size_t len;
+        const char *v;
+        e.request_id = ds->request_id;
+        e.request_id_len = strlen(ds->request_id);
+        if ((v = http_head_get(&ds->req, "traceparent", &len))) {
+            e.traceparent = v;
+            e.traceparent_len = len;
+        }
+        if ((v = http_head_get(&ds->req, "host", &len))) {
+            e.host = v;
+            e.host_len = len;
+        }
+        e.protocol = ds->req.minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+        e.request_bytes = (int64_t)ds->req_body_bytes;
+        e.upstream_ms = ds->upstream_us >= 0 ? ds->upstream_us / 1000 : -1;
+    }
+    e.status_source = status == 499 ? ACCESS_SOURCE_CLIENT_CLOSED
+                      : ds->status_source ? ds->status_source
+                      : status < 500 && !ds->attempts ? ACCESS_SOURCE_BAD_REQUEST
+                                                      : ACCESS_SOURCE_UPSTREAM;
+    metrics_observe_request(status == 499 ? 0 : status, ds->start_us ? clock_mono_us() - ds->start_us : 0);
     access_log_write(ds->w->alog, &e);
 }
 
@@ -447,6 +477,7 @@ static void reply_held(struct downstream *ds, const char *why_not_later)
     ds->rq->held.has_content_length = 1;
     ds->rq->held.content_length = evbuffer_get_length(ds->rq->held_body);
     count_response(ds->rq->held.status);
+    ds->status_source = ACCESS_SOURCE_UPSTREAM;
     ds->resp_bytes = is_head ? 0 : evbuffer_get_length(ds->rq->held_body);
     log_request(ds, ds->rq->held.status);
     if (http1_write_response_head(out, &ds->rq->held, is_head ? RESP_NO_BODY : RESP_CONTENT_LENGTH, 1,
@@ -472,7 +503,15 @@ static void ds_reply_error(struct downstream *ds, int status, const char *reason
         reply_held(ds, reason);
         return;
     }
-    LOG_INFO("%s: %d %s", ds->client_ip, status, reason);
+    /* The one line of a request nextup answered itself. */
+    if (ds->attempts)
+        LOG_INFO("%s: %s %.*s: %d %s (last peer %s, %d attempt(s))", ds->client_ip,
+                 nextup_request_method((struct nextup_session *)ds), (int)ds->req.first_len,
+                 ds->req.buf + ds->req.first_off, status, reason, ds->peer ? ds->peer->addr_text : "-", ds->attempts);
+    else
+        LOG_INFO("%s: %d %s", ds->client_ip, status, reason);
+    if (!ds->status_source)
+        ds->status_source = status == 503 ? ACCESS_SOURCE_OVERLOAD : ACCESS_SOURCE_BAD_REQUEST;
     count_response(status);
     ds->resp_bytes = 9 + strlen(reason);
     log_request(ds, status);
@@ -700,6 +739,7 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
     char line[24];
     int n;
 
+    ds->req_body_bytes += len;
     if (ds->req.chunked) {
         /* Bodies are re-chunked: the peer sees framing nextup wrote, never the client's. */
         n = snprintf(line, sizeof(line), "%zx\r\n", len);
@@ -738,7 +778,25 @@ static int write_upstream_head(struct downstream *ds, struct evbuffer *out)
 {
     const char *host_fallback = ds->w->peers->n > 0 ? ds->w->peers->peer[0]->name : "localhost";
 
-    return http1_write_request_head(out, &ds->req, ds->client_ip, host_fallback, ds->tls ? "https" : "http");
+    return http1_write_request_head(out, &ds->req, ds->client_ip, host_fallback, ds->tls ? "https" : "http",
+                                    ds->request_id_made ? ds->request_id : NULL);
+}
+
+/* The client's X-Request-Id passed through, or one made (and sent upstream). */
+static void take_request_id(struct downstream *ds)
+{
+    size_t len = 0;
+    const char *v = http_head_get(&ds->req, "x-request-id", &len);
+
+    if (request_id_decide(v, len, http_head_count(&ds->req, "x-request-id")) == REQUEST_ID_KEEP &&
+        len <= REQUEST_ID_MAX) {
+        memcpy(ds->request_id, v, len);
+        ds->request_id[len] = 0;
+        ds->request_id_made = 0;
+        return;
+    }
+    request_id_make(&ds->w->rng, ds->request_id);
+    ds->request_id_made = 1;
 }
 
 /* The request head is whole (the parser paused right after it): its attempts
@@ -748,6 +806,10 @@ static void start_request(struct downstream *ds)
     struct timeval tv = ms_tv(ds->w->cfg->request_timeout_ms);
 
     ds->start_pending = 0;
+    ds->start_us = clock_mono_us();
+    ds->upstream_us = -1;
+    ds->status_source = ACCESS_SOURCE_UNSET;
+    take_request_id(ds);
     ds->start_mono_ms = clock_mono_ms();
     ds->start_unix_ms = clock_unix_ms();
     retry_budget_note_request(&budget, ds->start_mono_ms / 1000);
@@ -778,6 +840,9 @@ static void ex_connected(struct downstream *ds)
         upstream_tls_keep_session(c);
     }
     ds->acked_base = c->acked_at_open >= 0 ? c->acked_at_open + (int64_t)c->bytes_done : -1;
+    ds->sent_us = clock_mono_us();
+    if (!c->reused)
+        metrics_observe_connect(1, ds->sent_us - ds->connect_us);
     ds->attempt_bytes = evbuffer_get_length(ds->rq->tosend);
     if (ds->attempt_bytes > 0)
         ds->sent_any = 1;
@@ -847,7 +912,7 @@ static enum retry_verdict retry_verdict_for(struct downstream *ds, enum retry_ca
     }
     if (v != RETRY_GO) {
         metrics_inc(refused_metric[v]);
-        LOG_INFO("%s: %s %.*s: no retry (%s)", ds->client_ip, nextup_request_method((struct nextup_session *)ds),
+        LOG_DEBUG("%s: %s %.*s: no retry (%s)", ds->client_ip, nextup_request_method((struct nextup_session *)ds),
                  (int)ds->req.first_len, ds->req.buf + ds->req.first_off, retry_verdict_name(v));
     }
     return v;
@@ -898,7 +963,12 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
                                     acked <= ds->acked_base);
     const char *peer_text = ds->peer ? ds->peer->addr_text : "?";
     enum retry_cause cause;
+    enum retry_verdict verdict;
 
+    if (!connected && !reused)
+        metrics_observe_connect(0, clock_mono_us() - ds->connect_us);
+    else if (connected)
+        metrics_observe_upstream_head(0, clock_mono_us() - ds->sent_us);
     up_detach(ds, 0);
     event_del(&ds->rq->try_timer);
     if (cls == FAIL_CLOSED && reused && !ds->resp_any && !ds->race_resent && request_replayable(ds) && none_acked) {
@@ -950,12 +1020,21 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
                      : cls == FAIL_TLS ? PEER_TLS_FAILED
                                        : PEER_GATEWAY_ERROR,
                      clock_mono_ms());
-    if (cls != FAIL_BAD_RESPONSE && retry_verdict_for(ds, cause) == RETRY_GO) {
-        LOG_INFO("%s: %s: %s; retrying on another peer", ds->client_ip, peer_text, fail_text(cls));
+    verdict = cls == FAIL_BAD_RESPONSE ? RETRY_NO_POLICY : retry_verdict_for(ds, cause);
+    if (verdict == RETRY_GO) {
+        LOG_DEBUG("%s: %s: %s; retrying on another peer", ds->client_ip, peer_text, fail_text(cls));
         retry_go(ds, cause);
         return;
     }
-    LOG_WARN("%s: %s: %s after %d attempt(s)", ds->client_ip, peer_text, fail_text(cls), ds->attempts);
+    {
+        static const enum access_status_source source[] = {
+            [FAIL_REFUSED] = ACCESS_SOURCE_REFUSED, [FAIL_CONNECT_TIMEOUT] = ACCESS_SOURCE_CONNECT_FAILURE,
+            [FAIL_CONNECT_ERROR] = ACCESS_SOURCE_CONNECT_FAILURE, [FAIL_CLOSED] = ACCESS_SOURCE_RESET,
+            [FAIL_BAD_RESPONSE] = ACCESS_SOURCE_BAD_RESPONSE, [FAIL_TRY_TIMEOUT] = ACCESS_SOURCE_PER_TRY_TIMEOUT,
+            [FAIL_TLS] = ACCESS_SOURCE_TLS,
+        };
+        ds->status_source = verdict == RETRY_NO_BUDGET ? ACCESS_SOURCE_BUDGET : source[cls];
+    }
     switch (cls) {
     case FAIL_CONNECT_TIMEOUT:
         ds_reply_error(ds, 504, "upstream connect timed out");
@@ -1033,6 +1112,7 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
     struct upconn *c;
 
     if (!p) {
+        ds->status_source = ACCESS_SOURCE_NO_PEER;
         ds_reply_error(ds, 502, "no upstream peers");
         return;
     }
@@ -1043,6 +1123,7 @@ static void ex_attempt(struct downstream *ds, int fresh_same_peer)
     ds->fin_seen = 0;
     metrics_inc(M_UPSTREAM_ATTEMPTS);
     metrics_peer_attempt(p->index);
+    ds->connect_us = clock_mono_us();
     c = upstream_acquire(w->pool, p, fresh_same_peer);
     if (!c) {
         ex_fail(ds, classify_connect_errno(errno));
@@ -1147,6 +1228,8 @@ static int on_resp_headers_complete(llhttp_t *p)
         return 0;
     event_del(&ds->rq->try_timer);
     metrics_peer_response(ds->peer->index, ds->rq->resp.status);
+    ds->upstream_us = clock_mono_us() - ds->sent_us;
+    metrics_observe_upstream_head(ds->rq->resp.status, ds->upstream_us);
     peers_report(ds->w->peers, ds->peer, response_outcome(ds->peer, &ds->rq->resp), clock_mono_ms());
     if (ds->rq->resp.status != 101) {
         /* The decision point: nothing of this response has gone downstream yet. */
@@ -1294,6 +1377,9 @@ static void ex_finish(struct downstream *ds)
     ds->logged = 0;
     ds->resp_bytes = 0;
     ds->start_mono_ms = ds->start_unix_ms = 0;
+    ds->start_us = 0;
+    ds->req_body_bytes = 0;
+    ds->status_source = ACCESS_SOURCE_UNSET;
     ds->peer = NULL;
     memset(&ds->tried, 0, sizeof(ds->tried));
     /* An idle connection keeps no request memory: the next request takes it again. */
@@ -1508,6 +1594,12 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg)
     if (ds->resp_head_done || ds->state == DS_CLOSING)
         return;
     metrics_inc(M_REQUEST_TIMEOUTS);
+    ds->status_source = ACCESS_SOURCE_TIMEOUT;
+    if (ds->up && ds->peer) {
+        metrics_peer_failure(ds->peer->index, METRICS_FAIL_TIMEOUT);
+        if (ds->up_connected)
+            metrics_observe_upstream_head(0, clock_mono_us() - ds->sent_us);
+    }
     LOG_WARN("%s: no response head from %s within NEXTUP_REQUEST_TIMEOUT_MS", ds->client_ip,
              ds->peer ? ds->peer->addr_text : "any peer");
     ds_reply_error(ds, 504, "upstream did not answer within NEXTUP_REQUEST_TIMEOUT_MS");

@@ -110,6 +110,8 @@ void upstream_close(struct upconn *c)
 {
     if (!c)
         return;
+    if (c->conn)
+        metrics_upstream_conn_closed();
     conn_free(c->conn);
     free(c);
 }
@@ -244,6 +246,7 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
         return NULL;
     }
     setsockopt(conn_fd(c->conn), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    metrics_upstream_conn_opened();
     metrics_inc(M_UPSTREAM_CONNECTS);
     return c;
 }

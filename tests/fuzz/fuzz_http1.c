@@ -179,7 +179,7 @@ static void check_request(const struct msg *in)
     if (http1_check_request(&in->head, &reason) != 0)
         return;
     buf = evbuffer_new();
-    if (!buf || http1_write_request_head(buf, &in->head, CLIENT_IP, HOST_FALLBACK, "http") != 0)
+    if (!buf || http1_write_request_head(buf, &in->head, CLIENT_IP, HOST_FALLBACK, "http", NULL) != 0)
         abort();
     reparse(&out, HTTP_REQUEST, buf, in);
     if (out.head.method != in->head.method)

@@ -945,7 +945,7 @@ static void test_field_name_whitespace_rejected(void **state)
         accepted++;
         fwd = evbuffer_new();
         assert_non_null(fwd);
-        assert_int_equal(http1_write_request_head(fwd, &req.head, CLIENT_IP, "fallback.example", "http"), 0);
+        assert_int_equal(http1_write_request_head(fwd, &req.head, CLIENT_IP, "fallback.example", "http", NULL), 0);
         assert_int_equal(evbuffer_add(fwd, "", 1), 0);
         print_error("accepted (check %d) and forwarded as:\n%s", status, (const char *)evbuffer_pullup(fwd, -1));
         evbuffer_free(fwd);
@@ -959,7 +959,7 @@ static const char *request_head(const char *text, const char *host_fallback)
 {
     request(text);
     assert_int_equal(check(&req.head), 0);
-    assert_int_equal(http1_write_request_head(out, &req.head, CLIENT_IP, host_fallback, "http"), 0);
+    assert_int_equal(http1_write_request_head(out, &req.head, CLIENT_IP, host_fallback, "http", NULL), 0);
     return out_text();
 }
 
