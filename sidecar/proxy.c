@@ -140,6 +140,7 @@ struct downstream {
     enum access_status_source status_source; /* who produced the status (set where decided) */
     char request_id[REQUEST_ID_MAX + 1];  /* X-Request-Id sent upstream */
     int request_id_made;                  /* ... made here (the client's, if any, replaced) */
+    const char *no_retry;                 /* why the last failure was not retried (retry_verdict_name) */
     uint64_t resp_bytes;                  /* body bytes sent to the client */
     int logged;                           /* this request's line is written */
     int aborted_status;                   /* status of the response the hook last aborted */
@@ -505,9 +506,10 @@ static void ds_reply_error(struct downstream *ds, int status, const char *reason
     }
     /* The one line of a request nextup answered itself. */
     if (ds->attempts)
-        LOG_INFO("%s: %s %.*s: %d %s (last peer %s, %d attempt(s))", ds->client_ip,
+        LOG_INFO("%s: %s %.*s: %d %s (last peer %s, %d attempt(s)%s%s)", ds->client_ip,
                  nextup_request_method((struct nextup_session *)ds), (int)ds->req.first_len,
-                 ds->req.buf + ds->req.first_off, status, reason, ds->peer ? ds->peer->addr_text : "-", ds->attempts);
+                 ds->req.buf + ds->req.first_off, status, reason, ds->peer ? ds->peer->addr_text : "-", ds->attempts,
+                 ds->no_retry ? "; no retry: " : "", ds->no_retry ? ds->no_retry : "");
     else
         LOG_INFO("%s: %d %s", ds->client_ip, status, reason);
     if (!ds->status_source)
@@ -887,7 +889,7 @@ static void backoff_cb(evutil_socket_t fd, short what, void *arg)
 
 /* Whether this failed attempt may be retried: retry_decide() on its facts,
  * then the budget. A refusal is counted by reason. */
-static enum retry_verdict retry_verdict_for(struct downstream *ds, enum retry_cause cause)
+static enum retry_verdict retry_verdict_for(struct downstream *ds, enum retry_cause cause, int say)
 {
     static const enum metric_id refused_metric[] = {
         [RETRY_NO_POLICY] = M_NORETRY_POLICY, [RETRY_NO_EXHAUSTED] = M_NORETRY_EXHAUSTED,
@@ -912,7 +914,9 @@ static enum retry_verdict retry_verdict_for(struct downstream *ds, enum retry_ca
     }
     if (v != RETRY_GO) {
         metrics_inc(refused_metric[v]);
-        LOG_DEBUG("%s: %s %.*s: no retry (%s)", ds->client_ip, nextup_request_method((struct nextup_session *)ds),
+        /* A response forwarded unchanged says why here; nextup's own answer says it in its one line. */
+        if (say)
+            LOG_INFO("%s: %s %.*s: no retry (%s)", ds->client_ip, nextup_request_method((struct nextup_session *)ds),
                  (int)ds->req.first_len, ds->req.buf + ds->req.first_off, retry_verdict_name(v));
     }
     return v;
@@ -1020,7 +1024,8 @@ static void ex_fail(struct downstream *ds, enum fail_class cls)
                      : cls == FAIL_TLS ? PEER_TLS_FAILED
                                        : PEER_GATEWAY_ERROR,
                      clock_mono_ms());
-    verdict = cls == FAIL_BAD_RESPONSE ? RETRY_NO_POLICY : retry_verdict_for(ds, cause);
+    verdict = cls == FAIL_BAD_RESPONSE ? RETRY_NO_POLICY : retry_verdict_for(ds, cause, 0);
+    ds->no_retry = cls == FAIL_BAD_RESPONSE ? NULL : retry_verdict_name(verdict);
     if (verdict == RETRY_GO) {
         LOG_DEBUG("%s: %s: %s; retrying on another peer", ds->client_ip, peer_text, fail_text(cls));
         retry_go(ds, cause);
@@ -1239,7 +1244,7 @@ static int on_resp_headers_complete(llhttp_t *p)
             ds->hook_error = e;
             return -1;
         }
-        if (e && retry_verdict_for(ds, CAUSE_STATUS) == RETRY_GO) {
+        if (e && retry_verdict_for(ds, CAUSE_STATUS, 1) == RETRY_GO) {
             struct http_head swap = ds->rq->held;
             LOG_INFO("%s: %s answered %d (%s); retrying on another peer", ds->client_ip, ds->peer->addr_text,
                      ds->rq->resp.status, e->reason ? e->reason : "hook");
@@ -1378,6 +1383,7 @@ static void ex_finish(struct downstream *ds)
     ds->resp_bytes = 0;
     ds->start_mono_ms = ds->start_unix_ms = 0;
     ds->start_us = 0;
+    ds->no_retry = NULL;
     ds->req_body_bytes = 0;
     ds->status_source = ACCESS_SOURCE_UNSET;
     ds->peer = NULL;

@@ -756,8 +756,9 @@ class WithoutBpfTest(BpfCase):
         self.assertEqual(view["reason"], L7_CONNECT)
         self.assertIsNone(view["kernel"])
         self.assertFalse(os.path.exists(bogus), "nextup created %s outside bpffs" % bogus)
-        # and only that one warning, after 20 requests too
-        lines = [ln for ln in nx.stderr_text().splitlines() if ln.strip()]
+        # and only that one warning, after 20 requests too (access lines, JSON on the shared
+        # stdout, are flushed every 200 ms and are not diagnostics)
+        lines = [ln for ln in nx.stderr_text().splitlines() if ln.strip() and not ln.startswith("{")]
         self.assertEqual(len(lines), 1, "more stderr lines after the requests: %r" % lines)
 
     def test_on_own_refused_connects_eject_same_verdict(self):
