@@ -279,4 +279,10 @@ int BPF_PROG(handle_retransmit_skb_noerr, const struct sock *sk)
     return 0;
 }
 
+#ifdef PEER_STATS_BUILD_TAG
+/* Only in the test build of "another nextup build" (bpf.mk's variant): other bytes in the object, so
+ * another program set on the node, with the same code. */
+const volatile char build_tag[] = PEER_STATS_BUILD_TAG;
+#endif
+
 char LICENSE[] SEC("license") = "GPL";
