@@ -7,8 +7,10 @@
  *                           Node-wide, pinned at <NEXTUP_BPF_NODE_DIR>/<set>/netns_maps, where <set> is
  *                           "v<PEER_STATS_LAYOUT_VERSION>-<16 hex digits of the BPF object's hash>": a build
  *                           of other programs or another layout gets a set (and directory) of its own.
- *   links                   one pinned BPF link per attached program, <NEXTUP_BPF_NODE_DIR>/<set>/link_<program>
- *                           (e.g. link_handle_set_state): the set stays attached while any nextup uses it.
+ *   links, programs         one pinned BPF link per attached program, <NEXTUP_BPF_NODE_DIR>/<set>/link_<program>
+ *                           (e.g. link_handle_set_state), and the program itself at <set>/prog_<program> (what
+ *                           lets a nextup without CAP_SYS_ADMIN check what a link runs): the set stays
+ *                           attached while any nextup uses it.
  *   <set>/ns/<inum>         an empty bpffs directory per registered namespace; every nextup of that namespace
  *                           holds a shared flock on it while it runs: a namespace whose directory nobody holds
  *                           has no nextup left, and its entry goes (on exit, or at the next sweep).

@@ -1,8 +1,8 @@
 /* health_bpf: the user-space side of bpf/peer_stats.bpf.c.
  *
  * One program set per node, one counters map per pod (bpf/peer_stats.h has the layout):
- *   <node_dir>/<set>/netns_maps, link_<program>   the set: loaded and attached by the first nextup of
- *                                                  this build on the node, reused by every later one
+ *   <node_dir>/<set>/netns_maps, link_<program>,  the set: loaded and attached by the first nextup of
+ *                    prog_<program>                this build on the node, reused by every later one
  *   <node_dir>/<set>/ns/<inum>                     one empty directory per registered namespace; each
  *                                                  nextup of it holds a shared flock on it while it runs
  *   <pin_dir>/peer_stats, peer_stats_meta          the pod's own map, registered as netns_maps[<inum>]
@@ -11,10 +11,11 @@
  * counts twice). A set whose namespaces are all gone is removed by the next nextup that sweeps: the sets
  * on a node are bounded by the builds running there.
  *
- * open: load the object (the verifier's pass gives the program tags to compare, and a fresh pod map
- * sized by NEXTUP_BPF_MAX_PEERS) -> under the set dir's flock: reuse or create the set -> under the pin
- * dir's flock: reuse the pod's map (same layout, size, namespace and set) or replace it -> register it
- * -> sweep -> unlock. close: the last nextup of a namespace removes its entry and its ns/<inum> dir.
+ * open: open the object -> under the set dir's flock: inspect the set (each link_<prog> must run the
+ * prog_<prog> pinned beside it on the pinned netns_maps) -> load (the programs only when the set must be
+ * made: a nextup joining a set loads no program; the maps always, for a fresh pod map sized by
+ * NEXTUP_BPF_MAX_PEERS) -> make the set if needed -> under the pin dir's flock: reuse the pod's map (same
+ * layout, size, namespace and set) or replace it -> register it -> sweep -> unlock. close: the last nextup of a namespace removes its entry and its ns/<inum> dir.
  * sweep (from the health timer): entries whose ns/<inum> nobody holds (their nextups are gone, and with
  * them, for a pod, its namespace) are removed, and so are other sets left with no entry.
  *
@@ -63,6 +64,7 @@ _Static_assert(sizeof(struct peer_stats_meta) == 24, "struct peer_stats_meta mus
 #define PIN_DIR_MAX 256
 #define SET_DIR_MAX (PIN_DIR_MAX + 32)
 #define LINK_PREFIX "link_"
+#define PROG_PREFIX "prog_"
 #define SET_PREFIX "v"
 /* How long a starting nextup waits for another one to finish setting up the same pin dir. */
 #define PIN_LOCK_WAIT_MS 10000
@@ -305,41 +307,47 @@ static bool fd_is_link(int fd)
     return strcmp(target, "anon_inode:bpf-link") == 0;
 }
 
-/* The fd of the link pinned at <path> when it runs the program <want> describes (same type, attach
- * point and tag: the instructions this build loads) and that program updates the map <map_id>.
- * -1 with <reason> for anything else. */
-static int link_check(const char *path, const struct bpf_prog_info *want, __u32 map_id, char *reason,
-                      size_t reasonlen)
+/* The fd of the link pinned at <dir>/link_<name> when it runs the program pinned at <dir>/prog_<name>,
+ * which is named <name> and updates the map <map_id>. -1 with <reason> for anything else. Pinned
+ * programs are what makes this check possible without CAP_SYS_ADMIN (which opening a program by the id
+ * a link reports would need); the set dir's name already says which build's programs belong there. */
+static int link_check(const char *dir, const char *name, __u32 map_id, char *reason, size_t reasonlen)
 {
-    const char *name = strrchr(path, '/') + 1;
+    char path[SET_DIR_MAX + 64];
     struct bpf_link_info link;
     struct bpf_prog_info prog;
     __u32 ids[8], i, n, len;
     int fd, pfd = -1;
 
+    snprintf(path, sizeof(path), "%s/" LINK_PREFIX "%s", dir, name);
     fd = bpf_obj_get(path);
     if (fd < 0) {
-        snprintf(reason, reasonlen, "%s: %s", name, fd == -ENOENT ? "not pinned" : strerror(-fd));
+        snprintf(reason, reasonlen, LINK_PREFIX "%s: %s", name, fd == -ENOENT ? "not pinned" : strerror(-fd));
         return -1;
     }
     memset(&link, 0, sizeof(link));
     len = sizeof(link);
     if (!fd_is_link(fd) || bpf_obj_get_info_by_fd(fd, &link, &len) != 0) {
-        snprintf(reason, reasonlen, "%s is not a BPF link", name);
+        snprintf(reason, reasonlen, LINK_PREFIX "%s is not a BPF link", name);
         goto mismatch;
     }
-    pfd = bpf_prog_get_fd_by_id(link.prog_id);
+    snprintf(path, sizeof(path), "%s/" PROG_PREFIX "%s", dir, name);
+    pfd = bpf_obj_get(path);
     memset(&prog, 0, sizeof(prog));
     prog.nr_map_ids = sizeof(ids) / sizeof(ids[0]);
     prog.map_ids = (__u64)(unsigned long)ids;
     len = sizeof(prog);
-    if (pfd < 0 || bpf_obj_get_info_by_fd(pfd, &prog, &len) != 0) {
-        snprintf(reason, reasonlen, "%s: its program is unreadable", name);
+    if (pfd < 0 || fd_is_link(pfd) || bpf_obj_get_info_by_fd(pfd, &prog, &len) != 0) {
+        snprintf(reason, reasonlen, PROG_PREFIX "%s: not a pinned program", name);
         goto mismatch;
     }
-    if (prog.type != want->type || prog.attach_btf_id != want->attach_btf_id ||
-        memcmp(prog.tag, want->tag, sizeof(prog.tag)) != 0) {
-        snprintf(reason, reasonlen, "%s runs other code (another nextup build)", name);
+    /* Kernel program names keep BPF_OBJ_NAME_LEN - 1 characters. */
+    if (prog.type != BPF_PROG_TYPE_TRACING || strncmp(prog.name, name, sizeof(prog.name) - 1) != 0) {
+        snprintf(reason, reasonlen, PROG_PREFIX "%s is no %s program", name, name);
+        goto mismatch;
+    }
+    if (link.prog_id != prog.id) {
+        snprintf(reason, reasonlen, LINK_PREFIX "%s runs other code than " PROG_PREFIX "%s", name, name);
         goto mismatch;
     }
     /* On return nr_map_ids is the program's count, which may exceed what fit in ids. */
@@ -453,22 +461,22 @@ static int set_lock(struct health_bpf *h, char *why, size_t whylen)
     return -EAGAIN;
 }
 
-/* Decides on the program set pinned in <dir>, given the loaded <skel>. 1: it is complete, its links run
- * the programs <skel> has (same tags) on its netns_maps; <h> then holds fds on that map and the links.
- * 0: it must be made afresh (<reason> says why); <h> holds none of it. A negative errno with <why> when
- * it cannot be inspected. */
+/* Decides on the program set pinned in <dir>, given the opened (not necessarily loaded) <skel>, whose
+ * autoload flags say which programs this nextup attaches. 1: it is complete: a link per such program
+ * running the program pinned beside it under its name, on the pinned netns_maps; <h> then holds fds on
+ * that map and the links. 0: it must be made afresh (<reason> says why); <h> holds none of it. A negative
+ * errno with <why> when it cannot be inspected. */
 static int set_inspect(const char *dir, const struct peer_stats_bpf *skel, struct health_bpf *h, char *reason,
                        size_t reasonlen, char *why, size_t whylen)
 {
     char path[SET_DIR_MAX + 64];
     struct bpf_map_info info;
-    struct bpf_prog_info want;
     struct bpf_program *prog;
     struct dirent *de;
     size_t n = 0, i;
     __u32 len;
     DIR *d;
-    int fd, err;
+    int fd;
 
     reason[0] = '\0';
     snprintf(path, sizeof(path), "%s/netns_maps", dir);
@@ -492,15 +500,7 @@ static int set_inspect(const char *dir, const struct peer_stats_bpf *skel, struc
     bpf_object__for_each_program(prog, skel->obj) {
         if (!bpf_program__autoload(prog))
             continue;
-        memset(&want, 0, sizeof(want));
-        len = sizeof(want);
-        err = bpf_obj_get_info_by_fd(bpf_program__fd(prog), &want, &len);
-        if (err) {
-            snprintf(why, whylen, "cannot read the loaded program %s: %s", bpf_program__name(prog), strerror(-err));
-            goto fail;
-        }
-        snprintf(path, sizeof(path), "%s/" LINK_PREFIX "%s", dir, bpf_program__name(prog));
-        fd = link_check(path, &want, info.id, reason, reasonlen);
+        fd = link_check(dir, bpf_program__name(prog), info.id, reason, reasonlen);
         if (fd < 0)
             goto redo;
         h->link_fd[n++] = fd;
@@ -516,19 +516,17 @@ static int set_inspect(const char *dir, const struct peer_stats_bpf *skel, struc
     if (!reason[0])
         return 1;
 redo:
-    err = 0;
-fail:
     close(h->outer_fd);
     h->outer_fd = -1;
     for (i = 0; i < n; i++) {
         close(h->link_fd[i]);
         h->link_fd[i] = -1;
     }
-    return err;
+    return 0;
 }
 
-/* Unpins every link_* in <dir> (their programs are detached once no running nextup holds them), then
- * <dir>/<map> and, when given, <dir>/<meta>. How many pins were removed. */
+/* Unpins every link_* and prog_* in <dir> (the programs are detached once no running nextup holds
+ * them), then <dir>/<map> and, when given, <dir>/<meta>. How many pins were removed. */
 static int pins_clear(const char *dir, const char *map, const char *meta)
 {
     char path[SET_DIR_MAX + 300];
@@ -538,7 +536,8 @@ static int pins_clear(const char *dir, const char *map, const char *meta)
 
     d = opendir(dir);
     while (d && (de = readdir(d))) {
-        if (strncmp(de->d_name, LINK_PREFIX, strlen(LINK_PREFIX)) != 0)
+        if (strncmp(de->d_name, LINK_PREFIX, strlen(LINK_PREFIX)) != 0 &&
+            strncmp(de->d_name, PROG_PREFIX, strlen(PROG_PREFIX)) != 0)
             continue;
         snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
         removed += unlink(path) == 0;
@@ -572,7 +571,7 @@ static void set_empty(const char *dir)
     close(fd);
 }
 
-/* Pins <skel>'s netns_maps in the emptied set <dir>, then attaches each program and pins its link. 0 with
+/* Pins <skel>'s netns_maps in the emptied set <dir>, then pins, attaches each program and pins its link. 0 with
  * <h> holding fds on the map and the links; or a negative errno with <why>, and nothing left pinned. */
 static int set_create(const char *dir, struct peer_stats_bpf *skel, struct health_bpf *h, char *why, size_t whylen)
 {
@@ -597,6 +596,12 @@ static int set_create(const char *dir, struct peer_stats_bpf *skel, struct healt
     bpf_object__for_each_program(prog, skel->obj) {
         if (!bpf_program__autoload(prog))
             continue;
+        snprintf(path, sizeof(path), "%s/" PROG_PREFIX "%s", dir, bpf_program__name(prog));
+        err = bpf_obj_pin(bpf_program__fd(prog), path);
+        if (err) {
+            snprintf(why, whylen, "cannot pin the program at %s: %s", path, strerror(-err));
+            goto undo;
+        }
         link = bpf_program__attach(prog);
         if (!link) {
             err = -errno;
@@ -958,8 +963,8 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
     snprintf(h->set_dir, sizeof(h->set_dir), "%s/" SET_PREFIX "%u-%016llx", node_dir, PEER_STATS_LAYOUT_VERSION,
              (unsigned long long)ps.set_id);
 
-    /* Loaded whatever is pinned: the verifier's pass is the price of comparing program tags, and it
-     * makes the pod's map (sized, with BTF) should it need a new one. Nothing is attached yet. */
+    /* Opened now, loaded once the set is inspected: programs only to make a set, maps in any case (the
+     * pod's map, sized and with BTF, should it need a new one). */
     skel = peer_stats_bpf__open();
     if (!skel) {
         err = -errno;
@@ -973,16 +978,6 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
     }
     bpf_program__set_autoload(skel->progs.handle_retransmit_skb, has_err);
     bpf_program__set_autoload(skel->progs.handle_retransmit_skb_noerr, !has_err);
-    err = peer_stats_bpf__load(skel);
-    if (err) {
-        if (err == -EPERM || err == -EACCES)
-            snprintf(why, whylen, "the kernel refused to load the BPF programs (%s): needs root or CAP_BPF and "
-                     "CAP_PERFMON, and a kernel not locked down", strerror(-err));
-        else
-            snprintf(why, whylen, "loading the BPF programs failed: %s (NEXTUP_LOG_LEVEL=debug shows "
-                     "libbpf's log)", strerror(-err));
-        goto cleanup;
-    }
 
     err = set_lock(h, why, whylen);
     if (err < 0)
@@ -991,6 +986,24 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
     reused = set_inspect(h->set_dir, skel, h, reason, sizeof(reason), why, whylen);
     if (reused < 0) {
         err = reused;
+        goto cleanup;
+    }
+    /* With the set running, only the maps are made (a pod map, should this pod need a new one): no
+     * program of this nextup is loaded, so the node's count of nextup programs stays the set's. */
+    if (reused) {
+        struct bpf_program *prog;
+
+        bpf_object__for_each_program(prog, skel->obj)
+            bpf_program__set_autoload(prog, false);
+    }
+    err = peer_stats_bpf__load(skel);
+    if (err) {
+        if (err == -EPERM || err == -EACCES)
+            snprintf(why, whylen, "the kernel refused to load the BPF programs (%s): needs root or CAP_BPF and "
+                     "CAP_PERFMON, and a kernel not locked down", strerror(-err));
+        else
+            snprintf(why, whylen, "loading the BPF programs failed: %s (NEXTUP_LOG_LEVEL=debug shows "
+                     "libbpf's log)", strerror(-err));
         goto cleanup;
     }
     if (!reused) {

@@ -62,7 +62,9 @@ class Pod:
             raise AssertionError("in %s: %s" % (self.ns, p.stderr.decode()))
         return p.stdout.decode()
 
-    def start(self):
+    def start(self, caps=None):
+        """Starts the pod's nextup; with <caps> (e.g. "bpf,perfmon"), with only those capabilities, as the
+        manifests give them (setpriv: inheritable, ambient and bounding sets)."""
         env = H.base_env()
         env.update({"NEXTUP_LISTEN": "127.0.0.1:%d" % NEXTUP_PORT, "NEXTUP_ADMIN": "127.0.0.1:%d" % ADMIN_PORT,
                     "NEXTUP_UPSTREAMS": "127.0.0.1:%d,127.0.0.1:%d" % (BACKEND_PORT, DEAD_PORT),
@@ -71,7 +73,11 @@ class Pod:
                     "NEXTUP_EJECT_KERNEL_FAILURES": "0", "NEXTUP_EJECT_CONNECT_FAILURES": "0",
                     "NEXTUP_MAX_RETRIES": "0", "NEXTUP_POOL_MAX_IDLE": "0"})
         self.log = open("/tmp/nextup-node-%d-%s.err" % (os.getpid(), self.ns), "w+b")
-        self.nextup = self.spawn([H.nextup_bin()], env=env, stdout=self.log, stderr=self.log)
+        argv = [H.nextup_bin()]
+        if caps:
+            only = "-all," + ",".join("+" + c for c in caps.split(","))
+            argv = ["setpriv", "--inh-caps=" + only, "--ambient-caps=" + only, "--bounding-set=" + only, "--"] + argv
+        self.nextup = self.spawn(argv, env=env, stdout=self.log, stderr=self.log)
         self.case.addCleanup(self.stop)
 
         def registered():
@@ -215,6 +221,27 @@ class NodeSetTest(B.BpfCase):
         self.assertEqual(B.pinned_links(sets[0]), links, "the set changed when a exited")
         self.assertEqual(b.stop(), 0)
         self.assertEqual(B.node_sets(), [], "the set outlived the last nextup on the node")
+
+    def test_joins_with_bpf_and_perfmon_only(self):
+        # As the manifests run it: CAP_BPF and CAP_PERFMON, nothing else (no CAP_SYS_ADMIN, which opening a
+        # program by id needs, no CAP_NET_ADMIN). A second pod's nextup joins the running set as it is, and
+        # its own map counts.
+        if not shutil.which("setpriv"):
+            H.skip_loudly(self, "needs setpriv (util-linux)")
+        a, b = Pod(self, "a"), Pod(self, "b")
+        a.start(caps="bpf,perfmon")
+        sets = B.node_sets()
+        links = B.pinned_links(sets[0])
+        b.start(caps="bpf,perfmon")
+        self.assertNotIn("replacing", b.stderr())
+        self.assertEqual(B.node_sets(), sets)
+        self.assertEqual(B.pinned_links(sets[0]), links, "the second nextup replaced the set")
+        self.assertEqual(registered_namespaces(sets[0]), {a.inum: a.map_id, b.inum: b.map_id})
+        b.refusals(3)
+        self.assertEqual(b.dump(DEAD_PORT)["refused"], 3)
+        self.assertEqual(a.dump(DEAD_PORT)["refused"], 0)
+        B.say("a and b with CAP_BPF + CAP_PERFMON only: one set %s, b joined it (links %s unchanged), b counted 3"
+              % (os.path.basename(sets[0]), sorted(links.values())))
 
     def test_killed_nextup_swept(self):
         a, b = self._two_pods()
