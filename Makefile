@@ -75,6 +75,15 @@ $(BUILD)/obj/%.o: sidecar/%.c | $(BUILD)/.deps-build
 
 $(BUILD)/obj/health_bpf.o: $(BPF_SKELS)
 
+# The variant build (bpf/bpf.mk): only health_bpf.o differs, it includes the variant's skeleton.
+$(BPF_VARIANT)/health_bpf.o: sidecar/health_bpf.c $(BPF_VARIANT)/peer_stats.skel.h | $(BUILD)/.deps-build
+	@echo "  CC      $< (variant)"
+	$(Q)$(CC) -I$(BPF_VARIANT) $(BASE_CFLAGS) $(CFLAGS) $(WARN) $(SAN_FLAGS) -c -o $@ $<
+
+$(BPF_VARIANT)/nextup: $(BUILD)/obj/main.o $(BPF_VARIANT)/health_bpf.o $(filter-out $(BUILD)/obj/health_bpf.o,$(SIDECAR_OBJS)) $(LLHTTP_OBJS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(SAN_FLAGS) -pthread -rdynamic -o $@ $^ $(LDLIBS)
+
 # llhttp comes from Debian's node-llhttp as C sources; its generated code is
 # not ours to fix, so it gets quieter flags and is never edited.
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/.deps-build
@@ -106,7 +115,7 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $(SIDECAR_OBJS) $(LLHTTP_OBJS)
 unit: $(UNIT_BINS) examples
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-e2e: $(BUILD)/nextup examples
+e2e: $(BUILD)/nextup $(BPF_VARIANT)/nextup examples
 	NEXTUP_BIN=$(abspath $(BUILD)/nextup) NEXTUP_EXAMPLES=$(abspath $(BUILD)/examples) python3 -m unittest discover -s tests/e2e -p 'test_*.py' -v
 
 # libFuzzer on sidecar/http1.c (tests/fuzz/fuzz_http1.c), with ASan and UBSan, in build-fuzz/.

@@ -2,6 +2,8 @@
 # bench/churn.sh — what the BPF programs cost under connection churn: NEXTUP_BPF=on vs off.
 #
 # usage: bench/churn.sh path/to/nextup          (needs root: NEXTUP_BPF=on loads BPF programs)
+#        CHURN_PODS="1 10 30" bench/churn.sh path/to/nextup [path/to/old/nextup]
+#                                               (the cost per connection with N pods: churn_pods.sh)
 #
 # Not part of `make test` or `make bench`. One fast backend (nginx, 1 worker, a fixed 100-byte
 # body) and nextup (2 workers) in front of it; wrk sends GETs with "Connection: close", so every
@@ -40,6 +42,12 @@
 # mounted at /sys/fs/bpf if it is not, and unmounted at the end only if this script mounted it and
 # it is empty again.
 set -euo pipefail
+
+# CHURN_PODS="1 10 30": instead, the BPF time per connection with that many pods running nextup on
+# the node (bench/churn_pods.sh; a second argument: an older nextup to compare with, same run).
+if [ -n "${CHURN_PODS:-}" ]; then
+  exec "$(dirname "${BASH_SOURCE[0]}")/churn_pods.sh" "$@"
+fi
 
 LIB_NAME=churn
 # shellcheck source=bench/lib.sh

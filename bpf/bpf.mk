@@ -40,5 +40,20 @@ $(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
 	@echo "  GEN-SKEL $@"
 	$(Q)$(BPFTOOL) gen skeleton $< > $@.tmp && mv $@.tmp $@
 
+# Another nextup build, for the tests of two builds on one node (tests/e2e/test_bpf_node.py): the same
+# sources with a build tag in the BPF object, hence another program set (another <set> directory).
+#   $(BUILD)/bpf-variant/nextup
+BPF_VARIANT := $(BUILD)/bpf-variant
+.SECONDARY: $(BPF_VARIANT)/peer_stats.bpf.o $(BPF_VARIANT)/peer_stats.skel.h
+$(BPF_VARIANT)/peer_stats.bpf.o: bpf/peer_stats.bpf.c bpf/peer_stats.h $(BUILD)/bpf/vmlinux.h
+	@mkdir -p $(dir $@)
+	@echo "  BPF     $< (variant)"
+	$(Q)$(BPF_CLANG) $(BPF_CFLAGS) -DPEER_STATS_BUILD_TAG='"variant"' -I$(BUILD)/bpf -Ibpf -c $< -o $(@:.o=.tmp.o)
+	$(Q)$(BPFTOOL) gen object $@ $(@:.o=.tmp.o)
+	$(Q)rm -f $(@:.o=.tmp.o)
+
+$(BPF_VARIANT)/peer_stats.skel.h: $(BPF_VARIANT)/peer_stats.bpf.o
+	$(Q)$(BPFTOOL) gen skeleton $< > $@.tmp && mv $@.tmp $@
+
 # Empty (the usual case) means: the next target the top Makefile defines, i.e. `all`.
 .DEFAULT_GOAL := $(bpf_mk_default_goal)

@@ -11,7 +11,9 @@
  *   tcp_send_reset        resets_sent
  *   tcp_retransmit_skb    syn_retransmits in SYN_SENT, data_retransmits otherwise; only transmits that
  *                         went out (newer kernels, 6.18 among them, also fire it for failed ones, with err)
- * Only sockets of the network namespace target_netns are counted (0: all). Entries are created by
+ * One set of these programs serves every nextup of a node: each event looks up its socket's network
+ * namespace (ns.inum) in netns_maps, the map of the namespaces nextups registered, and counts into that
+ * pod's own LRU map; a namespace nobody registered costs one failed lookup. Entries are created by
  * active opens only (the SYN_SENT events); the other events update the entry of a peer that has one,
  * so clients connecting in do not fill the map. Everything runs in softirq or in the context of
  * whichever task touched the socket: nothing here reads the current task. */
@@ -30,15 +32,26 @@
 #define ECONNREFUSED    111
 #define EHOSTUNREACH    113
 
-/* Set by the loader before load: ns.inum of the pod's network namespace; 0 counts every namespace. */
-const volatile __u64 target_netns = 0;
-
-struct {
+/* One pod's counters. The programs never use this map by name: each nextup loads the object to
+ * get one (sized by NEXTUP_BPF_MAX_PEERS, with BTF for bpftool), pins it in its own pin dir and
+ * registers it in netns_maps. */
+struct peer_stats_map {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 4096);   /* replaced by NEXTUP_BPF_MAX_PEERS before load */
+    __uint(max_entries, 4096);
     __type(key, struct peer_key);
     __type(value, struct peer_stats);
-} peer_stats SEC(".maps");
+};
+
+struct peer_stats_map peer_stats SEC(".maps");
+
+/* Network namespace inode -> that pod's peer_stats. Filled from user space only (programs may only
+ * look up a map of maps). */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+    __uint(max_entries, NETNS_MAPS_MAX);
+    __type(key, __u64);
+    __array(values, struct peer_stats_map);
+} netns_maps SEC(".maps");
 
 /* Not used by the programs: written by the loader, read back on restart to decide on reuse. */
 struct {
@@ -48,11 +61,12 @@ struct {
     __type(value, struct peer_stats_meta);
 } peer_stats_meta SEC(".maps");
 
-static __always_inline bool counted(const struct sock *sk)
+/* The peer_stats map of <sk>'s network namespace; NULL when no nextup registered it. */
+static __always_inline void *pod_map_of(const struct sock *sk)
 {
-    if (!target_netns)
-        return true;
-    return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == target_netns;
+    __u64 netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+
+    return bpf_map_lookup_elem(&netns_maps, &netns);
 }
 
 /* The remote end of <sk> as a peer_key; false for a family other than IPv4/IPv6. Reads only
@@ -94,17 +108,20 @@ static __always_inline struct peer_stats *stats_of(const struct sock *sk, bool c
     struct peer_stats zero = {};
     struct peer_key key;
     struct peer_stats *s;
+    void *map;
 
-    if (!counted(sk) || !peer_key_of(sk, &key))
+    /* The namespace first: for the sockets of pods without nextup that is all an event costs. */
+    map = pod_map_of(sk);
+    if (!map || !peer_key_of(sk, &key))
         return NULL;
     /* Lookup first: an LRU update takes a free node (possibly evicting a peer) before it finds
      * out that the key exists, so BPF_NOEXIST is only tried for a key that was missing. */
-    s = bpf_map_lookup_elem(&peer_stats, &key);
+    s = bpf_map_lookup_elem(map, &key);
     if (s || !create)
         return s;
     /* Another CPU may win the race to create it: EEXIST is fine, the lookup finds its entry. */
-    bpf_map_update_elem(&peer_stats, &key, &zero, BPF_NOEXIST);
-    return bpf_map_lookup_elem(&peer_stats, &key);
+    bpf_map_update_elem(map, &key, &zero, BPF_NOEXIST);
+    return bpf_map_lookup_elem(map, &key);
 }
 
 static __always_inline __u64 srtt_of(const struct sock *sk)
@@ -261,5 +278,11 @@ int BPF_PROG(handle_retransmit_skb_noerr, const struct sock *sk)
     retransmitted(sk);
     return 0;
 }
+
+#ifdef PEER_STATS_BUILD_TAG
+/* Only in the test build of "another nextup build" (bpf.mk's variant): other bytes in the object, so
+ * another program set on the node, with the same code. */
+const volatile char build_tag[] = PEER_STATS_BUILD_TAG;
+#endif
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,19 +1,26 @@
 /* peer_stats: the contract between bpf/peer_stats.bpf.c and sidecar/health_bpf.c.
  *
- * API:
+ * API (one program set per node, one counters map per pod):
+ *   map "netns_maps"        hash of maps, __u64 network namespace inode (ns.inum) -> that pod's
+ *                           "peer_stats" map (at most NETNS_MAPS_MAX namespaces per node). The programs
+ *                           look up the socket's namespace here first and count only where they find it.
+ *                           Node-wide, pinned at <NEXTUP_BPF_NODE_DIR>/<set>/netns_maps, where <set> is
+ *                           "v<PEER_STATS_LAYOUT_VERSION>-<16 hex digits of the BPF object's hash>": a build
+ *                           of other programs or another layout gets a set (and directory) of its own.
+ *   links, programs         one pinned BPF link per attached program, <NEXTUP_BPF_NODE_DIR>/<set>/link_<program>
+ *                           (e.g. link_handle_set_state), and the program itself at <set>/prog_<program> (what
+ *                           lets a nextup without CAP_SYS_ADMIN check what a link runs): the set stays
+ *                           attached while any nextup uses it.
+ *   <set>/ns/<inum>         an empty bpffs directory per registered namespace; every nextup of that namespace
+ *                           holds a shared flock on it while it runs: a namespace whose directory nobody holds
+ *                           has no nextup left, and its entry goes (on exit, or at the next sweep).
  *   map "peer_stats"        LRU hash, struct peer_key -> struct peer_stats, one entry per remote
- *                           address and port (max_entries = NEXTUP_BPF_MAX_PEERS), pinned at
+ *                           address and port (max_entries = NEXTUP_BPF_MAX_PEERS), one per pod, pinned at
  *                           <NEXTUP_BPF_PIN_DIR>/peer_stats; the least recently updated peer is evicted.
  *   map "peer_stats_meta"   array of one struct peer_stats_meta (key 0), pinned at
- *                           <NEXTUP_BPF_PIN_DIR>/peer_stats_meta: what the pinned maps were made for,
- *                           so that a restarted nextup reuses them only when they match, and whose
- *                           network namespace owns the pin dir.
- *   links                   one pinned BPF link per attached program, <NEXTUP_BPF_PIN_DIR>/link_<program>
- *                           (e.g. link_handle_set_state): the programs keep counting into the pinned map
- *                           while no nextup runs; removing the pin dir detaches them (once no running
- *                           nextup holds them).
- *   rodata target_netns     network namespace inode (ns.inum) whose sockets are counted; 0 counts all.
- *   PEER_STATS_LAYOUT_VERSION  bumped whenever a struct below changes meaning or layout.
+ *                           <NEXTUP_BPF_PIN_DIR>/peer_stats_meta: what the pod's map was made for (layout,
+ *                           namespace, program set), so that a restarted nextup reuses it only when they match.
+ *   PEER_STATS_LAYOUT_VERSION  bumped whenever a struct below or a map above changes meaning or layout.
  *
  * Fixed-width __u* types only, no pointers, explicit padding; no includes: the BPF side has them from
  * vmlinux.h, user space includes <linux/types.h> first. All counters only grow (until the entry is
@@ -21,7 +28,10 @@
 #ifndef NEXTUP_PEER_STATS_H
 #define NEXTUP_PEER_STATS_H
 
-#define PEER_STATS_LAYOUT_VERSION 2
+#define PEER_STATS_LAYOUT_VERSION 3
+
+/* Network namespaces one program set can serve (pods running nextup on one node). */
+#define NETNS_MAPS_MAX 4096
 
 /* The remote end of a TCP socket. IPv4, and IPv4-mapped IPv6 (an AF_INET6 socket talking to
  * ::ffff:a.b.c.d), are both stored as ::ffff:a.b.c.d with family AF_INET (2), so one peer has one key;
@@ -63,7 +73,9 @@ struct peer_stats {
 struct peer_stats_meta {
     __u32 layout_version;        /* PEER_STATS_LAYOUT_VERSION */
     __u32 pad;
-    __u64 netns_inum;            /* target_netns the programs were loaded with */
+    __u64 netns_inum;            /* the namespace whose sockets the map counts */
+    __u64 set_id;                /* the program set feeding it (the hash in <set>'s name): a map is
+                                    registered with one set only, so no event counts twice */
 };
 
 #endif

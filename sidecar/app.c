@@ -259,7 +259,7 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     peers->policy.eject_max_ms = cfg.eject_max_ms;
     peers->policy.max_eject_percent = cfg.max_ejection_percent;
     {
-        struct health_bpf_opts bo = { cfg.bpf_mode, cfg.bpf_pin_dir, cfg.bpf_max_peers, 0 };
+        struct health_bpf_opts bo = { cfg.bpf_mode, cfg.bpf_pin_dir, cfg.bpf_max_peers, 0, cfg.bpf_node_dir };
         if (health_bpf_open(&bo, &bpf, err, sizeof(err)) < 0) {
             rc = 2;
             goto out;

@@ -68,6 +68,7 @@ struct config {
     char decision_plugin[512];            /* NEXTUP_DECISION_PLUGIN, default none */
     int bpf_mode;                         /* NEXTUP_BPF auto|on|off (CONFIG_BPF_*), default auto */
     char bpf_pin_dir[256];                /* NEXTUP_BPF_PIN_DIR, default /sys/fs/bpf/nextup */
+    char bpf_node_dir[256];               /* NEXTUP_BPF_NODE_DIR, default /sys/fs/bpf/nextup-node */
     char probe_path[256];                 /* NEXTUP_PROBE_PATH: trials by an HTTP GET of it; empty = by a request */
     int bpf_max_peers;                    /* NEXTUP_BPF_MAX_PEERS, default 4096, 16..1048576 */
     int access_log;                       /* NEXTUP_ACCESS_LOG on|off, default on */

@@ -326,6 +326,7 @@ void health_poll(struct health *h)
     }
     if (!h->bpf)
         return;
+    health_bpf_sweep(h->bpf);
     for (i = 0; i < h->peers->n; i++) {
         struct peer *p = h->peers->peer[i];
         struct peer_view *v = &h->view[i];

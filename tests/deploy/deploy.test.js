@@ -400,12 +400,12 @@ for (const v of Object.keys(VARIANTS)) {
 // ---------------------------------------------------------------------------------------------
 // privileges of each variant
 
-test('bpf: nextup has exactly CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, is not privileged, mounts bpffs and BTF', () => {
+test('bpf: nextup has exactly CAP_BPF and CAP_PERFMON (no NET_ADMIN), is not privileged, mounts bpffs and BTF', () => {
   const sc = sidecarOf('bpf');
   const s = P.effectiveSecurity(sc.spec, sc.container);
   const problems = [];
   const add = [...(s.capabilities.add || [])].map((c) => c.replace(/^CAP_/, '')).sort();
-  if (JSON.stringify(add) !== JSON.stringify(['BPF', 'NET_ADMIN', 'PERFMON'])) problems.push(`capabilities.add is [${add}], expected exactly BPF, PERFMON, NET_ADMIN`);
+  if (JSON.stringify(add) !== JSON.stringify(['BPF', 'PERFMON'])) problems.push(`capabilities.add is [${add}], expected exactly BPF, PERFMON (the tp_btf programs load without NET_ADMIN)`);
   if (!(s.capabilities.drop || []).includes('ALL')) problems.push('capabilities.drop does not include ALL');
   if (s.privileged === true) problems.push('privileged: true');
   if (s.allowPrivilegeEscalation !== false) problems.push('allowPrivilegeEscalation is not false');
@@ -417,6 +417,12 @@ test('bpf: nextup has exactly CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, is not privil
   const raw = (sc.env.list.find((e) => e.name === 'NEXTUP_BPF_PIN_DIR') || {}).raw || '';
   if (!pin.startsWith('/sys/fs/bpf/')) problems.push(`NEXTUP_BPF_PIN_DIR "${pin}" is not under /sys/fs/bpf/`);
   if (!/\$\(POD_NAME\)/.test(raw)) problems.push(`NEXTUP_BPF_PIN_DIR "${raw}" is not per pod ($(POD_NAME)): pods on one node would share a pin`);
+  // The program set is the node's: one directory for every pod, so that they share one set.
+  const node = sc.env.vars.get('NEXTUP_BPF_NODE_DIR') || '';
+  const nodeRaw = (sc.env.list.find((e) => e.name === 'NEXTUP_BPF_NODE_DIR') || {}).raw || '';
+  if (!node.startsWith('/sys/fs/bpf/')) problems.push(`NEXTUP_BPF_NODE_DIR "${node}" is not under /sys/fs/bpf/`);
+  if (/\$\(/.test(nodeRaw)) problems.push(`NEXTUP_BPF_NODE_DIR "${nodeRaw}" depends on the pod: each pod would load its own set`);
+  if (node && pin && (pin === node || pin.startsWith(`${node}/`))) problems.push(`NEXTUP_BPF_PIN_DIR "${pin}" is inside NEXTUP_BPF_NODE_DIR`);
   const podNameVar = (sc.container.env || []).find((e) => e.name === 'POD_NAME');
   if (!podNameVar || !podNameVar.valueFrom || !podNameVar.valueFrom.fieldRef || podNameVar.valueFrom.fieldRef.fieldPath !== 'metadata.name') {
     problems.push('POD_NAME does not come from the downward API (fieldRef metadata.name)');
@@ -643,7 +649,10 @@ for (const v of Object.keys(VARIANTS)) {
     fs.writeFileSync(resolv, `nameserver 127.0.0.1\nsearch ${ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n`);
     fs.chmodSync(resolv, 0o644);
     const env = Object.fromEntries(sc.env.vars);
-    env.NEXTUP_RESOLV_CONF = resolv; // the only variable not from the manifest
+    env.NEXTUP_RESOLV_CONF = resolv; // with the next one, the only variables not from the manifest
+    // Never the node's real program set: one of this test run's own (removed below).
+    const nodeDir = `/sys/fs/bpf/nextup-podsim-node-${process.pid}`;
+    if (bpfMode !== 'off') env.NEXTUP_BPF_NODE_DIR = nodeDir;
     const listen = P.splitHostPort(env.NEXTUP_LISTEN || nextupHelp().get('NEXTUP_LISTEN'));
     const pinDir = bpfMode === 'off' ? null : (env.NEXTUP_BPF_PIN_DIR || nextupHelp().get('NEXTUP_BPF_PIN_DIR'));
     const preStop = sc.container.lifecycle && sc.container.lifecycle.preStop;
@@ -678,6 +687,7 @@ for (const v of Object.keys(VARIANTS)) {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
       if (pinDir && fs.existsSync(pinDir)) fs.rmSync(pinDir, { recursive: true, force: true });
+      if (fs.existsSync(nodeDir)) fs.rmSync(nodeDir, { recursive: true, force: true });
     }
     const log = `\n--- nextup stderr ---\n${out.stderr}`;
     t.diagnostic(`uid ${spec.uid}, capabilities [${spec.caps}], NEXTUP_BPF=${bpfMode}, ${replicas} replicas of ${spec.dnsNames[0]}:${spec.upstreamPort}`);

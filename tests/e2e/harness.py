@@ -4,6 +4,7 @@ Everything listens on 127.0.0.1 (or in network namespaces a test creates).
 Every process is stopped by PID; every socket operation has a timeout.
 """
 
+import atexit
 import hashlib
 import http.client
 import json
@@ -65,9 +66,32 @@ def free_port():
         s.close()
 
 
+# The node-wide BPF program set (NEXTUP_BPF_NODE_DIR) of this test process: never the node's real one
+# (/sys/fs/bpf/nextup-node), which running pods or another test run may use. Removed at exit.
+BPF_NODE_DIR = "/sys/fs/bpf/nextup-e2e-node-%d" % os.getpid()
+
+
+def remove_bpf_tree(path):
+    """Unlinks the pins under <path> and its directories (bpffs holds nothing else)."""
+    if not os.path.isdir(path):
+        return
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
+    os.rmdir(path)
+
+
+atexit.register(lambda: remove_bpf_tree(BPF_NODE_DIR))
+
+
 def base_env():
-    """The caller's environment without any NEXTUP_* variable (tests are hermetic)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("NEXTUP_")}
+    """The caller's environment without any NEXTUP_* variable (tests are hermetic), and this test
+    process's own NEXTUP_BPF_NODE_DIR."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTUP_")}
+    env["NEXTUP_BPF_NODE_DIR"] = BPF_NODE_DIR
+    return env
 
 
 def stop_pid(proc, sig=signal.SIGTERM, wait=5.0):

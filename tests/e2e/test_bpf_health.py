@@ -12,13 +12,14 @@ ejected on the application's SYN retransmit; NEXTUP_BPF=off and a failed load ke
 ejections, NEXTUP_BPF=on with a pin dir outside bpffs exits 2; bpftool's dump after known traffic;
 a restart reuses the pinned map without ejecting on old history; two nextups on one pin dir at
 once (a hand-over) share one set of programs and count each event once; the programs are pinned
-too (link_<program>) and count while no nextup runs, until the pin dir is removed; pins of
-another network namespace are left alone (auto: one warning and the user-space signals; on:
-exit 2 with one line); another layout or build replaces the whole set, and nothing counts twice.
+node-wide (<NEXTUP_BPF_NODE_DIR>/<set>/link_<program>) and go with the last nextup (nothing counts
+while none runs); pins of another network namespace are left alone (auto: one warning and the
+user-space signals; on: exit 2 with one line); another build runs beside a running one with a set of
+its own, a damaged set is replaced whole, and nothing counts twice. (test_bpf_node.py: several pods.)
 
 Needs root (BPF programs, bpffs, network namespaces) and kernel BTF: without them the tests
 that need them skip LOUDLY with the reason on stderr. Each nextup gets its own pin dir
-/sys/fs/bpf/nextup-e2e-<pid>-<n>, removed afterwards (which detaches its pinned programs); bpffs
+/sys/fs/bpf/nextup-e2e-<pid>-<n>, removed afterwards; the node dir is harness.BPF_NODE_DIR; bpffs
 is mounted at /sys/fs/bpf if it is not, and unmounted at the end only if this module mounted it
 and it is empty again.
 """
@@ -211,12 +212,34 @@ def pinned_links(pin_dir):
             for name in sorted(os.listdir(pin_dir)) if name.startswith("link_")}
 
 
+def inner_map_id(entry):
+    """The inner map id of one entry of `bpftool -j map dump` of a map of maps."""
+    v = entry.get("value", entry.get("formatted", {}).get("value"))
+    if isinstance(v, list):
+        return int.from_bytes(bytes(int(b, 16) for b in v), "little")
+    return v
+
+
 def links_feeding(map_id):
-    """How many BPF links on the system run a program that updates map <map_id>: the pinned map must
-    be fed by exactly one set of programs (PROGS_PER_SET), however many nextups use it."""
+    """How many BPF links on the system run a program that updates map <map_id>, directly or through a
+    map of maps holding it (the node set's netns_maps, where a pod's map is registered): the pod's map
+    must be fed by exactly one set of programs (PROGS_PER_SET), however many nextups use it, and by none
+    once no nextup of its namespace runs."""
     progs = {p["id"]: p for p in bpftool_json("prog", "show")}
+    maps = {m["id"]: m for m in bpftool_json("map", "show")}
+    reach = {}
+
+    def reaches(mid):
+        if mid not in reach:
+            reach[mid] = mid == map_id
+            if not reach[mid] and maps.get(mid, {}).get("type") == "hash_of_maps":
+                try:
+                    reach[mid] = map_id in [inner_map_id(e) for e in bpftool_json("map", "dump", "id", str(mid))]
+                except AssertionError:
+                    reach[mid] = False  # gone meanwhile
+        return reach[mid]
     return sum(1 for link in bpftool_json("link", "show")
-               if map_id in progs.get(link.get("prog_id"), {}).get("map_ids", []))
+               if any(reaches(m) for m in progs.get(link.get("prog_id"), {}).get("map_ids", [])))
 
 
 def links_feeding_settled(map_id, want, timeout=3.0):
@@ -959,11 +982,23 @@ class RestartReusesMapTest(BpfCase):
 
 
 # --------------------------------------------------------------------------
-# 7. the programs are pinned too: one set per map, counting while no nextup runs
+# 7. the programs are pinned node-wide: one set per node, gone with the last nextup
 
 
 PROGS_PER_SET = 4  # set_state, receive_reset, send_reset and this kernel's tcp_retransmit_skb variant
 FIXED_LINKS = {"link_handle_set_state", "link_handle_receive_reset", "link_handle_send_reset"}
+
+
+def node_sets():
+    """The program set dirs (v<layout>-<hash>) under this test process's NEXTUP_BPF_NODE_DIR."""
+    if not os.path.isdir(H.BPF_NODE_DIR):
+        return []
+    return sorted(os.path.join(H.BPF_NODE_DIR, n) for n in os.listdir(H.BPF_NODE_DIR) if n.startswith("v"))
+
+
+def variant_bin():
+    """The same nextup built with another BPF object (bpf/bpf.mk's bpf-variant): another program set."""
+    return os.path.join(os.path.dirname(H.nextup_bin()), "bpf-variant", "nextup")
 
 
 class PinnedLinksTest(BpfCase):
@@ -973,47 +1008,53 @@ class PinnedLinksTest(BpfCase):
         if not shutil.which("bpftool"):
             H.skip_loudly(self, "needs bpftool")
 
-    def test_programs_count_while_no_nextup_runs(self):
-        # nextup pins a link per program next to the map and leaves them on exit: a refusal the
-        # application meets while no nextup runs is counted, and the next nextup sees it (bpftool and
-        # /debug/peers). Removing the pin dir then detaches the programs.
+    def test_programs_pinned_node_wide_gone_with_the_last_nextup(self):
+        # The links are pinned in the node's set dir, none in the pod's. When the last nextup of the
+        # namespace stops, its entry goes, and with the last one on the node the set: a refusal the
+        # application meets while no nextup runs is not counted (no program runs for a pod without
+        # nextup). The next nextup brings the set back and reuses the pod's map, counters kept.
         a = self.start_backend("live")
         dead_port = H.free_port()
         dead = "127.0.0.1:%d" % dead_port
         env = self.bpf_env("on", NEXTUP_LOG_LEVEL="info", NEXTUP_EJECT_KERNEL_FAILURES="0")
         pin = env["NEXTUP_BPF_PIN_DIR"]
         nx1 = self.start_nextup([a, dead], env=env)
-        links = pinned_links(pin)
+        sets = node_sets()
+        self.assertEqual(len(sets), 1, "program sets under %s: %s" % (H.BPF_NODE_DIR, sets))
+        links = pinned_links(sets[0])
         map_id = bpftool_map_id(pin)
-        self.assertEqual(len(links), PROGS_PER_SET, "link pins in %s: %s" % (pin, sorted(os.listdir(pin))))
+        self.assertEqual(pinned_links(pin), {}, "link pins in the pod's dir %s" % sorted(os.listdir(pin)))
+        self.assertEqual(len(links), PROGS_PER_SET, "link pins in %s: %s" % (sets[0], sorted(os.listdir(sets[0]))))
         self.assertTrue(FIXED_LINKS <= set(links), links)
         self.assertEqual(links_feeding(map_id), PROGS_PER_SET)
+        self.assertEqual(app_refused_connects(dead_port, 2), 2)
         nx1.expect_exit = True
         self.assertEqual(nx1.stop(), 0)
 
-        self.assertEqual(pinned_links(pin), links, "the link pins changed when nextup stopped")
-        self.assertEqual(links_feeding(map_id), PROGS_PER_SET, "the programs were detached when nextup stopped")
+        self.assertEqual(node_sets(), [], "the set outlived the last nextup")
+        self.assertEqual(links_feeding_settled(map_id, 0), 0, "the programs still feed the map with no nextup")
+        live = {link["id"] for link in bpftool_json("link", "show")}
+        self.assertFalse(live & set(links.values()), "the set's links still exist")
+        d0 = dump_entry(bpftool_dump(pin), dead_port)
+        self.assertEqual((d0["connect_attempts"], d0["refused"]), (2, 2))
         self.assertEqual(app_refused_connects(dead_port, 3), 3)  # no nextup runs
-        d = dump_entry(bpftool_dump(pin), dead_port)
-        self.assertIsNotNone(d, "the refusals made while no nextup ran were not counted")
-        self.assertEqual((d["connect_attempts"], d["refused"]), (3, 3))
+        self.assertEqual(dump_entry(bpftool_dump(pin), dead_port), d0, "counted while no nextup ran")
 
         nx2 = self.start_nextup([a, dead], env=env)
         self.assertIn("reusing pinned map", nx2.stderr_text())
         self.assertEqual(bpftool_map_id(pin), map_id)
-        self.assertEqual(pinned_links(pin), links, "the second nextup attached programs of its own")
+        self.assertEqual(len(node_sets()), 1)
         self.assertEqual(links_feeding(map_id), PROGS_PER_SET)
-        view, _ = wait_until(lambda: (lambda p: p if p["kernel"] else None)(peer_view(nx2, dead)), 1.0)
-        self.assertIsNotNone(view, "the second nextup shows no kernel counters for B")
-        self.assertEqual(view["kernel"]["refused"], 3)
+        self.assertEqual(app_refused_connects(dead_port, 1), 1)
+        view, _ = wait_until(lambda: (lambda p: p if p["kernel"] and p["kernel"]["refused"] == 3 else None)(
+            peer_view(nx2, dead)), 1.0)
+        self.assertIsNotNone(view, "the second nextup shows no kernel counters for B: %s" % peer_view(nx2, dead))
         self.assertEqual(view["verdict"], "healthy")
-        say("links %s stayed attached with no nextup running: 3 refusals then, seen by the next nextup "
-            "(map id %d kept)" % (sorted(links.values()), map_id))
-
+        say("links %s in %s while nextup ran, gone with it (3 refusals then, uncounted); the next nextup: "
+            "map id %d kept, refused 2 -> 3" % (sorted(links.values()), sets[0], map_id))
         nx2.expect_exit = True
         self.assertEqual(nx2.stop(), 0)
-        remove_pin_dir(pin)
-        self.assertEqual(links_feeding_settled(map_id, 0), 0, "rm -r of the pin dir left the programs attached")
+        self.assertEqual(node_sets(), [])
 
 
 # --------------------------------------------------------------------------
@@ -1062,7 +1103,8 @@ class ForeignNetnsPinsTest(BpfCase):
                 log.seek(0)
                 raise AssertionError("the owner nextup exited (%s): %s" % (proc.returncode, log.read().decode()))
             names = set(os.listdir(pin)) if os.path.isdir(pin) else set()
-            return len([n for n in names if n.startswith("link_")]) == PROGS_PER_SET and "peer_stats" in names
+            # Pinned, and registered with the node's set: fed by its programs.
+            return "peer_stats" in names and links_feeding(bpftool_map_id(pin)) == PROGS_PER_SET
 
         ok, _ = wait_until(complete, 10.0, step=0.05)
         self.assertTrue(ok, "the owner nextup did not pin its set in %s" % pin)
@@ -1140,7 +1182,7 @@ class ForeignNetnsPinsTest(BpfCase):
 
 
 # --------------------------------------------------------------------------
-# 9. another layout or another build: the whole set is replaced, no event counted twice
+# 9. another build beside a running one; a damaged set replaced; no event counted twice
 
 
 class PinsReplacedTest(BpfCase):
@@ -1153,32 +1195,38 @@ class PinsReplacedTest(BpfCase):
     def _env(self):
         return self.bpf_env("on", NEXTUP_LOG_LEVEL="info", NEXTUP_EJECT_KERNEL_FAILURES="0")
 
-    def test_other_layout_replaced_while_the_old_nextup_runs(self):
-        # A new nextup of another layout version starts while the old one still runs: it replaces map and
-        # links; the old nextup keeps its own map, fed by its own programs. Each map counts a refusal once.
+    def test_other_build_runs_beside_the_old_one(self):
+        # A nextup of another build (another BPF object) starts in the pod while the old one still runs:
+        # it gets a program set of its own beside the old one, and replaces the pod's map (the old map was
+        # fed by the old set); the old nextup keeps its own map, fed by the old set. Each map counts a
+        # refusal once. The old set goes with the old nextup.
+        other = variant_bin()
+        if not os.access(other, os.X_OK):
+            H.skip_loudly(self, "needs %s (make %s)" % (other, os.path.relpath(other, H.REPO)))
         a = self.start_backend("live")
         dead_port = H.free_port()
         dead = "127.0.0.1:%d" % dead_port
         env = self._env()
         pin = env["NEXTUP_BPF_PIN_DIR"]
         old = self.start_nextup([a, dead], env=env)
-        old_map, old_links = bpftool_map_id(pin), pinned_links(pin)
-        set_meta_layout(pin, 99)  # as if the old nextup had another PEER_STATS_LAYOUT_VERSION
-        new = self.start_nextup([a, dead], env=env)
+        old_map, old_sets = bpftool_map_id(pin), node_sets()
+        new = self.start_nextup([a, dead], env=env, binary=other)
         self.assertIn("replacing pinned map", new.stderr_text())
-        self.assertIn("layout version 99", new.stderr_text())
-        new_map, new_links = bpftool_map_id(pin), pinned_links(pin)
+        self.assertIn("another nextup build", new.stderr_text())
+        new_map, new_sets = bpftool_map_id(pin), node_sets()
         self.assertNotEqual(new_map, old_map)
-        self.assertEqual(set(new_links), set(old_links))
-        self.assertFalse(set(new_links.values()) & set(old_links.values()), "old links still pinned")
+        self.assertEqual(len(old_sets), 1)
+        self.assertEqual(len(new_sets), 2, "program sets: %s" % new_sets)
+        self.assertFalse(set(pinned_links(new_sets[0]).values()) & set(pinned_links(new_sets[1]).values()))
         self.assertEqual(links_feeding(new_map), PROGS_PER_SET)
-        self.assertEqual(links_feeding(old_map), PROGS_PER_SET)  # held by the old nextup, for its own map
+        self.assertEqual(links_feeding(old_map), PROGS_PER_SET)  # the old set, for the old nextup's map
 
         self.assertEqual(app_refused_connects(dead_port, 1), 1)
         d_new = dump_entry(bpftool_dump(pin), dead_port)
         d_old = dump_entry([e["formatted"] for e in bpftool_json("map", "dump", "id", str(old_map))], dead_port)
-        say("layout replaced under a running nextup: map %d -> %d; one refusal: new map %s, old map %s"
-            % (old_map, new_map, d_new and (d_new["connect_attempts"], d_new["refused"]),
+        say("another build beside a running nextup: sets %s; map %d -> %d; one refusal: new map %s, old map %s"
+            % ([os.path.basename(p) for p in new_sets], old_map, new_map,
+               d_new and (d_new["connect_attempts"], d_new["refused"]),
                d_old and (d_old["connect_attempts"], d_old["refused"])))
         self.assertEqual((d_new["connect_attempts"], d_new["refused"]), (1, 1))
         self.assertEqual((d_old["connect_attempts"], d_old["refused"]), (1, 1))
@@ -1190,46 +1238,54 @@ class PinsReplacedTest(BpfCase):
         old.expect_exit = True
         self.assertEqual(old.stop(), 0)
         self.assertEqual(links_feeding_settled(old_map, 0), 0, "the old set outlived the old nextup")
+        self.assertEqual(node_sets(), [p for p in new_sets if p not in old_sets], "the old set is still pinned")
         self.assertEqual(app_refused_connects(dead_port, 1), 1)
         d_new = dump_entry(bpftool_dump(pin), dead_port)
         self.assertEqual((d_new["connect_attempts"], d_new["refused"]), (2, 2))
 
-    def test_other_build_replaced(self):
-        # The pinned links run other code than this build loads (two pins swapped: each runs the other's
-        # program): the set is replaced whole, the old programs detached, and events count once.
+    def test_damaged_set_replaced(self):
+        # The set's pinned links run other code than this build loads (two pins swapped: each runs the
+        # other's program) while a nextup uses it: the next nextup (a hand-over, same pin dir) replaces the
+        # set whole after emptying it, the running one moves to the new set at its next sweep, the old
+        # programs are detached, and events count once.
         a = self.start_backend("live")
         dead_port = H.free_port()
         dead = "127.0.0.1:%d" % dead_port
         env = self._env()
         pin = env["NEXTUP_BPF_PIN_DIR"]
         nx1 = self.start_nextup([a, dead], env=env)
-        old_map, old_links = bpftool_map_id(pin), pinned_links(pin)
-        nx1.expect_exit = True
-        self.assertEqual(nx1.stop(), 0)
-        send, recv, tmp = (os.path.join(pin, n) for n in ("link_handle_send_reset", "link_handle_receive_reset",
-                                                          "swap"))
+        sets = node_sets()
+        self.assertEqual(len(sets), 1)
+        old_links = pinned_links(sets[0])
+        send, recv, tmp = (os.path.join(sets[0], n) for n in ("link_handle_send_reset", "link_handle_receive_reset",
+                                                              "swap"))
         os.rename(send, tmp)
         os.rename(recv, send)
         os.rename(tmp, recv)
 
         nx2 = self.start_nextup([a, dead], env=env)
-        self.assertIn("replacing pinned map", nx2.stderr_text())
+        self.assertIn("replacing the program set", nx2.stderr_text())
         self.assertIn("runs other code", nx2.stderr_text())
-        new_map, new_links = bpftool_map_id(pin), pinned_links(pin)
-        self.assertNotEqual(new_map, old_map)
+        self.assertIn("reusing pinned map", nx2.stderr_text())
+        map_id = bpftool_map_id(pin)
+        new_links = pinned_links(sets[0])
         self.assertFalse(set(new_links.values()) & set(old_links.values()))
-        self.assertEqual(links_feeding_settled(old_map, 0), 0, "the other build's programs are still attached")
-        live = {link["id"] for link in bpftool_json("link", "show")}
-        self.assertFalse(live & set(old_links.values()), "old links still exist")
-        self.assertEqual(links_feeding(new_map), PROGS_PER_SET)
+        gone, took = wait_until(lambda: not ({link["id"] for link in bpftool_json("link", "show")}
+                                             & set(old_links.values())), 8.0, step=0.2)
+        self.assertTrue(gone, "the damaged set's programs are still attached")
+        self.assertEqual(links_feeding(map_id), PROGS_PER_SET)
+        zero = {"connect_attempts": 0, "refused": 0}
+        d0 = dump_entry(bpftool_dump(pin), dead_port) or zero
         self.assertEqual(app_refused_connects(dead_port, 2), 2)
         d = dump_entry(bpftool_dump(pin), dead_port)
-        say("other build replaced: map %d -> %d, links %s -> %s; 2 refusals counted %s"
-            % (old_map, new_map, sorted(old_links.values()), sorted(new_links.values()),
-               (d["connect_attempts"], d["refused"])))
-        self.assertEqual((d["connect_attempts"], d["refused"]), (2, 2))
-        view, _ = wait_until(lambda: (lambda p: p if p["kernel"] else None)(peer_view(nx2, dead)), 1.0)
-        self.assertEqual(view["kernel"]["refused"], 2)
+        counted = (d["connect_attempts"] - d0["connect_attempts"], d["refused"] - d0["refused"])
+        say("damaged set replaced: links %s -> %s, the old ones gone after %.1f s; 2 refusals counted %s"
+            % (sorted(old_links.values()), sorted(new_links.values()), took, counted))
+        self.assertEqual(counted, (2, 2))
+        for nx in (nx1, nx2):
+            view, _ = wait_until(lambda: (lambda p: p if p["kernel"] and p["kernel"]["refused"] == d["refused"]
+                                          else None)(peer_view(nx, dead)), 1.0)
+            self.assertIsNotNone(view, "kernel view: %s" % peer_view(nx, dead))
 
 
 if __name__ == "__main__":

@@ -3,14 +3,16 @@
  * drops SYNs (SYN retransmits, timeouts), and reads the counters back. Exact counts for N refused
  * connects. Also: netns scoping (by inode, and with real traffic from a namespace of our own), pin
  * reuse across a restart, replacing a pin of another layout, bpftool's view of the pinned map, modes;
- * the pinned links: one set of programs per map (a second open shares it, counting goes on while
- * closed, removing the pin dir detaches it), another namespace's pins left alone, another build's set
- * replaced, two processes opening one pin dir at once.
+ * the node's program set: one per node (a second open of a pin dir and another pod share it; a
+ * namespace's entry goes with its last opener, the set with the last on the node), another namespace's
+ * pins left alone, a damaged set replaced with no double count, two processes opening one pin dir at
+ * once, the sweep of entries and sets left by openers that died.
  *
  * Needs root (BPF, bpffs, ip netns): without it the binary says SKIPPED on stderr and FAILS, so a
  * run without privileges is never mistaken for a pass. bpffs is mounted at /sys/fs/bpf if it is not
  * (and unmounted at the end only if this test mounted it and left it empty); every pin goes under
- * /sys/fs/bpf/nextup-test-<pid>, removed at the end (which detaches the pinned programs). */
+ * /sys/fs/bpf/nextup-test-<pid> (the node dir is <that>/node), removed at the end (which detaches the
+ * pinned programs). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -48,6 +50,7 @@
 #define BPFFS "/sys/fs/bpf"
 
 static char base_dir[128];      /* /sys/fs/bpf/nextup-test-<pid> */
+static char node_dir[160];      /* <base_dir>/node: NEXTUP_BPF_NODE_DIR of every open here */
 static int mounted_bpffs;       /* this test mounted BPFFS */
 
 static uint64_t now_ns(void)
@@ -65,7 +68,8 @@ static void pin_dir(char *buf, size_t len, const char *name)
 
 static struct health_bpf *open_on(const char *dir, unsigned long long netns)
 {
-    struct health_bpf_opts o = { .mode = CONFIG_BPF_ON, .pin_dir = dir, .max_peers = 1024, .netns_inum = netns };
+    struct health_bpf_opts o = { .mode = CONFIG_BPF_ON, .pin_dir = dir, .max_peers = 1024, .netns_inum = netns,
+                                 .node_dir = node_dir };
     struct health_bpf *h = NULL;
     char err[512] = "";
     int rc;
@@ -195,6 +199,7 @@ static int group_setup(void **state)
         mounted_bpffs = 1;
     }
     snprintf(base_dir, sizeof(base_dir), "%s/nextup-test-%d", BPFFS, (int)getpid());
+    snprintf(node_dir, sizeof(node_dir), "%s/node", base_dir);
     if (mkdir(base_dir, 0700) != 0) {
         fprintf(stderr, "cannot create %s: %s\n", base_dir, strerror(errno));
         return -1;
@@ -826,8 +831,34 @@ static uint32_t map_id(int fd, struct bpf_map_info *info)
 static const char *const prog_names[N_PROGS - 1] = { "handle_set_state", "handle_receive_reset",
                                                       "handle_send_reset" };
 
-/* How many BPF links in the whole system run a program that updates the map <id>: the pinned map must
- * be fed by exactly one set (N_PROGS), whoever holds it. */
+/* Whether map <id> is fed by a program using map <used>: <used> is <id>, or a map of maps holding <id>
+ * (a pod's map, registered in the node set's netns_maps). */
+static int map_reaches(uint32_t used, uint32_t id)
+{
+    struct bpf_map_info mi;
+    __u32 len = sizeof(mi), inner;
+    __u64 key, *prev = NULL;
+    int fd, found = 0;
+
+    if (used == id)
+        return 1;
+    fd = bpf_map_get_fd_by_id(used);
+    if (fd < 0)
+        return 0;
+    memset(&mi, 0, sizeof(mi));
+    if (bpf_obj_get_info_by_fd(fd, &mi, &len) == 0 && mi.type == BPF_MAP_TYPE_HASH_OF_MAPS && mi.key_size == 8) {
+        while (!found && bpf_map_get_next_key(fd, prev, &key) == 0) {
+            found = bpf_map_lookup_elem(fd, &key, &inner) == 0 && inner == id;
+            prev = &key;
+        }
+    }
+    close(fd);
+    return found;
+}
+
+/* How many BPF links in the whole system run a program that updates the map <id>, directly or through
+ * the node set's map of namespaces: a pod's map must be fed by exactly one set (N_PROGS), whoever holds
+ * it, and by none once no nextup has it open. */
 static int links_feeding(uint32_t id)
 {
     struct bpf_link_info li;
@@ -848,7 +879,7 @@ static int links_feeding(uint32_t id)
             len = sizeof(pi);
             if (bpf_obj_get_info_by_fd(pfd, &pi, &len) == 0)
                 for (i = 0, n = pi.nr_map_ids < 8 ? pi.nr_map_ids : 8; i < n; i++)
-                    count += ids[i] == id;
+                    count += map_reaches(ids[i], id);
             close(pfd);
         }
         close(fd);
@@ -910,20 +941,6 @@ static int link_pins(const char *dir, char *out, size_t len)
     return count;
 }
 
-/* The key of IPv4 peer <ip>:<port>, as the programs write it. */
-static struct peer_key key_v4(const char *ip, uint16_t port)
-{
-    struct peer_key key;
-
-    memset(&key, 0, sizeof(key));
-    key.addr[10] = 0xff;
-    key.addr[11] = 0xff;
-    assert_int_equal(inet_pton(AF_INET, ip, &key.addr[12]), 1);
-    key.port = port;
-    key.family = AF_INET;
-    return key;
-}
-
 /* (f) Close and reopen: the pinned map is reused (same map id, counters kept), and the pinned programs
  * counted while nothing had it open. A map of another layout pinned under the same name is replaced
  * with its programs (the old ones then feed nothing), and the new one counts exactly. So is one of
@@ -953,24 +970,25 @@ static void test_pin_reuse(void **state)
     assert_true(refused >= 1);
     health_bpf_close(h);
 
-    /* Between the two opens the map lives on in bpffs, and the pinned programs go on counting. */
+    /* Between the two opens the map lives on in bpffs with its counters; with no nextup of this
+     * namespace left, its entry is gone from the node's set: nothing counts into it. */
     fd = bpf_obj_get(path);
     assert_true(fd >= 0);
     assert_int_equal(map_id(fd, &info), id1);
     close(fd);
-    assert_int_equal(links_feeding(id1), N_PROGS);
+    assert_int_equal(links_feeding_settled(id1, 0), 0);
     connect_refused(port);
 
     h = open_on(dir, 0);
     id2 = map_id(health_bpf_map_fd(h), &info);
     assert_int_equal(id2, id1);
     assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
-    assert_int_equal(st.refused, refused + 1);
+    assert_int_equal(st.refused, refused);
     connect_refused(port);
     assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
-    assert_int_equal(st.refused, refused + 2);
+    assert_int_equal(st.refused, refused + 1);
     assert_int_equal(links_feeding(id1), N_PROGS);
-    fprintf(stderr, "  [reuse] map id %u before and after restart, refused %llu -> %llu (one while closed)\n",
+    fprintf(stderr, "  [reuse] map id %u before and after restart, refused %llu -> %llu (none while closed)\n",
             id1, refused, (unsigned long long)st.refused);
     health_bpf_close(h);
 
@@ -1025,6 +1043,7 @@ static void test_pin_reuse(void **state)
 
     /* NEXTUP_BPF_MAX_PEERS changed: a map of the old size is replaced too. */
     memset(&o, 0, sizeof(o));
+    o.node_dir = node_dir;
     o.mode = CONFIG_BPF_ON;
     o.pin_dir = dir;
     o.max_peers = 2048;
@@ -1036,78 +1055,98 @@ static void test_pin_reuse(void **state)
     health_bpf_close(h);
 }
 
-/* (f') The links are pinned next to the map (link_<program>). A second open of the same pin dir while the
- * first is still open (a hand-over) reuses map AND links: one set of programs feeds the map, each event
- * counts once. With both closed the programs go on counting; the next open finds those counts. Removing
- * the pin dir while one is open leaves the programs attached until it closes; then nothing counts. */
+/* The node's set dir of this build: the one v* directory under node_dir (tests here run one build);
+ * "" when there is none. */
+static void set_dir_of(char *out, size_t len)
+{
+    struct dirent *de;
+    DIR *d = opendir(node_dir);
+
+    out[0] = '\0';
+    while (d && (de = readdir(d)))
+        if (de->d_name[0] == 'v')
+            snprintf(out, len, "%s/%.40s", node_dir, de->d_name);
+    if (d)
+        closedir(d);
+}
+
+/* (f') One program set per node: its links are pinned in the node's set dir, none in the pod's pin dir.
+ * A second open of the same pin dir while the first is still open (a hand-over) reuses the map and the
+ * set: one set feeds the map, each event counts once. A second pod (another namespace, another pin dir)
+ * shares the same links. When the last opener of a namespace closes, its entry goes (nothing counts
+ * into its map, which stays pinned with its counters); when the last one on the node closes, the set
+ * goes too (its links unpinned and detached). The next open brings both back, counters kept. */
 static void test_links_shared_and_outlive(void **state)
 {
-    char dir[192], pins[256], pins2[256], path[256];
-    struct health_bpf *h1, *h2;
+    char dir[192], dir2[192], set[320], pins[256], pins2[256], path[400];
+    struct health_bpf *h1, *h2, *other;
     struct peer_stats st;
-    struct peer_key key;
     struct bpf_map_info info;
+    struct stat sst;
     uint16_t port = unused_port();
     uint32_t map, link[N_PROGS - 1];
-    int i, keep;
+    int i;
 
     (void)state;
     pin_dir(dir, sizeof(dir), "shared");
+    pin_dir(dir2, sizeof(dir2), "shared-other-pod");
     h1 = open_on(dir, 0);
     map = map_id(health_bpf_map_fd(h1), &info);
-    assert_int_equal(link_pins(dir, pins, sizeof(pins)), N_PROGS);
-    fprintf(stderr, "  [links] %s: %s; links feeding map %u: %d\n", dir, pins, map, links_feeding(map));
+    set_dir_of(set, sizeof(set));
+    assert_true(set[0]);
+    assert_int_equal(link_pins(dir, pins, sizeof(pins)), 0);
+    assert_int_equal(link_pins(set, pins, sizeof(pins)), N_PROGS);
+    fprintf(stderr, "  [links] %s: %s; links feeding map %u: %d\n", set, pins, map, links_feeding(map));
     assert_int_equal(links_feeding(map), N_PROGS);
     for (i = 0; i < N_PROGS - 1; i++) {
         snprintf(path, sizeof(path), "link_%s", prog_names[i]);
-        link[i] = pinned_id(dir, path);
+        link[i] = pinned_id(set, path);
         assert_true(link[i] > 0);
     }
 
     h2 = open_on(dir, 0);
+    other = open_on(dir2, 1);               /* another pod: its own map, the same programs */
     assert_int_equal(map_id(health_bpf_map_fd(h2), &info), map);
-    assert_int_equal(link_pins(dir, pins2, sizeof(pins2)), N_PROGS);
+    assert_int_not_equal(map_id(health_bpf_map_fd(other), &info), map);
+    assert_int_equal(link_pins(set, pins2, sizeof(pins2)), N_PROGS);
     assert_string_equal(pins2, pins);
     for (i = 0; i < N_PROGS - 1; i++) {
         snprintf(path, sizeof(path), "link_%s", prog_names[i]);
-        assert_int_equal(pinned_id(dir, path), link[i]);
+        assert_int_equal(pinned_id(set, path), link[i]);
     }
     assert_int_equal(links_feeding(map), N_PROGS);
+    assert_int_equal(links_feeding(map_id(health_bpf_map_fd(other), &info)), N_PROGS);
     for (i = 0; i < EXACT_N; i++)
         connect_refused(port);
     assert_int_equal(lookup(h2, "127.0.0.1", port, &st), 0);
     print_stats("two opens of one pin dir, 5 refused connects", port, &st);
     assert_int_equal(st.connect_attempts, EXACT_N);
     assert_int_equal(st.refused, EXACT_N);
+    assert_int_equal(lookup(other, "127.0.0.1", port, &st), -ENOENT);
 
-    health_bpf_close(h1);
-    health_bpf_close(h2);
+    health_bpf_close(h1);                   /* h2 still runs in this namespace: the entry stays */
     assert_int_equal(links_feeding(map), N_PROGS);
-    connect_refused(port);                      /* while no one has it open */
+    connect_refused(port);
+    assert_int_equal(lookup(h2, "127.0.0.1", port, &st), 0);
+    assert_int_equal(st.refused, EXACT_N + 1);
+    health_bpf_close(h2);                   /* the last of this namespace: its entry goes */
+    assert_int_equal(links_feeding_settled(map, 0), 0);
+    assert_int_equal(pinned_id(set, "link_handle_set_state"), link[0]);     /* <other> still uses the set */
+    connect_refused(port);
+    health_bpf_close(other);                /* the last on the node: the set goes */
+    assert_int_not_equal(stat(set, &sst), 0);
+
     h1 = open_on(dir, 0);
     assert_int_equal(map_id(health_bpf_map_fd(h1), &info), map);
     assert_int_equal(lookup(h1, "127.0.0.1", port, &st), 0);
-    assert_int_equal(st.connect_attempts, EXACT_N + 1);
+    assert_int_equal(st.connect_attempts, EXACT_N + 1);     /* the one made while closed did not count */
     assert_int_equal(st.refused, EXACT_N + 1);
-
-    /* rm -r while h1 still holds the links (a nextup draining after its pod's preStop), then h1 goes. */
-    snprintf(path, sizeof(path), "%s/peer_stats", dir);
-    keep = bpf_obj_get(path);
-    assert_true(keep >= 0);
-    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
     connect_refused(port);
     assert_int_equal(lookup(h1, "127.0.0.1", port, &st), 0);
     assert_int_equal(st.refused, EXACT_N + 2);
+    fprintf(stderr, "  [links] entry removed with the last opener, set removed with the last on the node; "
+            "map %u kept with its counters (refused %llu)\n", map, (unsigned long long)st.refused);
     health_bpf_close(h1);
-    assert_int_equal(links_feeding_settled(map, 0), 0);
-    connect_refused(port);
-    key = key_v4("127.0.0.1", port);
-    assert_int_equal(bpf_map_lookup_elem(keep, &key, &st), 0);
-    fprintf(stderr, "  [links] pin dir removed and closed: no link feeds map %u, refused stays %llu\n", map,
-            (unsigned long long)st.refused);
-    assert_int_equal(st.connect_attempts, EXACT_N + 2);
-    assert_int_equal(st.refused, EXACT_N + 2);
-    close(keep);
 }
 
 /* (f'') Pins made for another network namespace (here: inum 1) are never replaced: mode on fails with
@@ -1132,10 +1171,11 @@ static void test_foreign_netns_left_alone(void **state)
     h = open_on(dir, 1);
     map = map_id(health_bpf_map_fd(h), &info);
     health_bpf_close(h);
-    link = pinned_id(dir, "link_handle_set_state");
+    link = pinned_id(dir, "peer_stats_meta");
     assert_true(link > 0);
 
     memset(&o, 0, sizeof(o));
+    o.node_dir = node_dir;
     o.mode = CONFIG_BPF_ON;
     o.pin_dir = dir;
     o.max_peers = 1024;
@@ -1169,67 +1209,85 @@ static void test_foreign_netns_left_alone(void **state)
     assert_null(h);
 
     assert_int_equal(pinned_id(dir, "peer_stats"), map);
-    assert_int_equal(pinned_id(dir, "link_handle_set_state"), link);
-    assert_int_equal(link_pins(dir, want, sizeof(want)), N_PROGS);
-    assert_int_equal(links_feeding(map), N_PROGS);
+    assert_int_equal(pinned_id(dir, "peer_stats_meta"), link);
     assert_int_equal(bpf_map_lookup_elem(fd, &zero, &meta), 0);
     assert_int_equal(meta.netns_inum, 1);
     close(fd);
-    fprintf(stderr, "  [foreign] map %u and link %u of netns 1 untouched, %d links feed it\n", map, link,
-            links_feeding(map));
+    fprintf(stderr, "  [foreign] map %u and meta %u of netns 1 untouched\n", map, link);
 }
 
-/* (f''') Another build: the pinned links run other code (two link pins swapped, so each runs the other's
- * program). The whole set is replaced: a new map, the old programs detached, exact counts after. A set
- * missing one of its links (an interrupted start) is replaced the same way. */
+/* Whether a BPF link with id <id> still exists anywhere. */
+static int link_exists(uint32_t id)
+{
+    int fd = bpf_link_get_fd_by_id(id);
+
+    if (fd < 0)
+        return 0;
+    close(fd);
+    return 1;
+}
+
+/* (f''') A damaged set: its pinned links run other code (two link pins swapped, so each runs the other's
+ * program) while a nextup still uses it. The next nextup replaces the set whole (a new map of namespaces,
+ * new links) after emptying the old one, so the old programs count nothing; the running one moves to the
+ * new set at its next sweep: exact counts, and the old links go once it let go of them. A set missing
+ * one of its links (an interrupted start) is replaced the same way. */
 static void test_build_mismatch_replaced(void **state)
 {
-    char dir[192], a[256], b[256], tmp[256];
-    struct health_bpf *h;
+    char dir[192], dir2[192], set[320], a[400], b[400], tmp[400];
+    struct health_bpf *h, *h2;
     struct peer_stats st;
     struct bpf_map_info info;
     uint16_t port = unused_port();
-    uint32_t map1, map2, map3;
+    uint32_t map1, outer1, outer2, link1, link2;
     int i;
 
     (void)state;
     pin_dir(dir, sizeof(dir), "mismatch");
+    pin_dir(dir2, sizeof(dir2), "mismatch-2");
     h = open_on(dir, 0);
     map1 = map_id(health_bpf_map_fd(h), &info);
-    health_bpf_close(h);
-
-    snprintf(a, sizeof(a), "%s/link_handle_send_reset", dir);
-    snprintf(b, sizeof(b), "%s/link_handle_receive_reset", dir);
-    snprintf(tmp, sizeof(tmp), "%s/swap", dir);
+    set_dir_of(set, sizeof(set));
+    outer1 = pinned_id(set, "netns_maps");
+    link1 = pinned_id(set, "link_handle_send_reset");
+    snprintf(a, sizeof(a), "%s/link_handle_send_reset", set);
+    snprintf(b, sizeof(b), "%s/link_handle_receive_reset", set);
+    snprintf(tmp, sizeof(tmp), "%s/swap", set);
     assert_int_equal(rename(a, tmp), 0);
     assert_int_equal(rename(b, a), 0);
     assert_int_equal(rename(tmp, b), 0);
-    h = open_on(dir, 0);
-    map2 = map_id(health_bpf_map_fd(h), &info);
-    assert_int_not_equal(map2, map1);
-    assert_int_equal(links_feeding_settled(map1, 0), 0);
-    assert_int_equal(links_feeding(map2), N_PROGS);
-    assert_int_equal(link_pins(dir, tmp, sizeof(tmp)), N_PROGS);
+
+    h2 = open_on(dir2, 1);
+    outer2 = pinned_id(set, "netns_maps");
+    assert_int_not_equal(outer2, outer1);
+    assert_int_not_equal(pinned_id(set, "link_handle_receive_reset"), link1);
+    assert_int_equal(link_pins(set, tmp, sizeof(tmp)), N_PROGS);
+    assert_int_equal(links_feeding(map1), 0);              /* the old set was emptied: no double count */
+    assert_int_equal(links_feeding(map_id(health_bpf_map_fd(h2), &info)), N_PROGS);
+    usleep((HEALTH_BPF_SWEEP_MS + 100) * 1000);
+    assert_int_equal(health_bpf_sweep(h), 0);              /* follows the set, registers again */
+    assert_int_equal(links_feeding_settled(map1, N_PROGS), N_PROGS);
+    for (i = 0; i < 20 && link_exists(link1); i++)
+        usleep(100 * 1000);
+    assert_false(link_exists(link1));
     for (i = 0; i < EXACT_N; i++)
         connect_refused(port);
     assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
-    print_stats("another build's set replaced, then 5 refused connects", port, &st);
+    print_stats("a damaged set replaced, then 5 refused connects", port, &st);
     assert_int_equal(st.connect_attempts, EXACT_N);
     assert_int_equal(st.refused, EXACT_N);
-    health_bpf_close(h);
+    assert_int_equal(lookup(h2, "127.0.0.1", port, &st), -ENOENT);
+    health_bpf_close(h2);
 
+    link2 = pinned_id(set, "link_handle_send_reset");
     assert_int_equal(unlink(a), 0);
-    h = open_on(dir, 0);
-    map3 = map_id(health_bpf_map_fd(h), &info);
-    assert_int_not_equal(map3, map2);
-    assert_int_equal(links_feeding_settled(map2, 0), 0);
-    assert_int_equal(links_feeding(map3), N_PROGS);
-    connect_refused(port);
-    assert_int_equal(lookup(h, "127.0.0.1", port, &st), 0);
-    assert_int_equal(st.connect_attempts, 1);
-    assert_int_equal(st.refused, 1);
-    fprintf(stderr, "  [mismatch] maps %u -> %u (swapped links) -> %u (a link missing); old ones unfed\n", map1,
-            map2, map3);
+    h2 = open_on(dir2, 1);
+    assert_int_not_equal(pinned_id(set, "netns_maps"), outer2);
+    assert_int_equal(link_pins(set, tmp, sizeof(tmp)), N_PROGS);
+    assert_int_not_equal(pinned_id(set, "link_handle_send_reset"), link2);
+    fprintf(stderr, "  [mismatch] set maps %u -> %u (swapped links) -> %u (a link missing); the running opener "
+            "followed, old links gone\n", outer1, outer2, pinned_id(set, "netns_maps"));
+    health_bpf_close(h2);
     health_bpf_close(h);
 }
 
@@ -1261,7 +1319,7 @@ static void test_concurrent_open_one_set(void **state)
             assert_true(pid[i] >= 0);
             if (pid[i] == 0) {
                 /* No cmocka asserts in the child: it reports a map id, 0 for a failure. */
-                struct health_bpf_opts o = { CONFIG_BPF_ON, dir, 1024, 0 };
+                struct health_bpf_opts o = { CONFIG_BPF_ON, dir, 1024, 0, node_dir };
                 struct health_bpf *h = NULL;
                 struct bpf_map_info info;
                 __u32 len = sizeof(info);
@@ -1311,8 +1369,115 @@ static void test_concurrent_open_one_set(void **state)
             assert_int_equal(waitpid(pid[i], &status, 0), pid[i]);
             assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         }
-        assert_int_equal(links_feeding(id[0]), N_PROGS);   /* pinned: still attached after both exits */
+        /* Both gone: the namespace's entry (and the node's set) went with the last of them. */
+        assert_int_equal(links_feeding_settled(id[0], 0), 0);
     }
+}
+
+/* Whether the netns_maps pinned in <set> has an entry for namespace <inum>. */
+static int set_has(const char *set, unsigned long long inum)
+{
+    char path[400];
+    __u32 v;
+    __u64 key = inum;
+    int fd, rc;
+
+    snprintf(path, sizeof(path), "%s/netns_maps", set);
+    fd = bpf_obj_get(path);
+    if (fd < 0)
+        return 0;
+    rc = bpf_map_lookup_elem(fd, &key, &v) == 0;
+    close(fd);
+    return rc;
+}
+
+/* A child opens for namespace <inum> and dies without closing (SIGKILL, a crash): its entry stays. */
+static void open_and_die(const char *dir, unsigned long long inum)
+{
+    int status;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct health_bpf_opts o = { CONFIG_BPF_ON, dir, 1024, inum, node_dir };
+        struct health_bpf *h = NULL;
+        char err[512] = "";
+
+        if (health_bpf_open(&o, &h, err, sizeof(err)) == 0 && h)
+            _exit(0);
+        fprintf(stderr, "  [sweep] child: %s\n", err);
+        _exit(1);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* (f'''''') The sweep: entries left by nextups that died without their exit go, at the next open and at
+ * the periodic sweep (health_bpf_sweep, every HEALTH_BPF_SWEEP_MS), with their ns/ dirs; an entry whose
+ * ns/ dir is held stays. Sets of other builds go once none of their namespaces has a nextup, and stay
+ * while one has. */
+static void test_sweep(void **state)
+{
+    char dir[192], dead[192], set[320], path[480], other[200], held[220];
+    struct health_bpf *h;
+    struct stat st;
+    __u64 key = 9;
+    __u32 inner = 0;
+    int ofd, ifd, hfd;
+
+    (void)state;
+    pin_dir(dir, sizeof(dir), "sweep");
+    pin_dir(dead, sizeof(dead), "sweep-dead");
+    open_and_die(dead, 7);
+    set_dir_of(set, sizeof(set));
+    assert_true(set[0]);
+    assert_true(set_has(set, 7));
+
+    /* Another build's set, its one namespace held by a running nextup (here: this test's flock). */
+    snprintf(other, sizeof(other), "%s/v0-00000000000000aa", node_dir);
+    assert_int_equal(mkdir(other, 0700), 0);
+    ifd = bpf_map_create(BPF_MAP_TYPE_LRU_HASH, "peer_stats", sizeof(struct peer_key), sizeof(struct peer_stats),
+                         16, NULL);
+    assert_true(ifd >= 0);
+    {
+        LIBBPF_OPTS(bpf_map_create_opts, mo, .inner_map_fd = ifd);
+        ofd = bpf_map_create(BPF_MAP_TYPE_HASH_OF_MAPS, "netns_maps", 8, 4, 16, &mo);
+    }
+    assert_true(ofd >= 0);
+    assert_int_equal(bpf_map_update_elem(ofd, &key, &ifd, BPF_ANY), 0);
+    snprintf(path, sizeof(path), "%s/netns_maps", other);
+    assert_int_equal(bpf_obj_pin(ofd, path), 0);
+    snprintf(path, sizeof(path), "%s/ns", other);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(held, sizeof(held), "%s/ns/9", other);
+    assert_int_equal(mkdir(held, 0700), 0);
+    hfd = open(held, O_RDONLY | O_DIRECTORY);
+    assert_true(hfd >= 0);
+    assert_int_equal(flock(hfd, LOCK_SH), 0);
+
+    h = open_on(dir, 0);                     /* sweeps at start */
+    assert_false(set_has(set, 7));
+    snprintf(path, sizeof(path), "%s/ns/7", set);
+    assert_int_not_equal(stat(path, &st), 0);
+    assert_int_equal(stat(other, &st), 0);   /* held: kept */
+    assert_int_equal(bpf_map_lookup_elem(ofd, &key, &inner), 0);
+
+    pin_dir(dead, sizeof(dead), "sweep-dead-2");
+    open_and_die(dead, 8);
+    assert_true(set_has(set, 8));
+    close(hfd);                              /* the other build's last nextup is gone */
+    assert_int_equal(health_bpf_sweep(h), 0); /* not yet: at most every HEALTH_BPF_SWEEP_MS */
+    assert_true(set_has(set, 8));
+    usleep((HEALTH_BPF_SWEEP_MS + 100) * 1000);
+    assert_int_equal(health_bpf_sweep(h), 1);
+    assert_false(set_has(set, 8));
+    assert_int_not_equal(stat(other, &st), 0);
+    assert_int_not_equal(bpf_map_lookup_elem(ofd, &key, &inner), 0);
+    fprintf(stderr, "  [sweep] entries of dead openers (inum 7 at open, 8 at the periodic sweep) removed; "
+            "the other build's set kept while held, removed after\n");
+    close(ofd);
+    close(ifd);
+    health_bpf_close(h);
 }
 
 /* (g) The pinned map carries BTF: bpftool prints named fields. */
@@ -1371,6 +1536,7 @@ static void test_modes(void **state)
 
     (void)state;
     memset(&o, 0, sizeof(o));
+    o.node_dir = node_dir;
     o.mode = CONFIG_BPF_OFF;
     o.pin_dir = base_dir;
     strcpy(err, "untouched");
@@ -1420,6 +1586,7 @@ int main(void)
         cmocka_unit_test(test_foreign_netns_left_alone),
         cmocka_unit_test(test_build_mismatch_replaced),
         cmocka_unit_test(test_concurrent_open_one_set),
+        cmocka_unit_test(test_sweep),
         cmocka_unit_test(test_bpftool_dump),
     };
     int rc;
