@@ -44,7 +44,7 @@ check "missing file is empty" "" "$(strace_calls "$tmp/none.txt" 2>/dev/null || 
 
 # cpu_ns: this shell's own threads have run for more than 0 ns; a gone pid counts 0
 check "cpu_ns of a gone pid" 0 "$(cpu_ns 999999999)"
-[ "$(cpu_ns $$)" -gt 0 ] && passed=$(( passed + 1 )) || { failed=$(( failed + 1 )); echo "FAIL cpu_ns of \$\$ is 0"; }
+if [ "$(cpu_ns $$)" -gt 0 ]; then passed=$(( passed + 1 )); else failed=$(( failed + 1 )); echo "FAIL cpu_ns of \$\$ is 0"; fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
