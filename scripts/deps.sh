@@ -8,7 +8,7 @@ set -euo pipefail
 build_pkgs="gcc make pkg-config libevent-dev node-llhttp libssl-dev libbpf-dev libelf-dev zlib1g-dev bpftool clang llvm"
 test_pkgs="$build_pkgs libcmocka-dev libclang-rt-14-dev python3 curl iproute2 procps openssl nginx-light"
 demo_pkgs="$build_pkgs python3 curl"
-bench_pkgs="$build_pkgs nginx-light haproxy wrk procps"
+bench_pkgs="$build_pkgs nginx-light haproxy wrk procps strace curl openssl"
 
 case "${1:-build}" in
   build) want=$build_pkgs ;;
