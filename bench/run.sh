@@ -1,33 +1,52 @@
 #!/usr/bin/env bash
-# bench/run.sh — throughput, latency and memory of nextup next to nginx and HAProxy.
+# bench/run.sh — throughput, latency, memory, CPU time and system calls per request of nextup
+# next to nginx and HAProxy.
 #
 # usage: bench/run.sh path/to/nextup          (what `make bench` runs)
 #
-# One fast backend (nginx, 1 worker, a fixed 100-byte body, keep-alive) and three
-# proxies in front of it, each on its own loopback port, each with 2 workers or
-# threads and upstream keep-alive: nextup, nginx (proxy_pass + upstream keepalive)
-# and HAProxy (nbthread 2, http-reuse always). wrk sends small keep-alive GETs to
-# the backend directly and to each proxy, in interleaved rounds (round 1: every
-# target, round 2: every target, ...) so that drift on the machine hits every
-# target alike.
+# One fast backend (nginx, 1 worker, a fixed 100-byte body, keep-alive) and, in front of it,
+# each proxy once per worker count in BENCH_WORKERS (default "1 2"), each on its own loopback
+# port, all with upstream keep-alive: nextup (NEXTUP_WORKERS=N), nginx (worker_processes N,
+# proxy_pass + upstream keepalive) and HAProxy (nbthread N, http-reuse always). A target is
+# named KIND/N (nextup/1, nginx/2, ...). wrk sends small keep-alive GETs to the backend directly
+# and to each proxy, in interleaved rounds (round 1: every target, round 2: every target, ...)
+# so that drift on the machine hits every target alike.
 #
 # TLS (BENCH_TLS=1, the default): the same backend nginx also listens with `ssl` on
 # a second loopback port, with a CA and a server certificate (SAN DNS:localhost,
 # IP:127.0.0.1) made with `openssl` in the temp dir at run time, and two more
-# targets join the same rounds: nextup-tls (nextup, 2 workers, NEXTUP_UPSTREAM_TLS=on,
+# kinds join the same rounds, per worker count: nextup-tls (NEXTUP_UPSTREAM_TLS=on,
 # verified against that CA, the upstream given as 127.0.0.1:<port> so the IP SAN is
-# checked) and nginx-tls (nginx, 2 workers, proxy_pass https:// to an upstream
-# with keepalive 64, proxy_ssl_verify on against that CA, proxy_ssl_name localhost,
+# checked) and nginx-tls (proxy_pass https:// to an upstream with keepalive 64,
+# proxy_ssl_verify on against that CA, proxy_ssl_name localhost,
 # proxy_ssl_session_reuse on). wrk still speaks plain HTTP to both: only the proxy ->
 # backend leg is TLS. Their "vs nginx" cell is like for like (nextup-tls against
 # nginx-tls), "vs direct" is against the plain backend, and there is no HAProxy
 # TLS target ("vs haproxy": -). BENCH_TLS=0 leaves the TLS part out entirely.
 #
-# Printed, and written to bench/results/latest.md: per target the median req/s,
-# median p50 and p99 latency (ms) over the runs, every run's req/s, each proxy's
-# median req/s relative to direct, to the nginx proxy and to HAProxy, errors seen
-# by wrk, and each proxy's peak RSS (VmRSS sampled during the runs; nginx: master
-# plus workers summed).
+# Printed, and written to bench/results/latest.md:
+# - per target: the median req/s, median p50 and p99 latency (ms) over the runs, every run's
+#   req/s, each proxy's median req/s relative to direct, to the nginx proxy and to HAProxy with
+#   the same worker count, errors seen by wrk, each proxy's peak RSS (VmRSS sampled during the
+#   runs; nginx: master plus workers summed), and two counts that hold still where req/s does not:
+# - CPU us/req: the first field of /proc/PID/task/*/schedstat (ns on CPU), summed over every
+#   thread of the proxy's processes (nextup, HAProxy: the one process; nginx: master and
+#   workers), read right before and right after each timed wrk run, the difference divided by
+#   the requests that run completed ("N requests in" of wrk's output); median over the rounds.
+# - syscalls/req: after the timed rounds (strace slows a process down, so never during them),
+#   one more wrk run per proxy, -t1 -c$BENCH_STRACE_CONNECTIONS -d$BENCH_STRACE_DURATION, with
+#   `strace -c` attached to the proxy's workers only: nginx's worker processes (-f), HAProxy's
+#   process (-f: its nbthread threads), nextup's threads but the main one (the main thread runs
+#   the admin listener, health checks and signals; each -p TID alone, no -f). The run starts
+#   once every traced thread names strace as its TracerPid; strace gets SIGINT after it, detaches
+#   and writes its table. The sum of the table's rows divided by the requests wrk completed in
+#   that run; also per call (readv, writev, read, write, recvfrom, sendto, epoll_wait, epoll_ctl,
+#   ioctl, any other at 0.05 a request or more; the rest as "other"). The count includes the
+#   idle moment around the run and the connections' accept and close, a share of 32 connections
+#   over all the run's requests.
+# - issue 11's goals per worker count, met or not: nextup's system calls per request (<= 4.2)
+#   and its ratio to nginx's (<= 0.85), CPU per request against nginx (<= 0.85), req/s against
+#   nginx (>= 1.20), p99 against nginx (<= 1.00), nextup-tls req/s against nginx-tls (>= 1.00).
 #
 # Environment (defaults in brackets):
 #   BENCH_DURATION     seconds per wrk run                      [10]
@@ -36,10 +55,15 @@
 #   BENCH_RUNS         rounds                                   [3]
 #   BENCH_WARMUP       seconds of warm-up per target, 0 = none  [2]
 #   BENCH_TLS          1 = add nextup-tls and nginx-tls, 0 = no [1]
+#   BENCH_WORKERS      worker counts, one set of proxies each   [1 2]
+#   BENCH_STRACE       1 = the system-call runs, 0 = none       [1]
+#   BENCH_STRACE_DURATION     seconds of each strace run        [5]
+#   BENCH_STRACE_CONNECTIONS  wrk connections in it (1 thread)  [32]
 #
-# Everything started here is stopped by PID when the script exits; the temp dir
-# is removed. Any target that does not answer 200 before the runs, dies during
-# them, or fails to start is a loud failure (non-zero exit).
+# Everything started here (backend, proxies, the RSS sampler, strace) is stopped by PID when
+# the script exits, strace first so the proxies run on untraced; the temp dir is removed. Any
+# target that does not answer 200 before the runs, dies during them, or fails to start is a
+# loud failure (non-zero exit), and so is strace not attaching within 5 s or counting nothing.
 # Access logs are off in all three proxies (nginx `access_log off`, HAProxy without
 # `log`, NEXTUP_ACCESS_LOG=off): like for like, the proxying work alone.
 # Note: on a small machine wrk, the proxy and the backend share the CPUs; the
