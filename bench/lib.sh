@@ -77,3 +77,25 @@ print_table() {
             if (r == 1) { line = ""; for (i = 1; i <= nf; i++) { d = sprintf("%" w[i] "s", ""); gsub(/ /, "-", d); line = line (i == 1 ? d : "  " d) } print line } } }' \
     "$1"
 }
+
+# strace_calls FILE: the table of `strace -c` in FILE as "syscall calls" lines, one per system
+# call, the "total" line left out. The rows sit between the two dashed rules; a row is
+# "% time, seconds, usecs/call, calls, [errors], syscall" (errors blank when there were none).
+strace_calls() {
+  awk '/^-+ -+/ { rule++; next }
+       rule == 1 && NF >= 5 && $4 ~ /^[0-9]+$/ { print $NF, $4 }' "$1"
+}
+
+# cpu_ns PID...: CPU time in ns used so far by every thread of the given processes (first field
+# of /proc/PID/task/TID/schedstat, summed). Threads that have exited are not counted.
+cpu_ns() {
+  local p f sum=0 ns
+  for p in "$@"; do
+    for f in /proc/"$p"/task/*/schedstat; do
+      [ -r "$f" ] || continue
+      read -r ns _ <"$f" 2>/dev/null || continue
+      sum=$(( sum + ns ))
+    done
+  done
+  echo "$sum"
+}

@@ -9,7 +9,7 @@ build_pkgs="gcc make pkg-config libevent-dev node-llhttp libssl-dev libbpf-dev l
 # prometheus: its promtool checks a live /metrics (tests/e2e/test_metrics.py).
 test_pkgs="$build_pkgs libcmocka-dev libclang-rt-14-dev python3 curl iproute2 procps openssl nginx-light prometheus"
 demo_pkgs="$build_pkgs python3 curl"
-bench_pkgs="$build_pkgs nginx-light haproxy wrk procps"
+bench_pkgs="$build_pkgs nginx-light haproxy wrk procps strace curl openssl"
 
 case "${1:-build}" in
   build) want=$build_pkgs ;;
