@@ -39,7 +39,7 @@ UNIT_BINS    := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 BPF_SKELS :=
 -include bpf/bpf.mk
 
-.PHONY: all test unit e2e asan demo bench compare clean examples test-deploy deploy-image-check fuzz fuzz-smoke
+.PHONY: all test test-bench-lib unit e2e asan demo bench compare clean examples test-deploy deploy-image-check fuzz fuzz-smoke
 
 all: $(BUILD)/nextup examples
 
@@ -170,7 +170,11 @@ deploy-image-check:
 
 test:
 	$(Q)scripts/deps.sh test
-	$(Q)$(MAKE) --no-print-directory unit fuzz-smoke e2e test-deploy
+	$(Q)$(MAKE) --no-print-directory unit fuzz-smoke e2e test-deploy test-bench-lib
+
+# bench/lib.sh's parsing of strace -c tables (no benchmark is run).
+test-bench-lib:
+	$(Q)tests/bench/strace_calls_test.sh
 
 asan:
 	$(Q)scripts/deps.sh test
