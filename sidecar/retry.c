@@ -224,3 +224,83 @@ int retry_backoff_ms(const struct retry_policy *pol, int retry, uint64_t rand)
         cap = pol->backoff_max_ms;
     return (int)(rand % (uint64_t)(cap + 1));
 }
+
+struct failure_class retry_classify(const struct failure_facts *f, int replayable, int resent)
+{
+    struct failure_class c = { CAUSE_RESET, 0, 0, 0 };
+
+    switch (f->kind) {
+    case UPF_REFUSED:
+        c.cause = CAUSE_REFUSED;
+        break;
+    case UPF_CONNECT_TIMEOUT:
+    case UPF_CONNECT_ERROR:
+    case UPF_TLS:
+        c.cause = CAUSE_CONNECT_FAILURE;
+        break;
+    case UPF_CLOSED:
+        /* The keep-alive race: the peer closed the pooled connection as it was
+         * reused and acknowledged none of the request. Resent once, same peer. */
+        if (f->reused && !f->response_started && !resent && replayable && f->nothing_acked) {
+            c.resend_same_peer = 1;
+            c.cause = CAUSE_CONNECT_FAILURE;
+            break;
+        }
+        /* Nothing acknowledged: as safe to replay as a connect failure, whatever the method. */
+        c.cause = f->nothing_acked && !f->response_started ? CAUSE_CONNECT_FAILURE : CAUSE_RESET;
+        c.proved_unsent = c.cause == CAUSE_CONNECT_FAILURE && f->connected;
+        break;
+    case UPF_TRY_TIMEOUT:
+        c.cause = CAUSE_TIMEOUT;
+        break;
+    case UPF_BAD_RESPONSE:
+    default:
+        c.cause = CAUSE_RESET;
+        c.never_retried = 1;
+        break;
+    }
+    return c;
+}
+
+const char *upstream_failure_text(enum upstream_failure kind)
+{
+    switch (kind) {
+    case UPF_REFUSED: return "connection refused";
+    case UPF_CONNECT_TIMEOUT: return "connect timed out";
+    case UPF_CONNECT_ERROR: return "connect failed";
+    case UPF_CLOSED: return "connection closed before a response";
+    case UPF_BAD_RESPONSE: return "malformed response";
+    case UPF_TRY_TIMEOUT: return "no response head within NEXTUP_PER_TRY_TIMEOUT_MS";
+    case UPF_TLS: return "TLS handshake failed";
+    default: return "failed";
+    }
+}
+
+int upstream_failure_status(enum upstream_failure kind, const char **reason)
+{
+    switch (kind) {
+    case UPF_CONNECT_TIMEOUT: *reason = "upstream connect timed out"; return 504;
+    case UPF_TRY_TIMEOUT: *reason = "upstream did not answer within NEXTUP_PER_TRY_TIMEOUT_MS"; return 504;
+    case UPF_REFUSED: *reason = "upstream refused the connection"; return 502;
+    case UPF_CONNECT_ERROR: *reason = "upstream unreachable"; return 502;
+    case UPF_CLOSED: *reason = "upstream closed the connection before responding"; return 502;
+    case UPF_TLS: *reason = "upstream TLS handshake failed"; return 502;
+    case UPF_BAD_RESPONSE:
+    default: *reason = "upstream sent a malformed response"; return 502;
+    }
+}
+
+enum retry_verdict retry_decide_budgeted(const struct retry_policy *pol, struct attempt *a,
+                                         struct retry_budget *b, int64_t now_s)
+{
+    enum retry_verdict v;
+
+    a->budget_ok = 1;
+    v = retry_decide(pol, a);
+    /* The budget is only spent on retries that are otherwise allowed. */
+    if (v == RETRY_GO && retry_cause_reached_peer(a->cause) && !retry_budget_try_take(b, pol, now_s)) {
+        a->budget_ok = 0;
+        v = retry_decide(pol, a);
+    }
+    return v;
+}

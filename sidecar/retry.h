@@ -61,6 +61,48 @@ enum retry_verdict {
     RETRY_NO_BUDGET,      /* the retry budget is spent */
 };
 
+/* How one attempt to a peer failed: the one sorting of upstream failures.
+ * The exchange says which; retry_classify() turns it into a cause. */
+enum upstream_failure {
+    UPF_REFUSED,          /* ECONNREFUSED */
+    UPF_CONNECT_TIMEOUT,  /* no SYN-ACK within NEXTUP_CONNECT_TIMEOUT_MS */
+    UPF_CONNECT_ERROR,    /* unreachable, no route, ... */
+    UPF_CLOSED,           /* reset or closed after connect, before any response byte */
+    UPF_BAD_RESPONSE,     /* malformed or truncated response */
+    UPF_TRY_TIMEOUT,      /* no head within NEXTUP_PER_TRY_TIMEOUT_MS */
+    UPF_TLS,              /* TCP connected, TLS handshake failed */
+    UPF_COUNT
+};
+
+/* What is known of a failed attempt when it ends. */
+struct failure_facts {
+    enum upstream_failure kind;
+    int reused;               /* the connection came from the keep-alive pool */
+    int connected;            /* it was connected (and the request handed to it) */
+    int response_started;     /* a byte of a response arrived */
+    int nothing_acked;        /* the kernel's proof: the peer acknowledged no byte of this
+                               * request, seen with its FIN (or never connected) */
+    int after_head;           /* the head was already reported: the response broke off */
+};
+
+/* What a failure means for the request. */
+struct failure_class {
+    enum retry_cause cause;
+    int resend_same_peer;     /* the keep-alive race: resend on a fresh connection to the
+                               * same peer; not a retry, not the peer's fault */
+    int never_retried;        /* a malformed response is answered, not retried */
+    int proved_unsent;        /* a close turned into a connect failure by the kernel's proof */
+};
+
+/* Pure: sorts <f>. <replayable>: every byte of the request can be sent again;
+ * <resent>: this request already had its keep-alive race resend. */
+struct failure_class retry_classify(const struct failure_facts *f, int replayable, int resent);
+
+/* Constant text of a failure for logs ("connection refused"), and the status
+ * and reason nextup answers with when it is not retried. */
+const char *upstream_failure_text(enum upstream_failure kind);
+int upstream_failure_status(enum upstream_failure kind, const char **reason);
+
 /* Parses a NEXTUP_RETRY_ON list into <pol> (on, on_status). 0, or -EINVAL with
  * the offending word in <bad> (at most badlen bytes). */
 int retry_parse_on(struct retry_policy *pol, const char *list, char *bad, size_t badlen);
@@ -105,6 +147,12 @@ void retry_budget_note_request(struct retry_budget *b, int64_t now_s);
 /* 1 and counts a retry if retries over the window stay within
  * percent x requests + min_per_sec x window; 0 otherwise. */
 int retry_budget_try_take(struct retry_budget *b, const struct retry_policy *pol, int64_t now_s);
+
+/* retry_decide(), then the budget for a retry it allows that reached a peer:
+ * one call for the whole decision. <a>->budget_ok is set from the budget. */
+struct retry_budget;
+enum retry_verdict retry_decide_budgeted(const struct retry_policy *pol, struct attempt *a,
+                                         struct retry_budget *b, int64_t now_s);
 
 /* Delay before retry number <retry> (1-based) in ms: uniform in
  * [0, min(max, base * 2^(retry-1))], <rand> being any 64-bit random value. */

@@ -752,10 +752,123 @@ static void test_buffer_fits(void **state)
     assert_false(retry_buffer_fits(200, 0, 100));
 }
 
+
+/* ---- retry_classify / retry_decide_budgeted ---- */
+
+static struct failure_facts facts(enum upstream_failure kind, int reused, int connected, int started, int unacked)
+{
+    struct failure_facts f = { kind, reused, connected, started, unacked, 0 };
+    return f;
+}
+
+static void test_classify_connect_kinds(void **state)
+{
+    struct failure_facts f;
+    struct failure_class c;
+
+    (void)state;
+    f = facts(UPF_REFUSED, 0, 0, 0, 1);
+    c = retry_classify(&f, 1, 0);
+    assert_int_equal(c.cause, CAUSE_REFUSED);
+    assert_false(c.resend_same_peer || c.never_retried || c.proved_unsent);
+    for (enum upstream_failure k = UPF_CONNECT_TIMEOUT; k <= UPF_TLS; k++) {
+        if (k != UPF_CONNECT_TIMEOUT && k != UPF_CONNECT_ERROR && k != UPF_TLS)
+            continue;
+        f = facts(k, 0, 0, 0, 1);
+        c = retry_classify(&f, 1, 0);
+        assert_int_equal(c.cause, CAUSE_CONNECT_FAILURE);
+    }
+    f = facts(UPF_TRY_TIMEOUT, 0, 1, 0, 0);
+    assert_int_equal(retry_classify(&f, 1, 0).cause, CAUSE_TIMEOUT);
+    f = facts(UPF_BAD_RESPONSE, 0, 1, 1, 0);
+    c = retry_classify(&f, 1, 0);
+    assert_true(c.never_retried);
+}
+
+/* A pooled connection closed with nothing acknowledged: resent once on the
+ * same peer; not when a response began, the body is gone, or already resent. */
+static void test_classify_keepalive_race(void **state)
+{
+    struct failure_facts f = facts(UPF_CLOSED, 1, 1, 0, 1);
+    struct failure_class c;
+
+    (void)state;
+    c = retry_classify(&f, 1, 0);
+    assert_true(c.resend_same_peer);
+    c = retry_classify(&f, 1, 1);
+    assert_false(c.resend_same_peer);
+    /* Second time: the kernel's proof still makes it a connect failure. */
+    assert_int_equal(c.cause, CAUSE_CONNECT_FAILURE);
+    assert_true(c.proved_unsent);
+    c = retry_classify(&f, 0, 0);
+    assert_false(c.resend_same_peer);
+    f.response_started = 1;
+    c = retry_classify(&f, 1, 0);
+    assert_false(c.resend_same_peer);
+    assert_int_equal(c.cause, CAUSE_RESET);
+    f = facts(UPF_CLOSED, 0, 1, 0, 1);       /* a fresh connection: no race */
+    c = retry_classify(&f, 1, 0);
+    assert_false(c.resend_same_peer);
+    assert_int_equal(c.cause, CAUSE_CONNECT_FAILURE);
+    assert_true(c.proved_unsent);
+    f = facts(UPF_CLOSED, 1, 1, 0, 0);       /* acknowledged: the peer had it */
+    c = retry_classify(&f, 1, 0);
+    assert_false(c.resend_same_peer || c.proved_unsent);
+    assert_int_equal(c.cause, CAUSE_RESET);
+}
+
+static void test_failure_status(void **state)
+{
+    const char *reason = NULL;
+
+    (void)state;
+    assert_int_equal(upstream_failure_status(UPF_CONNECT_TIMEOUT, &reason), 504);
+    assert_int_equal(upstream_failure_status(UPF_TRY_TIMEOUT, &reason), 504);
+    for (enum upstream_failure k = UPF_REFUSED; k < UPF_COUNT; k++) {
+        int st = upstream_failure_status(k, &reason);
+        assert_true(st == 502 || st == 504);
+        assert_non_null(reason);
+        assert_string_not_equal(upstream_failure_text(k), "failed");
+    }
+}
+
+/* The budget is taken only for an allowed retry that reached a peer. */
+static void test_decide_budgeted(void **state)
+{
+    struct retry_policy bp = { 0 };
+    struct retry_budget b;
+    struct attempt a = { .cause = CAUSE_RESET, .method = HTTP_GET, .buffer_whole = 1 };
+    int i;
+
+    (void)state;
+    bp.on = RETRY_ON_RESET | RETRY_ON_CONNECT_FAILURE | RETRY_ON_REFUSED;
+    bp.methods = 1ull << HTTP_GET;
+    bp.max_retries = 5;
+    bp.budget_percent = 0;
+    bp.budget_min_per_sec = 0;
+    retry_budget_init(&b);
+    retry_budget_note_request(&b, 100);
+    assert_int_equal(retry_decide_budgeted(&bp, &a, &b, 100), RETRY_NO_BUDGET);
+    assert_false(a.budget_ok);
+    a.cause = CAUSE_REFUSED;    /* never reached the peer: no budget needed */
+    assert_int_equal(retry_decide_budgeted(&bp, &a, &b, 100), RETRY_GO);
+    bp.budget_min_per_sec = 1; /* 10 retries over the window */
+    a.cause = CAUSE_RESET;
+    for (i = 0; i < 10; i++)
+        assert_int_equal(retry_decide_budgeted(&bp, &a, &b, 100), RETRY_GO);
+    assert_int_equal(retry_decide_budgeted(&bp, &a, &b, 100), RETRY_NO_BUDGET);
+    a.method = HTTP_POST;        /* POST: refused by method, budget untouched */
+    assert_int_equal(retry_decide_budgeted(&bp, &a, &b, 100), RETRY_NO_METHOD);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buffer_fits),
+        cmocka_unit_test(test_classify_connect_kinds),
+        cmocka_unit_test(test_classify_keepalive_race),
+        cmocka_unit_test(test_failure_status),
+        cmocka_unit_test(test_decide_budgeted),
         cmocka_unit_test_setup(test_parse_on_each_word, setup),
         cmocka_unit_test_setup(test_parse_on_codes, setup),
         cmocka_unit_test_setup(test_parse_on_keeps_methods, setup),
