@@ -396,9 +396,14 @@ void metrics_write_process(struct evbuffer *out, int downstream_open)
                              "nextup_upstream_connections_open %" PRId64 "\n",
                         downstream_open, atomic_load_explicit(&upstream_open, memory_order_relaxed));
     if (read_stat(&cpu, &start, &rss) == 0) {
+        struct rusage ru;
+        /* In µs: /proc's clock ticks say 0 for a process younger than 10 ms of CPU. */
+        if (getrusage(RUSAGE_SELF, &ru) == 0)
+            cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                  (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
         evbuffer_add_printf(out, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
                                  "# TYPE process_cpu_seconds_total counter\n"
-                                 "process_cpu_seconds_total %.2f\n"
+                                 "process_cpu_seconds_total %.6f\n"
                                  "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
                                  "# TYPE process_resident_memory_bytes gauge\n"
                                  "process_resident_memory_bytes %.0f\n", cpu, rss);
