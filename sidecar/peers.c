@@ -347,3 +347,16 @@ int peers_take_trial_of(struct peer *p, int64_t now_ms, int hold_ms)
                                                                      memory_order_relaxed, memory_order_relaxed);
 }
 
+void peers_report_response(struct peers *set, struct peer *p, int status, int closes, int64_t now_ms)
+{
+    enum peer_outcome outcome = PEER_OK;
+
+    /* Counted for the health view, which compares a replica's closes with its habit. */
+    if (closes)
+        atomic_fetch_add_explicit(&p->closing_responses, 1, memory_order_relaxed);
+    if (status == 503 && closes)
+        outcome = PEER_SAID_LEAVING;
+    else if (status >= 502 && status <= 504)
+        outcome = PEER_GATEWAY_ERROR;
+    peers_report(set, p, outcome, now_ms);
+}

@@ -143,6 +143,12 @@ int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, in
  * when a healthy peer answers well (the common case). */
 void peers_report(struct peers *set, struct peer *p, enum peer_outcome outcome, int64_t now_ms);
 
+/* What a final response head says of its peer, recorded: <status>, and
+ * <closes> when it closed its connection (Connection: close on 1.1). A 503 that
+ * closes is how servers say they are shutting down (nginx, Envoy, Go's and
+ * Node's servers during graceful shutdown): the first one counts. */
+void peers_report_response(struct peers *set, struct peer *p, int status, int closes, int64_t now_ms);
+
 /* A peer in TRIAL (its time out is up) that is not excluded, with the trial
  * token taken for <hold_ms> (the trial request's outcome decides, or the token
  * runs out). NULL when there is none. */

@@ -1,32 +1,27 @@
-/* proxy: one client connection and the request it is serving: llhttp parsing,
- * the attempt loop (select -> connect -> send -> response head -> forward or
- * retry), streaming both ways with backpressure, errors answered with a status.
+/* proxy: one request's attempts, between the client connection (downstream.c)
+ * and one upstream exchange at a time (exchange.c): select a peer -> exchange
+ * -> decide on the head -> forward, or retry elsewhere; the retry buffer, the
+ * tried set, the held response, the request timers, the access-log line, and
+ * the accessors of nextup.h for the decision hook.
  *
  * API:
- *   proxy_init()           once at startup (parser settings)
- *   downstream_new()       takes an accepted socket
- *   downstream_drain()     finish the current request, then close; idle: close now */
+ *   proxy_init()     once at startup
+ *   proxy_accept()   an accepted socket becomes a client connection served here
+ *   proxy_free_all() a stopped loop's connections and cached request states */
 #ifndef SIDECAR_PROXY_H
 #define SIDECAR_PROXY_H
 
 #include <sys/socket.h>
 
-struct worker;
-struct downstream;
+struct loop_ctx;
 
 void proxy_init(void);
 
-/* Serves the accepted socket <fd> on <w>'s loop. Takes <fd> on success; on
+/* Serves the accepted socket <fd> on <lc>'s loop. Takes <fd> on success; on
  * failure (-ENOMEM) the caller still owns it. */
-int downstream_new(struct worker *w, int fd, const struct sockaddr *peer_addr, socklen_t peer_len);
+int proxy_accept(struct loop_ctx *lc, int fd, const struct sockaddr *peer_addr, socklen_t peer_len);
 
-/* For drain: closes an idle connection now, else closes it after the response. */
-void downstream_drain(struct downstream *ds);
-
-/* Frees every connection of <w> at once; only once its loop has stopped. */
-void proxy_free_all(struct worker *w);
-
-/* Next connection in the worker's list (drain walks it). */
-struct downstream *downstream_next(struct downstream *ds);
+/* Frees every connection of <lc> and its cached request states; only once its loop has stopped. */
+void proxy_free_all(struct loop_ctx *lc);
 
 #endif

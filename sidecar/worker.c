@@ -17,6 +17,7 @@
 
 #include "accesslog.h"
 #include "config.h"
+#include "downstream.h"
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
@@ -63,15 +64,15 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     struct worker *w = arg;
 
     (void)l;
-    if (atomic_fetch_add(&live_connections, 1) >= w->cfg->max_connections) {
+    if (atomic_fetch_add(&live_connections, 1) >= w->ctx.cfg->max_connections) {
         atomic_fetch_sub(&live_connections, 1);
         metrics_inc(M_DOWNSTREAM_REJECTED);
-        LOG_WARN("refusing a connection: NEXTUP_MAX_CONNECTIONS=%d reached", w->cfg->max_connections);
+        LOG_WARN("refusing a connection: NEXTUP_MAX_CONNECTIONS=%d reached", w->ctx.cfg->max_connections);
         reject_connection(fd);
         return;
     }
     metrics_inc(M_DOWNSTREAM_CONNECTIONS);
-    if (downstream_new(w, fd, sa, (socklen_t)salen) < 0) {
+    if (proxy_accept(&w->ctx, fd, sa, (socklen_t)salen) < 0) {
         atomic_fetch_sub(&live_connections, 1);
         LOG_ERROR("out of memory accepting a connection");
         close(fd);
@@ -120,14 +121,18 @@ static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
     accept_resume(arg);
 }
 
-void worker_connection_closed(struct worker *w)
+/* A client connection closed (its descriptor freed): counts, an accept pause
+ * ended, a drained loop ended. */
+static void connection_closed(void *arg)
 {
+    struct worker *w = arg;
+
     w->n_conns--;
     atomic_fetch_sub(&live_connections, 1);
     /* A descriptor was just freed: no need to wait out the pause. */
     accept_resume(w);
-    if (w->draining && w->n_conns == 0)
-        event_base_loopexit(w->base, NULL);
+    if (w->ctx.draining && w->n_conns == 0)
+        event_base_loopexit(w->ctx.base, NULL);
 }
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -137,21 +142,21 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    if (w->draining)
+    if (w->ctx.draining)
         return;
-    w->draining = 1;
+    w->ctx.draining = 1;
     if (w->listener) {
         evconnlistener_free(w->listener);
         w->listener = NULL;
     }
     accept_resume(w);
-    upstream_pool_close_idle(w->pool);
-    for (ds = w->conns; ds; ds = next) {
+    upstream_pool_close_idle(w->ctx.pool);
+    for (ds = w->ctx.conns; ds; ds = next) {
         next = downstream_next(ds);
         downstream_drain(ds);
     }
     if (w->n_conns == 0)
-        event_base_loopexit(w->base, NULL);
+        event_base_loopexit(w->ctx.base, NULL);
 }
 
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
@@ -160,7 +165,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    upstream_pool_close_inactive(w->pool);
+    upstream_pool_close_inactive(w->ctx.pool);
     if (w->n_conns_peak - w->n_conns >= TRIM_AFTER_CLOSES) {
         w->n_conns_peak = w->n_conns;
         malloc_trim(0);
@@ -212,7 +217,7 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
 
-    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    event_base_loop(w->ctx.base, EVLOOP_NO_EXIT_ON_EMPTY);
     atomic_fetch_add(&loops_done, 1);
     return NULL;
 }
@@ -233,32 +238,34 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
         int fd;
 
         w->id = i;
-        w->cfg = cfg;
-        w->peers = peers;
-        w->rng = rng_seed();
-        w->base = event_base_new();
+        w->ctx.cfg = cfg;
+        w->ctx.peers = peers;
+        w->ctx.rng = rng_seed();
+        w->ctx.on_conn_closed = connection_closed;
+        w->ctx.on_conn_closed_arg = w;
+        w->ctx.base = event_base_new();
         /* Two priorities: pooled upstream connections' events (0) run before the
          * rest (1) of a loop turn; see conn_set_priority(). */
-        if (!w->base || event_base_priority_init(w->base, 2) < 0) {
+        if (!w->ctx.base || event_base_priority_init(w->ctx.base, 2) < 0) {
             snprintf(err, errlen, "cannot create an event loop");
             return -ENOMEM;
         }
-        prewarm_fd_map(w->base);
+        prewarm_fd_map(w->ctx.base);
         fd = net_listen((const struct sockaddr *)&cfg->listen.sa, cfg->listen.salen, 1);
         if (fd < 0) {
             snprintf(err, errlen, "NEXTUP_LISTEN=\"%s\": cannot listen: %s", cfg->listen.text, strerror(-fd));
             return fd;
         }
-        w->listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        w->listener = evconnlistener_new(w->ctx.base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
         if (w->listener)
             evconnlistener_set_error_cb(w->listener, accept_error_cb);
-        w->accept_resume_ev = evtimer_new(w->base, accept_resume_cb, w);
-        w->pool = upstream_pool_new(w->base, PEERS_MAX, cfg->pool_max_idle, cfg->connect_timeout_ms,
+        w->accept_resume_ev = evtimer_new(w->ctx.base, accept_resume_cb, w);
+        w->ctx.pool = upstream_pool_new(w->ctx.base, PEERS_MAX, cfg->pool_max_idle, cfg->connect_timeout_ms,
                                     cfg->idle_timeout_ms);
-        w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
-        w->alog = access_log_new(w->base, cfg->access_log);
-        w->sweep_ev = event_new(w->base, -1, EV_PERSIST, sweep_cb, w);
-        if (!w->listener || !w->accept_resume_ev || !w->pool || !w->drain_ev || !w->alog || !w->sweep_ev ||
+        w->drain_ev = event_new(w->ctx.base, -1, 0, drain_cb, w);
+        w->ctx.alog = access_log_new(w->ctx.base, cfg->access_log);
+        w->sweep_ev = event_new(w->ctx.base, -1, EV_PERSIST, sweep_cb, w);
+        if (!w->listener || !w->accept_resume_ev || !w->ctx.pool || !w->drain_ev || !w->ctx.alog || !w->sweep_ev ||
             event_add(w->sweep_ev, &sweep_tv) < 0) {
             snprintf(err, errlen, "out of memory");
             return -ENOMEM;
@@ -288,7 +295,7 @@ void workers_stop(void)
     int i;
 
     for (i = 0; i < n_threads; i++)
-        event_base_loopexit(workers[i].base, NULL);
+        event_base_loopexit(workers[i].ctx.base, NULL);
     for (i = 0; i < n_threads; i++)
         pthread_join(workers[i].thread, NULL);
     for (i = 0; i < n_workers; i++) {
@@ -299,17 +306,17 @@ void workers_stop(void)
         }
         /* Connections still open at the drain deadline are closed here; they may end
          * an accept pause, so the timer goes after them. */
-        proxy_free_all(w);
+        proxy_free_all(&w->ctx);
         if (w->accept_resume_ev)
             event_free(w->accept_resume_ev);
-        upstream_pool_free(w->pool);
-        access_log_free(w->alog);
+        upstream_pool_free(w->ctx.pool);
+        access_log_free(w->ctx.alog);
         if (w->drain_ev)
             event_free(w->drain_ev);
         if (w->sweep_ev)
             event_free(w->sweep_ev);
-        if (w->base)
-            event_base_free(w->base);
+        if (w->ctx.base)
+            event_base_free(w->ctx.base);
     }
     free(workers);
     workers = NULL;

@@ -18,38 +18,24 @@
 
 #define ACCEPT_PAUSE_MS 100
 
+#include "ctx.h"
+
 struct config;
 struct peers;
-struct event_base;
 struct event;
-struct evbuffer;
-struct request_state;
 struct evconnlistener;
-struct upstream_pool;
-struct downstream;
-struct access_log;
 
 struct worker {
     int id;
     pthread_t thread;
-    struct event_base *base;              /* owned */
+    struct loop_ctx ctx;                  /* what the loop's connections share; base, pool, alog owned */
     struct evconnlistener *listener;      /* owned; NULL once draining */
     struct event *drain_ev;               /* owned; activated by the main thread */
     struct event *sweep_ev;               /* owned: closes pooled connections of removed peers */
     struct event *accept_resume_ev;       /* owned: ends an accept pause */
     int accept_paused;                    /* listener disabled after EMFILE, ENFILE, ENOBUFS or ENOMEM */
-    const struct config *cfg;
-    struct peers *peers;                  /* shared, read-mostly */
-    struct upstream_pool *pool;           /* owned */
-    struct access_log *alog;              /* owned */
-    uint64_t rng;                         /* selection randomness, this thread only */
-    struct evbuffer *resp_stage;          /* owned by proxy.c: response bytes of one parse, until committed */
-    struct request_state *rq_free;        /* owned by proxy.c: request states kept for the next requests */
-    int n_rq_free;
-    struct downstream *conns;             /* live client connections (list head) */
     int n_conns;
     int n_conns_peak;                     /* most open since memory was last given back */
-    int draining;
 };
 
 /* Starts cfg->workers threads. 0, or a negative errno with <err> filled
@@ -62,9 +48,5 @@ int workers_all_done(void);
 /* Ends every loop (drain deadline), joins the threads and frees the workers. */
 void workers_stop(void);
 int workers_live_connections(void);
-
-/* Called by proxy when a connection closes (its descriptor freed): keeps counts,
- * ends a drained loop, ends an accept pause. */
-void worker_connection_closed(struct worker *w);
 
 #endif
