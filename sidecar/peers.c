@@ -38,16 +38,22 @@ static void peer_init_state(struct peer *p)
     atomic_store(&p->responses, 0);
     atomic_store(&p->gateway_errors, 0);
     atomic_store(&p->connect_failures, 0);
-    metrics_peer_reset(p->index);
+    metrics_service_peer_reset(p->service, p->index);
 }
 
 struct peers *peers_new(const struct config_upstream *ups, int n)
+{
+    return peers_new_service(0, ups, n);
+}
+
+struct peers *peers_new_service(int service, const struct config_upstream *ups, int n)
 {
     struct peers *set = calloc(1, sizeof(*set));
     int i;
 
     if (!set)
         return NULL;
+    set->service = service;
     set->policy.connect_failures_to_eject = 1;
     set->policy.gateway_errors_to_eject = PEERS_GATEWAY_ERRORS_TO_EJECT;
     set->policy.eject_base_ms = PEERS_EJECT_BASE_MS;
@@ -60,6 +66,7 @@ struct peers *peers_new(const struct config_upstream *ups, int n)
             return NULL;
         }
         p->index = i;
+        p->service = service;
         pthread_mutex_init(&p->lock, NULL);
         memcpy(&p->sa, &ups[i].sa, sizeof(p->sa));
         p->salen = ups[i].salen;
@@ -190,6 +197,7 @@ struct peer *peers_add(struct peers *set, const struct sockaddr *sa, socklen_t s
         if (!p)
             return NULL;
         p->index = n;
+        p->service = set->service;
         pthread_mutex_init(&p->lock, NULL);
     } else {
         p = NULL;
@@ -223,6 +231,20 @@ void peers_remove(struct peer *p, int64_t now_ms)
         return;
     atomic_store(&p->inactive_since_ms, now_ms);
     atomic_store_explicit(&p->active, 0, memory_order_release);
+}
+
+int peers_usable_count(const struct peers *set, int64_t now_ms)
+{
+    int n = atomic_load_explicit(&set->n, memory_order_acquire), usable = 0;
+
+    for (int i = 0; i < n; i++) {
+        enum peer_state st;
+        if (!peer_is_active(set->peer[i]))
+            continue;
+        st = peer_state_now(set->peer[i], now_ms);
+        usable += st != PEER_DOWN && st != PEER_DRAINING;
+    }
+    return usable;
 }
 
 int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms)
@@ -276,8 +298,10 @@ int peers_observe(struct peers *set, struct peer *p, enum peer_evidence ev, enum
     before = peer_state_at(&p->health, now_ms);
     changed = peer_state_next(&p->health, ev, reason, &sp, &cap, now_ms);
     after = p->health.state;
-    if (changed && after != PEER_HEALTHY)
+    if (changed && after != PEER_HEALTHY) {
         atomic_fetch_add_explicit(&p->ejections_total, 1, memory_order_relaxed);
+        metrics_service_ejection(set->service);
+    }
     publish(p);
     /* Any outcome ends a trial: the next one may go when the state asks for it. */
     atomic_store_explicit(&p->trial_until_ms, 0, memory_order_relaxed);

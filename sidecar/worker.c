@@ -23,6 +23,7 @@
 #include "peers.h"
 #include "proxy.h"
 #include "rng.h"
+#include "service.h"
 #include "upstream.h"
 
 /* After this many connections closed since the most open, what malloc holds for
@@ -145,7 +146,8 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         w->listener = NULL;
     }
     accept_resume(w);
-    upstream_pool_close_idle(w->pool);
+    for (int i = 0; i < w->services->n; i++)
+        upstream_pool_close_idle(w->pools[i]);
     for (ds = w->conns; ds; ds = next) {
         next = downstream_next(ds);
         downstream_drain(ds);
@@ -160,7 +162,8 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    upstream_pool_close_inactive(w->pool);
+    for (int i = 0; i < w->services->n; i++)
+        upstream_pool_close_inactive(w->pools[i]);
     if (w->n_conns_peak - w->n_conns >= TRIM_AFTER_CLOSES) {
         w->n_conns_peak = w->n_conns;
         malloc_trim(0);
@@ -217,7 +220,7 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int workers_start(const struct config *cfg, struct peers *peers, char *err, size_t errlen)
+int workers_start(const struct config *cfg, const struct services *services, char *err, size_t errlen)
 {
     struct timeval sweep_tv = { 1, 0 };
     int i;
@@ -234,7 +237,8 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
 
         w->id = i;
         w->cfg = cfg;
-        w->peers = peers;
+        w->services = services;
+        w->peers = services->svc[0].peers;
         w->rng = rng_seed();
         w->base = event_base_new();
         /* Two priorities: pooled upstream connections' events (0) run before the
@@ -253,8 +257,14 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
         if (w->listener)
             evconnlistener_set_error_cb(w->listener, accept_error_cb);
         w->accept_resume_ev = evtimer_new(w->base, accept_resume_cb, w);
-        w->pool = upstream_pool_new(w->base, PEERS_MAX, cfg->pool_max_idle, cfg->connect_timeout_ms,
-                                    cfg->idle_timeout_ms);
+        w->pools = calloc((size_t)services->n, sizeof(*w->pools));
+        for (int k = 0; w->pools && k < services->n; k++)
+            if (!(w->pools[k] = upstream_pool_new(w->base, PEERS_MAX, cfg->pool_max_idle, cfg->connect_timeout_ms,
+                                                  cfg->idle_timeout_ms))) {
+                snprintf(err, errlen, "out of memory");
+                return -ENOMEM;
+            }
+        w->pool = w->pools ? w->pools[0] : NULL;
         w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
         w->alog = access_log_new(w->base, cfg->access_log);
         w->sweep_ev = event_new(w->base, -1, EV_PERSIST, sweep_cb, w);
@@ -302,7 +312,9 @@ void workers_stop(void)
         proxy_free_all(w);
         if (w->accept_resume_ev)
             event_free(w->accept_resume_ev);
-        upstream_pool_free(w->pool);
+        for (int k = 0; w->pools && k < w->services->n; k++)
+            upstream_pool_free(w->pools[k]);
+        free(w->pools);
         access_log_free(w->alog);
         if (w->drain_ev)
             event_free(w->drain_ev);

@@ -28,6 +28,7 @@ struct evconnlistener;
 struct upstream_pool;
 struct downstream;
 struct access_log;
+struct services;
 
 struct worker {
     int id;
@@ -39,8 +40,11 @@ struct worker {
     struct event *accept_resume_ev;       /* owned: ends an accept pause */
     int accept_paused;                    /* listener disabled after EMFILE, ENFILE, ENOBUFS or ENOMEM */
     const struct config *cfg;
-    struct peers *peers;                  /* shared, read-mostly */
-    struct upstream_pool *pool;           /* owned */
+    const struct services *services;      /* shared, immutable: services_route() and each service's peers */
+    struct upstream_pool **pools;         /* owned: one pool per service, pools[svc->index] (a pool is
+                                             indexed by a peer's slot in its own service's set) */
+    struct peers *peers;                  /* shared, read-mostly: service 0's (services->svc[0].peers) */
+    struct upstream_pool *pool;           /* pools[0], not owned separately */
     struct access_log *alog;              /* owned */
     uint64_t rng;                         /* selection randomness, this thread only */
     struct evbuffer *resp_stage;          /* owned by proxy.c: response bytes of one parse, until committed */
@@ -52,9 +56,10 @@ struct worker {
     int draining;
 };
 
-/* Starts cfg->workers threads. 0, or a negative errno with <err> filled
+/* Starts cfg->workers threads serving the services of <services> (borrowed, immutable; it must
+ * outlive the workers). 0, or a negative errno with <err> filled
  * ("NEXTUP_LISTEN=...: bind: Address already in use"). */
-int workers_start(const struct config *cfg, struct peers *peers, char *err, size_t errlen);
+int workers_start(const struct config *cfg, const struct services *services, char *err, size_t errlen);
 /* Asks every worker to drain; returns at once. */
 void workers_drain(void);
 /* 1 when every worker loop has ended. */
