@@ -173,6 +173,12 @@ const struct service *services_route(const struct services *s, const char *autho
     return route(s, authority, len, NULL, NULL);
 }
 
+const struct service *services_route_counted(const struct services *s, const char *authority, size_t len,
+                                             unsigned *probes, unsigned *compares)
+{
+    return route(s, authority, len, probes, compares);
+}
+
 /* ---- building the table ---------------------------------------------------------------- */
 
 struct key_list {

@@ -67,6 +67,11 @@ void services_free(struct services *s);
  * none. Lock-free, allocation-free, any thread. */
 const struct service *services_route(const struct services *s, const char *authority, size_t len);
 
+/* services_route(), counting in <probes> the table slots looked at and in <compares> the key
+ * comparisons made (tests: the cost of a lookup does not grow with the number of services). */
+const struct service *services_route_counted(const struct services *s, const char *authority, size_t len,
+                                             unsigned *probes, unsigned *compares);
+
 /* Longest normalized authority: a host name (253) or [IPv6], ':' and a port. */
 #define SERVICE_HOST_MAX 262
 
