@@ -77,7 +77,7 @@ const char *access_status_source_name(enum access_status_source src)
         [ACCESS_SOURCE_PER_TRY_TIMEOUT] = "nextup:per_try_timeout", [ACCESS_SOURCE_REFUSED] = "nextup:refused",
         [ACCESS_SOURCE_CONNECT_FAILURE] = "nextup:connect_failure", [ACCESS_SOURCE_RESET] = "nextup:reset",
         [ACCESS_SOURCE_TLS] = "nextup:tls", [ACCESS_SOURCE_BAD_RESPONSE] = "nextup:bad_response",
-        [ACCESS_SOURCE_BUDGET] = "nextup:budget", [ACCESS_SOURCE_NO_PEER] = "nextup:no_peer",
+        [ACCESS_SOURCE_BUDGET] = "nextup:budget", [ACCESS_SOURCE_NO_PEER] = "nextup:no_peer", [ACCESS_SOURCE_NO_SERVICE] = "nextup:no_service",
         [ACCESS_SOURCE_BAD_REQUEST] = "nextup:bad_request", [ACCESS_SOURCE_OVERLOAD] = "nextup:overload",
         [ACCESS_SOURCE_CLIENT_CLOSED] = "client_closed",
     };
@@ -136,6 +136,10 @@ void access_log_write(struct access_log *l, const struct access_entry *e)
     evbuffer_add_printf(l->buf, ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%lld,\"upstream\":", e->status,
                         (unsigned long long)e->bytes, (long long)e->duration_ms);
     json_field(l->buf, e->upstream, strlen(e->upstream));
+    if (e->service) {
+        evbuffer_add_printf(l->buf, ",\"service\":");
+        json_field(l->buf, e->service, strlen(e->service));
+    }
     if (e->upstream_ms >= 0)
         evbuffer_add_printf(l->buf, ",\"upstream_ms\":%lld", (long long)e->upstream_ms);
     source = access_status_source_name(e->status_source);

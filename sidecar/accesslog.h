@@ -33,7 +33,8 @@ enum access_status_source {
     ACCESS_SOURCE_TLS,              /* "nextup:tls": 502, the TLS handshake with the replica failed */
     ACCESS_SOURCE_BAD_RESPONSE,     /* "nextup:bad_response": 502, the replica's response head was unreadable */
     ACCESS_SOURCE_BUDGET,           /* "nextup:budget": 502/504, a retry was wanted but the retry budget was spent */
-    ACCESS_SOURCE_NO_PEER,          /* "nextup:no_peer": 503, no peer known (or no such service) */
+    ACCESS_SOURCE_NO_PEER,          /* "nextup:no_peer": 502, no peer known */
+    ACCESS_SOURCE_NO_SERVICE,       /* "nextup:no_service": 421, the authority is no configured service */
     ACCESS_SOURCE_BAD_REQUEST,      /* "nextup:bad_request": 4xx/5xx answered by nextup for the request itself
                                        (400, 408, 413, 414, 431, 501, 505, ...) */
     ACCESS_SOURCE_OVERLOAD,         /* "nextup:overload": 503, NEXTUP_MAX_CONNECTIONS or draining */
@@ -51,6 +52,7 @@ struct access_entry {
     int status;
     uint64_t bytes;                 /* response body bytes sent to the client */
     const char *upstream;           /* the peer that answered, "" when none did */
+    const char *service;            /* the service the request was routed to; NULL: none */
     int attempts;
     const char *const *retries;     /* reason of each retry, n_retries of them */
     int n_retries;

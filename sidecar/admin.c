@@ -15,12 +15,14 @@
 #include <event2/http.h>
 #include <event2/listener.h>
 
+#include "clock.h"
 #include "config.h"
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
 #include "peers.h"
+#include "service.h"
 #include "worker.h"
 
 /* The manifests bind the admin listener beyond loopback (the kubelet probes the pod IP),
@@ -50,7 +52,7 @@ struct admin_conn {
 };
 
 static struct evhttp *http;
-static const struct peers *known_peers;
+static const struct services *known_services;
 static struct health *health;
 static int draining;
 static int debug_any;
@@ -261,6 +263,37 @@ static void logging_endpoint(struct evhttp_request *req, const char *query, stru
     reply(req, 200, "OK", "text/plain", body);
 }
 
+/* 200 when every service has a usable peer; else 503 and one line per service without one. */
+static void readyz_upstreams(struct evhttp_request *req, struct evbuffer *body)
+{
+    int64_t now = clock_mono_ms();
+    int missing = 0;
+
+    if (draining) {
+        evbuffer_add_printf(body, "draining\n");
+        reply(req, 503, "Service Unavailable", "text/plain", body);
+        return;
+    }
+    for (int i = 0; known_services && i < known_services->n; i++) {
+        const struct service *svc = &known_services->svc[i];
+        int active = peers_active_count(svc->peers);
+        if (peers_usable_count(svc->peers, now) > 0)
+            continue;
+        missing++;
+        if (active == 0)
+            evbuffer_add_printf(body, "service %s: no peer known (%s)\n", svc->name, svc->cfg->upstreams_var);
+        else
+            evbuffer_add_printf(body, "service %s: none of its %d peer(s) usable (down or draining)\n", svc->name,
+                                active);
+    }
+    if (missing) {
+        reply(req, 503, "Service Unavailable", "text/plain", body);
+        return;
+    }
+    evbuffer_add_printf(body, "ready: every service has a usable peer\n");
+    reply(req, 200, "OK", "text/plain", body);
+}
+
 static void admin_cb(struct evhttp_request *req, void *arg)
 {
     const char *uri = evhttp_request_get_uri(req);
@@ -306,21 +339,22 @@ static void admin_cb(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(body, "ok\n");
         reply(req, 200, "OK", "text/plain", body);
     } else if (plen == 7 && strncmp(uri, "/readyz", 7) == 0) {
+        /* nextup's own readiness: Kubernetes folds a sidecar's into the pod's, so one service's
+         * outage must not take the application out of its own Service. */
         if (draining) {
             evbuffer_add_printf(body, "draining\n");
-            reply(req, 503, "Service Unavailable", "text/plain", body);
-        } else if (!known_peers || peers_active_count(known_peers) == 0) {
-            evbuffer_add_printf(body, "no upstream peer known\n");
             reply(req, 503, "Service Unavailable", "text/plain", body);
         } else {
             evbuffer_add_printf(body, "ready\n");
             reply(req, 200, "OK", "text/plain", body);
         }
+    } else if (plen == 17 && strncmp(uri, "/readyz/upstreams", 17) == 0) {
+        readyz_upstreams(req, body);
     } else if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
         metrics_write_prometheus(body);
         metrics_write_process(body, workers_live_connections());
-        if (known_peers)
-            metrics_write_peers(body, known_peers);
+        if (known_services)
+            metrics_write_services(body, known_services);
         write_admin_metrics(body);
         if (health)
             health_write_metrics(health, body);
@@ -329,7 +363,8 @@ static void admin_cb(struct evhttp_request *req, void *arg)
         health_write_debug_json(health, body);
         reply(req, 200, "OK", "application/json", body);
     } else {
-        evbuffer_add_printf(body, "not found: try /healthz, /readyz, /metrics, /logging or /debug/peers\n");
+        evbuffer_add_printf(body, "not found: try /healthz, /readyz, /readyz/upstreams, /metrics, /logging or "
+                                  "/debug/peers\n");
         reply(req, 404, "Not Found", "text/plain", body);
     }
     evbuffer_free(body);
@@ -364,13 +399,13 @@ static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
         evconnlistener_enable(listener);
 }
 
-int admin_start(struct event_base *base, const struct config *cfg, const struct peers *peers, struct health *h,
+int admin_start(struct event_base *base, const struct config *cfg, const struct services *svcs, struct health *h,
                 char *err, size_t errlen)
 {
     struct evhttp_bound_socket *bound;
     int fd;
 
-    known_peers = peers;
+    known_services = svcs;
     health = h;
     debug_any = cfg->admin_debug_any;
     http = evhttp_new(base);

@@ -12,14 +12,11 @@
 #include "log.h"
 #include "metrics.h"
 #include "retry.h"
+#include "service.h"
 
-void request_count_response(int status)
+void request_count_response(const struct request *r, int status)
 {
-    static const enum metric_id by_class[] = { M_RESP_1XX, M_RESP_1XX, M_RESP_2XX, M_RESP_3XX, M_RESP_4XX,
-                                               M_RESP_5XX };
-    int c = status / 100;
-
-    metrics_inc(by_class[c < 1 ? 1 : c > 5 ? 5 : c]);
+    metrics_service_response(r->svc ? r->svc->index : -1, status < 100 ? 100 : status > 599 ? 599 : status);
 }
 
 void request_log_retry(struct request *r, int cause, int status)
@@ -66,6 +63,7 @@ void request_log(struct request *r, int status)
     e.status = status;
     e.bytes = r->st.resp_bytes;
     e.upstream = r->st.peer && r->st.attempts ? r->st.peer->addr_text : "";
+    e.service = r->svc ? r->svc->name : NULL;
     e.attempts = r->st.attempts;
     e.retries = reasons;
     e.n_retries = r->st.n_retry_log;
@@ -107,7 +105,7 @@ static void answer_held(struct request *r, const char *why_not_later)
     r->held.chunked = 0;
     r->held.has_content_length = 1;
     r->held.content_length = evbuffer_get_length(r->held_body);
-    request_count_response(r->held.status);
+    request_count_response(r, r->held.status);
     r->st.status_source = ACCESS_SOURCE_UPSTREAM;
     r->st.resp_bytes = is_head ? 0 : evbuffer_get_length(r->held_body);
     r->st.resp_head_done = 1;
@@ -144,7 +142,7 @@ void request_answer_error(struct request *r, int status, const char *reason)
         LOG_INFO("%s: %d %s", downstream_client_ip(r->ds), status, reason);
     if (!r->st.status_source)
         r->st.status_source = status == 503 ? ACCESS_SOURCE_OVERLOAD : ACCESS_SOURCE_BAD_REQUEST;
-    request_count_response(status);
+    request_count_response(r, status);
     r->st.resp_bytes = 9 + strlen(reason);
     request_log(r, status);
     if (status < 500)

@@ -1,4 +1,5 @@
-/* app: nextup_main(), wire-up only: config -> hooks -> peers -> workers (listeners) -> admin -> signals
+/* app: nextup_main(), wire-up only: config -> hooks -> services (their peers) -> health, discovery ->
+ * admin -> workers (listeners) -> signals
  * (drain on SIGTERM/SIGINT/SIGQUIT, log files reopened on SIGHUP/SIGUSR1, SIGUSR2 ignored). */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,7 +24,9 @@
 #include "nextup.h"
 #include "log.h"
 #include "peers.h"
+#include "metrics.h"
 #include "proxy.h"
+#include "service.h"
 #include "version.h"
 #include "worker.h"
 
@@ -195,6 +198,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     event_add(drain_poll, &poll);
 }
 
+static const struct peers_observer metrics_peers_observer = { metrics_service_peer_reset, metrics_service_ejection };
+
 int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
 {
     char err[512];
@@ -207,7 +212,10 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         { SIGHUP, reopen_cb }, { SIGUSR1, reopen_cb }, { SIGUSR2, ignore_cb },
     };
     struct event *sigev[sizeof(handled) / sizeof(handled[0])] = { NULL };
-    struct peers *peers = NULL;
+    struct services *services = NULL;
+    struct peers *sets[CONFIG_MAX_SERVICES];
+    const char *names[CONFIG_MAX_SERVICES];
+    int n_peers = 0;
     struct health_bpf *bpf = NULL;
     struct health *health = NULL;
     struct discovery *discovery = NULL;
@@ -246,18 +254,25 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         fprintf(stderr, "nextup: libevent has no pthread support\n");
         return 1;
     }
-    peers = peers_new(cfg.upstreams, cfg.n_upstreams);
+    /* Peer sets tell the metrics of new slots and ejections through this. */
+    peers_set_observer(&metrics_peers_observer);
+    /* A configuration error found while building the table (one host in two services) exits 2, as config's do. */
+    rc = services_new(&cfg, &services, err, sizeof(err));
+    if (rc < 0) {
+        rc = rc == -ENOMEM ? 1 : 2;
+        goto out;
+    }
+    for (int i = 0; i < services->n; i++) {
+        sets[i] = services->svc[i].peers;
+        names[i] = services->svc[i].name;
+        n_peers += sets[i]->n;
+    }
     base = event_base_new();
-    if (!peers || !base) {
+    if (!base || metrics_services_init(services->n, names) < 0) {
         snprintf(err, sizeof(err), "out of memory at startup");
         rc = 1;
         goto out;
     }
-    peers->policy.connect_failures_to_eject = cfg.eject_connect_failures;
-    peers->policy.gateway_errors_to_eject = cfg.eject_gateway_errors;
-    peers->policy.eject_base_ms = cfg.eject_base_ms;
-    peers->policy.eject_max_ms = cfg.eject_max_ms;
-    peers->policy.max_eject_percent = cfg.max_ejection_percent;
     {
         struct health_bpf_opts bo = { cfg.bpf_mode, cfg.bpf_pin_dir, cfg.bpf_max_peers, 0, cfg.bpf_node_dir };
         if (health_bpf_open(&bo, &bpf, err, sizeof(err)) < 0) {
@@ -265,13 +280,13 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
             goto out;
         }
     }
-    health = health_new(base, &cfg, peers, bpf);
+    health = health_new(base, &cfg, sets, names, services->n, bpf);
     if (!health) {
         snprintf(err, sizeof(err), "out of memory at startup");
         rc = 1;
         goto out;
     }
-    discovery = discovery_new(base, &cfg, peers, err, sizeof(err));
+    discovery = discovery_new(base, &cfg, sets, err, sizeof(err));
     if (!discovery) {
         rc = 2;
         goto out;
@@ -286,12 +301,12 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
         }
     }
     proxy_init();
-    if (admin_start(base, &cfg, peers, health, err, sizeof(err)) < 0) {
+    if (admin_start(base, &cfg, services, health, err, sizeof(err)) < 0) {
         rc = 2;
         goto out;
     }
     workers_up = 1;
-    if (workers_start(&cfg, peers, err, sizeof(err)) < 0) {
+    if (workers_start(&cfg, services, err, sizeof(err)) < 0) {
         rc = 2;
         goto out;
     }
@@ -306,7 +321,11 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     /* The first line at info, once started (a startup error stays the one line on stderr). */
     version_line(err, sizeof(err));
     LOG_INFO("%s, pid %d: listening on %s (admin %s), %d worker(s), %d peer(s), kernel health view %s", err,
-             (int)getpid(), cfg.listen.text, cfg.admin.text, cfg.workers, peers->n, bpf ? "on" : "off");
+             (int)getpid(), cfg.listen.text, cfg.admin.text, cfg.workers, n_peers, bpf ? "on" : "off");
+    if (cfg.services_listed)
+        LOG_INFO("%d service(s): %s; default service: %s; namespace: %s", services->n, cfg.services_list,
+                 services->default_service ? services->default_service->name : "none (unknown authorities refused)",
+                 cfg.namespace_[0] ? cfg.namespace_ : "unknown (short names only)");
     event_base_dispatch(base);
 
 out:
@@ -333,7 +352,8 @@ out:
     tls_shutdown();
     if (base)
         event_base_free(base);
-    peers_free(peers);
+    metrics_services_free();
+    services_free(services);
     libevent_global_shutdown();
     return rc;
 }

@@ -27,7 +27,7 @@
 #define ADDR_EXPECTED "expected host:port with a numeric IPv4 address or [IPv6]:port"
 
 /* VAR_INT_CLAMPED: a VAR_INT whose values above <max> are taken as <max>, with a warning. */
-enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_INT, VAR_INT_CLAMPED, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE, VAR_ONOFF,
+enum var_kind { VAR_ADDR, VAR_UPSTREAMS, VAR_STRING, VAR_INT, VAR_INT_CLAMPED, VAR_LOG_LEVEL, VAR_RETRY_ON, VAR_METHODS, VAR_PATH, VAR_BPF_MODE, VAR_ONOFF,
                 VAR_DEBUG_FROM, VAR_LOG_FORMAT };
 
 struct var {
@@ -47,7 +47,21 @@ static const struct var vars[] = {
     { "NEXTUP_ADMIN_DEBUG_FROM", VAR_DEBUG_FROM, "loopback", 0, 0, offsetof(struct config, admin_debug_any),
       "who may read /debug/* and use /logging on the admin listener: loopback (others get 403) or any" },
     { "NEXTUP_UPSTREAMS", VAR_UPSTREAMS, NULL, 0, 0, offsetof(struct config, upstreams),
-      "comma-separated host:port peers; names resolve to every address" },
+      "comma-separated host:port peers; names resolve to every address (the one service \"default\"; "
+      "or use NEXTUP_SERVICES)" },
+    { "NEXTUP_SERVICES", VAR_STRING, "", sizeof(((struct config *)0)->services_list), 0,
+      offsetof(struct config, services_list),
+      "comma-separated service names ([a-z0-9-], 1..63 characters, at most 256), each described by "
+      "NEXTUP_SERVICE_<NAME>_* (name upper-cased, - as _); instead of NEXTUP_UPSTREAMS" },
+    { "NEXTUP_DEFAULT_SERVICE", VAR_STRING, "", sizeof(((struct config *)0)->default_service_name), 0,
+      offsetof(struct config, default_service_name),
+      "service for requests whose authority no service claims; empty = such requests are refused (421)" },
+    { "NEXTUP_NAMESPACE", VAR_STRING, "", sizeof(((struct config *)0)->namespace_), 0,
+      offsetof(struct config, namespace_),
+      "the pod's namespace, for <name>.<namespace>[.svc[.<cluster domain>]] host forms; "
+      "empty = the service account's namespace file, if any" },
+    { "NEXTUP_CLUSTER_DOMAIN", VAR_STRING, "cluster.local", sizeof(((struct config *)0)->cluster_domain), 0,
+      offsetof(struct config, cluster_domain), "the cluster's DNS domain, for <name>.<namespace>.svc.<domain>" },
     { "NEXTUP_WORKERS", VAR_INT_CLAMPED, NULL, 1, WORKERS_MAX, offsetof(struct config, workers),
       "worker threads; above the most, the most (with a warning)" },
     { "NEXTUP_CONNECT_TIMEOUT_MS", VAR_INT, "1000", 1, MS_MAX,
@@ -147,6 +161,42 @@ static const struct var vars[] = {
       "entries of the LRU map of per-peer kernel counters" },
 };
 
+/* NEXTUP_SERVICE_<NAME>_<suffix>. An override is parsed as its global variable is (same entry
+ * of vars[], same checks, same messages with the service's variable named); unset, the
+ * service takes the global value. */
+struct svc_var {
+    const char *suffix;
+    const char *global;  /* the vars[] entry it overrides; NULL: the service's own */
+    size_t off;          /* field in struct config_service */
+    const char *def;     /* for --help */
+    const char *help;
+};
+
+static const struct svc_var svc_vars[] = {
+    { "UPSTREAMS", NULL, 0, "(required)",
+      "the service's host:port peers, as NEXTUP_UPSTREAMS (names re-resolved every NEXTUP_DNS_REFRESH_MS)" },
+    { "HOSTS", NULL, offsetof(struct config_service, hosts), "the service name",
+      "authorities (Host, or an absolute-form target) that select it, comma-separated; case and a trailing dot "
+      "ignored; a port only when written; a short name also matches <name>.<namespace>, <name>.<namespace>.svc "
+      "and <name>.<namespace>.svc.<cluster domain>" },
+    { "UPSTREAM_HOST", NULL, offsetof(struct config_service, upstream_host), "(none)",
+      "Host sent to its replicas; empty = the client's" },
+    { "RETRY_ON", "NEXTUP_RETRY_ON", offsetof(struct config_service, retry.policy), "NEXTUP_RETRY_ON",
+      "the service's NEXTUP_RETRY_ON" },
+    { "RETRY_METHODS", "NEXTUP_RETRY_METHODS", offsetof(struct config_service, retry.policy),
+      "NEXTUP_RETRY_METHODS", "the service's NEXTUP_RETRY_METHODS" },
+    { "MAX_RETRIES", "NEXTUP_MAX_RETRIES", offsetof(struct config_service, retry.policy.max_retries),
+      "NEXTUP_MAX_RETRIES", "the service's NEXTUP_MAX_RETRIES" },
+    { "PER_TRY_TIMEOUT_MS", "NEXTUP_PER_TRY_TIMEOUT_MS", offsetof(struct config_service, retry.per_try_timeout_ms),
+      "NEXTUP_PER_TRY_TIMEOUT_MS", "the service's NEXTUP_PER_TRY_TIMEOUT_MS" },
+    { "REQUEST_TIMEOUT_MS", "NEXTUP_REQUEST_TIMEOUT_MS", offsetof(struct config_service, retry.request_timeout_ms),
+      "NEXTUP_REQUEST_TIMEOUT_MS", "the service's NEXTUP_REQUEST_TIMEOUT_MS" },
+};
+
+#define SERVICE_VAR_PREFIX "NEXTUP_SERVICE_"
+#define NAMESPACE_FILE "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+const char *config_namespace_file = NAMESPACE_FILE;
+
 static const char *const level_names[] = {
     [LOG_LEVEL_ERROR] = "error", [LOG_LEVEL_WARN] = "warn",
     [LOG_LEVEL_INFO] = "info", [LOG_LEVEL_DEBUG] = "debug",
@@ -243,24 +293,74 @@ static bool is_service_link(const char *name, size_t len)
 
 extern char **environ;
 
+/* The service whose NEXTUP_SERVICE_<NAME>_<suffix> <name> (of <len> bytes) is, and the svc_vars[]
+ * entry; -1 when it is none of a listed service's. */
+static int find_service_var(const struct config *cfg, const char *name, size_t len, const struct svc_var **sv)
+{
+    if (!cfg->services_listed)
+        return -1;
+    for (int i = 0; i < cfg->n_services; i++) {
+        const struct config_service *s = &cfg->services[i];
+        size_t pl = strlen(s->var_prefix);
+        if (len <= pl || strncmp(name, s->var_prefix, pl) != 0)
+            continue;
+        for (size_t k = 0; k < sizeof(svc_vars) / sizeof(svc_vars[0]); k++)
+            if (strlen(svc_vars[k].suffix) == len - pl && strncmp(name + pl, svc_vars[k].suffix, len - pl) == 0) {
+                if (sv)
+                    *sv = &svc_vars[k];
+                return i;
+            }
+    }
+    return -1;
+}
+
+/* config_nearest_name(), the listed services' variables included. */
+static const char *nearest_known(const struct config *cfg, const char *name, char *buf, size_t buflen)
+{
+    const char *best = config_nearest_name(name);
+    int best_d = edit_distance(name, best);
+
+    for (int i = 0; cfg->services_listed && i < cfg->n_services; i++)
+        for (size_t k = 0; k < sizeof(svc_vars) / sizeof(svc_vars[0]); k++) {
+            char cand[NAME_CMP_MAX * 2];
+            int d;
+            snprintf(cand, sizeof(cand), "%s%s", cfg->services[i].var_prefix, svc_vars[k].suffix);
+            d = edit_distance(name, cand);
+            if (d < best_d) {
+                best_d = d;
+                snprintf(buf, buflen, "%s", cand);
+                best = buf;
+            }
+        }
+    return best;
+}
+
 /* The first NEXTUP_* variable of the environment that nextup does not read. A misspelled
- * name would otherwise start with the default and report ready. */
-static int check_unknown(char *err, size_t errlen)
+ * name would otherwise start with the default and report ready. NEXTUP_SERVICE_<NAME>_*
+ * are known for the services NEXTUP_SERVICES lists (parsed before this). */
+static int check_unknown(const struct config *cfg, char *err, size_t errlen)
 {
     for (char **e = environ; e && *e; e++) {
         const char *eq;
-        char name[NAME_CMP_MAX + 1];
+        char name[NAME_CMP_MAX + 1], nearest[NAME_CMP_MAX * 2];
         size_t len;
 
         if (strncmp(*e, "NEXTUP_", 7) != 0)
             continue;
         eq = strchr(*e, '=');
         len = eq ? (size_t)(eq - *e) : strlen(*e);
-        if (find_var(*e, len) || is_service_link(*e, len))
+        if (find_var(*e, len) || find_service_var(cfg, *e, len, NULL) >= 0 || is_service_link(*e, len))
             continue;
         snprintf(name, sizeof(name), "%.*s", (int)(len < NAME_CMP_MAX ? len : NAME_CMP_MAX), *e);
+        if (!cfg->services_listed && len > strlen(SERVICE_VAR_PREFIX) &&
+            strncmp(*e, SERVICE_VAR_PREFIX, strlen(SERVICE_VAR_PREFIX)) == 0) {
+            set_err(err, errlen, "%.*s=\"%.64s\": unknown variable: NEXTUP_SERVICE_<NAME>_* describe the services "
+                    "NEXTUP_SERVICES lists, and it is not set (nextup --help)", (int)len, *e, eq ? eq + 1 : "");
+            return -EINVAL;
+        }
         set_err(err, errlen, "%.*s=\"%.64s\": unknown variable; the nearest known one is %s "
-                "(nextup --help lists them all)", (int)len, *e, eq ? eq + 1 : "", config_nearest_name(name));
+                "(nextup --help lists them all)", (int)len, *e, eq ? eq + 1 : "",
+                nearest_known(cfg, name, nearest, sizeof(nearest)));
         return -EINVAL;
     }
     return 0;
@@ -478,10 +578,11 @@ static int add_upstream(struct config *cfg, const char *entry,
         return 0;
     memset(&ss, 0, sizeof(ss));
     memcpy(&ss, sa, salen);
-    for (int i = 0; i < cfg->n_upstreams; i++)
+    /* Within the service: two services may well share a replica (each has its own peer). */
+    for (int i = cfg->scan_first; i < cfg->n_upstreams; i++)
         if (same_addr(&cfg->upstreams[i].sa, &ss))
             return 0;
-    if (cfg->n_upstreams >= CONFIG_MAX_UPSTREAMS)
+    if (cfg->n_upstreams - cfg->scan_first >= CONFIG_MAX_UPSTREAMS || cfg->n_upstreams >= CONFIG_MAX_UPSTREAMS_TOTAL)
         return -EINVAL;
     u = &cfg->upstreams[cfg->n_upstreams++];
     memset(u, 0, sizeof(*u));
@@ -575,7 +676,7 @@ static int parse_upstream_entry(struct config *cfg, const char *name, const char
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
-    if (cfg->n_upstream_names < CONFIG_MAX_UPSTREAMS) {
+    if (cfg->n_upstream_names < CONFIG_MAX_UPSTREAMS_TOTAL) {
         snprintf(cfg->upstream_names[cfg->n_upstream_names], sizeof(cfg->upstream_names[0]), "%s", entry);
         cfg->n_upstream_names++;
     }
@@ -610,8 +711,12 @@ static int parse_upstream_entry(struct config *cfg, const char *name, const char
     return 0;
 
 too_many:
-    set_err(err, errlen, "%s=\"%s\": more than %d upstream addresses in total",
-            name, entry, CONFIG_MAX_UPSTREAMS);
+    if (cfg->n_upstreams >= CONFIG_MAX_UPSTREAMS_TOTAL)
+        set_err(err, errlen, "%s=\"%s\": more than %d upstream addresses of all services together",
+                name, entry, CONFIG_MAX_UPSTREAMS_TOTAL);
+    else
+        set_err(err, errlen, "%s=\"%s\": more than %d upstream addresses in total",
+                name, entry, CONFIG_MAX_UPSTREAMS);
     return -EINVAL;
 }
 
@@ -654,10 +759,12 @@ static int scan_upstreams(struct config *cfg, const char *name, const char *valu
     }
 }
 
-static int parse_var(struct config *cfg, const struct var *v, const char *value,
-                     char *err, size_t errlen)
+/* Parses <value> of <v> into <base> + v->off: <base> is <cfg> for the global variables, a
+ * struct config_service for a service's override of one (the entry copied, its name changed). */
+static int parse_var_in(struct config *cfg, void *base, const struct var *v, const char *value,
+                        char *err, size_t errlen)
 {
-    void *field = (char *)cfg + v->off;
+    void *field = (char *)base + v->off;
 
     switch (v->kind) {
     case VAR_ADDR: {
@@ -695,7 +802,7 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
     }
     case VAR_RETRY_ON: {
         char bad[64];
-        if (retry_parse_on(&cfg->retry, value, bad, sizeof(bad)) < 0) {
+        if (retry_parse_on(field, value, bad, sizeof(bad)) < 0) {
             set_err(err, errlen, "%s=\"%s\": unknown condition \"%s\": expected a comma list of "
                     "connect-failure, refused, reset, timeout, gateway-error, 5xx or status codes 100-599",
                     v->name, value, bad);
@@ -705,18 +812,20 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
     }
     case VAR_METHODS: {
         char bad[64];
-        if (retry_parse_methods(&cfg->retry, value, bad, sizeof(bad)) < 0) {
+        if (retry_parse_methods(field, value, bad, sizeof(bad)) < 0) {
             set_err(err, errlen, "%s=\"%s\": unknown method \"%s\": expected a comma list of "
                     "HTTP methods in upper case, e.g. GET,HEAD,PUT", v->name, value, bad);
             return -EINVAL;
         }
         return 0;
     }
+    case VAR_STRING:
     case VAR_PATH: {
-        /* For paths, <min> holds the size of the field. */
+        /* For paths and strings, <min> holds the size of the field. */
         char *dst = field;
         if (strlen(value) >= (size_t)v->min) {
-            set_err(err, errlen, "%s=\"%s\": expected a path shorter than %ld bytes", v->name, value, v->min);
+            set_err(err, errlen, "%s=\"%s\": expected a %s shorter than %ld bytes", v->name, value,
+                    v->kind == VAR_PATH ? "path" : "value", v->min);
             return -EINVAL;
         }
         snprintf(dst, (size_t)v->min, "%s", value);
@@ -768,16 +877,287 @@ static int parse_var(struct config *cfg, const struct var *v, const char *value,
     return -EINVAL;
 }
 
+static int parse_var(struct config *cfg, const struct var *v, const char *value, char *err, size_t errlen)
+{
+    return parse_var_in(cfg, cfg, v, value, err, errlen);
+}
+
+/* <src> into <dst> of <size> bytes, cut if longer. */
+static void copy_text(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* NEXTUP_SERVICES: names of [a-z0-9-], 1..63 characters, unique, at most CONFIG_MAX_SERVICES; each
+ * gets its variables' prefix. Syntax only, before check_unknown() needs the names. */
+static int parse_services_list(struct config *cfg, const char *list, char *err, size_t errlen)
+{
+    const char *p = list;
+
+    for (int index = 1;; index++) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        struct config_service *svc;
+        size_t len;
+
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        len = (size_t)(end - p);
+        if (len == 0 || len > 63) {
+            set_err(err, errlen, "NEXTUP_SERVICES=\"%s\": name %d is %s: expected comma-separated service names "
+                    "of 1 to 63 characters a-z, 0-9 and -, e.g. orders,payments", list, index,
+                    len ? "longer than 63 characters" : "empty");
+            return -EINVAL;
+        }
+        for (size_t i = 0; i < len; i++)
+            if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '-')) {
+                set_err(err, errlen, "NEXTUP_SERVICES=\"%s\": \"%.*s\" has '%c': expected service names of "
+                        "a-z, 0-9 and - (lower case, as Kubernetes Service names)", list, (int)len, p, p[i]);
+                return -EINVAL;
+            }
+        for (int i = 0; i < cfg->n_services; i++)
+            if (strlen(cfg->services[i].name) == len && strncmp(cfg->services[i].name, p, len) == 0) {
+                set_err(err, errlen, "NEXTUP_SERVICES=\"%s\": \"%.*s\" is listed twice", list, (int)len, p);
+                return -EINVAL;
+            }
+        if (cfg->n_services >= CONFIG_MAX_SERVICES) {
+            set_err(err, errlen, "NEXTUP_SERVICES=\"%.64s...\": more than %d services", list, CONFIG_MAX_SERVICES);
+            return -EINVAL;
+        }
+        svc = &cfg->services[cfg->n_services++];
+        memcpy(svc->name, p, len);
+        svc->name[len] = '\0';
+        memcpy(svc->var_prefix, SERVICE_VAR_PREFIX, strlen(SERVICE_VAR_PREFIX));
+        for (size_t i = 0; i < len; i++)
+            svc->var_prefix[strlen(SERVICE_VAR_PREFIX) + i] = p[i] == '-' ? '_' : (char)(p[i] - (p[i] >= 'a' ? 32 : 0));
+        svc->var_prefix[strlen(SERVICE_VAR_PREFIX) + len] = '_';
+        svc->var_prefix[strlen(SERVICE_VAR_PREFIX) + len + 1] = '\0';
+        if (!comma)
+            return 0;
+        p = comma + 1;
+    }
+}
+
+/* A host or host:port of _HOSTS (or _UPSTREAM_HOST, <port_ok> either way): letters, digits, '-', '.',
+ * '_', an [IPv6] literal; a port of 1..65535. The forms it selects are service.c's business. */
+static int check_host(const char *h, size_t len, const char **why)
+{
+    size_t i = 0, hend;
+    const char *colon;
+
+    if (len == 0) {
+        *why = "empty";
+        return -EINVAL;
+    }
+    if (h[0] == '[') {
+        const char *close = memchr(h, ']', len);
+        if (!close) {
+            *why = "an IPv6 literal needs its ]";
+            return -EINVAL;
+        }
+        hend = (size_t)(close - h) + 1;
+        for (i = 1; i < hend - 1; i++)
+            if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f') || (h[i] >= 'A' && h[i] <= 'F') ||
+                  h[i] == ':' || h[i] == '.')) {
+                *why = "not an IPv6 address inside [ ]";
+                return -EINVAL;
+            }
+        colon = hend < len ? h + hend : NULL;
+        if (colon && *colon != ':') {
+            *why = "expected :port after ]";
+            return -EINVAL;
+        }
+    } else {
+        colon = memchr(h, ':', len);
+        hend = colon ? (size_t)(colon - h) : len;
+        for (i = 0; i < hend; i++)
+            if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') || (h[i] >= '0' && h[i] <= '9') ||
+                  h[i] == '-' || h[i] == '.' || h[i] == '_')) {
+                *why = "a host name has only letters, digits, '-', '.' and '_'";
+                return -EINVAL;
+            }
+        if (hend == 0 || (hend == 1 && h[0] == '.')) {
+            *why = "no host before the port";
+            return -EINVAL;
+        }
+    }
+    if (colon) {
+        in_port_t port;
+        if (parse_port(colon + 1, len - (size_t)(colon + 1 - h), &port) < 0) {
+            *why = "expected a port from 1 to 65535 after ':'";
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* NEXTUP_SERVICE_<NAME>_HOSTS: comma-separated hosts, each checked by check_host(). */
+static int check_hosts(const char *var, const char *list, char *err, size_t errlen)
+{
+    const char *p = list;
+
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        const char *why;
+
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        if (check_host(p, (size_t)(end - p), &why) < 0) {
+            set_err(err, errlen, "%s=\"%s\": \"%.*s\": %s: expected comma-separated host or host:port, "
+                    "e.g. payments,payments.example.com:8080", var, list, (int)(end - p), p, why);
+            return -EINVAL;
+        }
+        if (!comma)
+            return 0;
+        p = comma + 1;
+    }
+}
+
+/* A DNS label: the namespace (RFC 1123, as Kubernetes requires of namespace names). */
+static int is_label(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
+            return 0;
+    return 1;
+}
+
+/* NEXTUP_NAMESPACE unset: the namespace file the kubelet mounts with the service account, if it is
+ * there and holds a namespace name; otherwise none (only the short names match). */
+static void default_namespace(struct config *cfg)
+{
+    char buf[80];
+    FILE *f = fopen(config_namespace_file, "re");
+    size_t n;
+
+    if (!f)
+        return;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' ' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    if (is_label(buf))
+        copy_text(cfg->namespace_, sizeof(cfg->namespace_), buf);
+}
+
+/* "NAME=\"value\"" when <svc> sets its override <suffix>, else describe() of the global <name>. */
+static const char *describe_svc(const struct config_service *svc, const char *suffix, const char *global,
+                                char *buf, size_t len)
+{
+    char var[160];
+    const char *value;
+
+    snprintf(var, sizeof(var), "%s%s", svc->var_prefix, suffix);
+    value = getenv(var);
+    if (value && *value && strcmp(svc->var_prefix, "NEXTUP_") != 0) {
+        if (snprintf(buf, len, "%s=\"%.64s\"", var, value) >= (int)len)
+            buf[len - 1] = '\0';   /* cut: the message stays one line */
+        return buf;
+    }
+    return describe(global, buf, len);
+}
+
+/* A listed service's NEXTUP_SERVICE_<NAME>_* (its upstreams' syntax only: resolution comes last). */
+static int read_service(struct config *cfg, struct config_service *svc, char *err, size_t errlen)
+{
+    for (size_t k = 0; k < sizeof(svc_vars) / sizeof(svc_vars[0]); k++) {
+        const struct svc_var *sv = &svc_vars[k];
+        char name[160];
+        const char *value;
+        int rc;
+
+        snprintf(name, sizeof(name), "%s%s", svc->var_prefix, sv->suffix);
+        value = getenv(name);
+        if (!value || !*value) {
+            if (k == 0) {
+                set_err(err, errlen, "%s is required: NEXTUP_SERVICES=\"%.64s\" lists %s: %s", name,
+                        cfg->services_list, svc->name, UPSTREAMS_EXPECTED);
+                return -EINVAL;
+            }
+            continue;
+        }
+        if (sv->global) {
+            struct var v = *find_var(sv->global, strlen(sv->global));
+            v.name = name;
+            v.off = sv->off;
+            rc = parse_var_in(cfg, svc, &v, value, err, errlen);
+        } else if (k == 0) {
+            copy_text(svc->upstreams_var, sizeof(svc->upstreams_var), name);
+            rc = scan_upstreams(cfg, name, value, true, err, errlen);
+        } else if (sv->off == offsetof(struct config_service, hosts)) {
+            if (strlen(value) >= sizeof(svc->hosts)) {
+                set_err(err, errlen, "%s=\"%.64s...\": expected a list shorter than %zu bytes", name, value,
+                        sizeof(svc->hosts));
+                return -EINVAL;
+            }
+            rc = check_hosts(name, value, err, errlen);
+            snprintf(svc->hosts, sizeof(svc->hosts), "%s", value);
+        } else {
+            const char *why;
+            if (strlen(value) >= sizeof(svc->upstream_host) || check_host(value, strlen(value), &why) < 0) {
+                set_err(err, errlen, "%s=\"%s\": expected one host or host:port for the Host header, "
+                        "e.g. payments.internal:8080", name, value);
+                return -EINVAL;
+            }
+            rc = 0;
+            snprintf(svc->upstream_host, sizeof(svc->upstream_host), "%s", value);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    if (svc->retry.per_try_timeout_ms > svc->retry.request_timeout_ms) {
+        char a[192], b[192];
+        set_err(err, errlen, "%s is above %s for service %s: one attempt may not take longer than the whole "
+                "request: the per-try timeout would never fire",
+                describe_svc(svc, "PER_TRY_TIMEOUT_MS", "NEXTUP_PER_TRY_TIMEOUT_MS", a, sizeof(a)),
+                describe_svc(svc, "REQUEST_TIMEOUT_MS", "NEXTUP_REQUEST_TIMEOUT_MS", b, sizeof(b)), svc->name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* Resolution comes last so a typo anywhere, even late in NEXTUP_UPSTREAMS,
  * is reported without first waiting on DNS. */
 int config_from_env(struct config *cfg, char *err, size_t errlen)
 {
     const char *upstreams = NULL, *upstreams_name = NULL;
+    const char *services = getenv("NEXTUP_SERVICES");
 
     if (err && errlen)
         err[0] = '\0';
     memset(cfg, 0, sizeof(*cfg));
-    if (check_unknown(err, errlen) < 0)
+    cfg->default_service = -1;
+    if (services && *services) {
+        const char *up = getenv("NEXTUP_UPSTREAMS");
+        if (up && *up) {
+            set_err(err, errlen, "NEXTUP_UPSTREAMS=\"%.64s\" and NEXTUP_SERVICES=\"%.64s\" are both set: "
+                    "NEXTUP_UPSTREAMS is the single service of a nextup without NEXTUP_SERVICES; "
+                    "give each service its NEXTUP_SERVICE_<NAME>_UPSTREAMS instead", up, services);
+            return -EINVAL;
+        }
+        if (strlen(services) >= sizeof(cfg->services_list)) {
+            set_err(err, errlen, "NEXTUP_SERVICES=\"%.64s...\": expected a list shorter than %zu bytes", services,
+                    sizeof(cfg->services_list));
+            return -EINVAL;
+        }
+        if (parse_services_list(cfg, services, err, errlen) < 0)
+            return -EINVAL;
+        cfg->services_listed = 1;
+    }
+    if (check_unknown(cfg, err, errlen) < 0)
         return -EINVAL;
 
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
@@ -787,6 +1167,8 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
 
         if (!value || !*value) {
             if (v->kind == VAR_UPSTREAMS) {
+                if (cfg->services_listed)
+                    continue;
                 set_err(err, errlen, "%s is required: %s", v->name, UPSTREAMS_EXPECTED);
                 return -EINVAL;
             }
@@ -796,7 +1178,7 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
                 continue;
             }
             value = v->def;
-            if (v->kind == VAR_PATH && !*value)
+            if ((v->kind == VAR_PATH || v->kind == VAR_STRING) && !*value)
                 continue;
         }
         rc = parse_var(cfg, v, value, err, errlen);
@@ -825,15 +1207,93 @@ int config_from_env(struct config *cfg, char *err, size_t errlen)
     }
     if (check_contradictions(cfg, err, errlen) < 0)
         return -EINVAL;
+    if (cfg->namespace_[0] && !is_label(cfg->namespace_)) {
+        set_err(err, errlen, "NEXTUP_NAMESPACE=\"%s\": expected a namespace name (1 to 63 characters a-z, 0-9 "
+                "and -, as the downward API's metadata.namespace gives)", cfg->namespace_);
+        return -EINVAL;
+    }
+    if (!cfg->namespace_[0] && !getenv("NEXTUP_NAMESPACE"))
+        default_namespace(cfg);
+    {
+        const char *why;
+        const char *d = cfg->cluster_domain;
+        if (check_host(d, strlen(d), &why) < 0 || strchr(d, ':') || d[0] == '.') {
+            set_err(err, errlen, "NEXTUP_CLUSTER_DOMAIN=\"%s\": expected a DNS domain, e.g. cluster.local", d);
+            return -EINVAL;
+        }
+        /* compared as service.c normalizes authorities: lower case, no root dot */
+        for (char *c = cfg->cluster_domain; *c; c++)
+            if (*c >= 'A' && *c <= 'Z')
+                *c = (char)(*c + 32);
+        if (cfg->cluster_domain[strlen(cfg->cluster_domain) - 1] == '.')
+            cfg->cluster_domain[strlen(cfg->cluster_domain) - 1] = '\0';
+    }
     cfg->retry.max_retries = cfg->max_retries;
     cfg->retry.budget_percent = cfg->retry_budget_percent;
     cfg->retry.budget_min_per_sec = cfg->retry_budget_min_per_sec;
     cfg->retry.backoff_base_ms = cfg->retry_backoff_base_ms;
     cfg->retry.backoff_max_ms = cfg->retry_backoff_max_ms;
+
+    if (!cfg->services_listed) {
+        struct config_service *svc = &cfg->services[0];
+        cfg->n_services = 1;
+        snprintf(svc->name, sizeof(svc->name), "default");
+        snprintf(svc->var_prefix, sizeof(svc->var_prefix), "NEXTUP_");
+        snprintf(svc->upstreams_var, sizeof(svc->upstreams_var), "%s", upstreams_name);
+        cfg->default_service = 0;
+    }
+    for (int i = 0; i < cfg->n_services; i++) {
+        struct config_service *svc = &cfg->services[i];
+        svc->retry.policy = cfg->retry;
+        svc->retry.per_try_timeout_ms = cfg->per_try_timeout_ms;
+        svc->retry.request_timeout_ms = cfg->request_timeout_ms;
+        if (cfg->services_listed && read_service(cfg, svc, err, errlen) < 0)
+            return -EINVAL;
+    }
+    if (cfg->default_service_name[0]) {
+        for (int i = 0; i < cfg->n_services && cfg->default_service < 0; i++)
+            if (strcmp(cfg->services[i].name, cfg->default_service_name) == 0)
+                cfg->default_service = i;
+        if (!cfg->services_listed && strcmp(cfg->default_service_name, "default") != 0) {
+            set_err(err, errlen, "NEXTUP_DEFAULT_SERVICE=\"%s\": without NEXTUP_SERVICES the one service is "
+                    "\"default\" and takes every request", cfg->default_service_name);
+            return -EINVAL;
+        }
+        if (cfg->default_service < 0) {
+            set_err(err, errlen, "NEXTUP_DEFAULT_SERVICE=\"%s\": not one of NEXTUP_SERVICES=\"%.200s\"",
+                    cfg->default_service_name, cfg->services_list);
+            return -EINVAL;
+        }
+    }
+
     cfg->n_upstreams = 0;
     cfg->n_upstream_names = 0;
     cfg->n_unresolved = 0;
-    return scan_upstreams(cfg, upstreams_name, upstreams, false, err, errlen);
+    for (int i = 0; i < cfg->n_services; i++) {
+        struct config_service *svc = &cfg->services[i];
+        char var[160];
+        const char *value;
+        int unresolved = cfg->n_unresolved, rc;
+
+        if (cfg->services_listed) {
+            snprintf(var, sizeof(var), "%sUPSTREAMS", svc->var_prefix);
+            value = getenv(var);
+        } else {
+            snprintf(var, sizeof(var), "%s", upstreams_name);
+            value = upstreams;
+        }
+        cfg->scan_first = cfg->n_upstreams;
+        svc->first_upstream = cfg->n_upstreams;
+        svc->first_name = cfg->n_upstream_names;
+        rc = scan_upstreams(cfg, var, value, false, err, errlen);
+        if (rc < 0)
+            return rc;
+        svc->n_upstreams = cfg->n_upstreams - svc->first_upstream;
+        svc->n_names = cfg->n_upstream_names - svc->first_name;
+        svc->n_unresolved = cfg->n_unresolved - unresolved;
+    }
+    cfg->scan_first = 0;
+    return 0;
 }
 
 void config_print_help(FILE *out)
@@ -857,5 +1317,9 @@ void config_print_help(FILE *out)
         if (v->kind == VAR_INT || v->kind == VAR_INT_CLAMPED)
             fprintf(out, " (%ld..%ld)", v->min, v->max);
         fputc('\n', out);
-    }
+    }    fprintf(out, "\nPer service of NEXTUP_SERVICES (<NAME>: its name upper-cased, - as _; an unset override takes the "
+                 "global value):\n\n");
+    for (size_t k = 0; k < sizeof(svc_vars) / sizeof(svc_vars[0]); k++)
+        fprintf(out, "  %s<NAME>_%s  default: %s\n      %s\n", SERVICE_VAR_PREFIX, svc_vars[k].suffix, svc_vars[k].def,
+                svc_vars[k].help);
 }

@@ -14,7 +14,9 @@
 
 #include "retry.h"
 
-#define CONFIG_MAX_UPSTREAMS 256
+#define CONFIG_MAX_UPSTREAMS 256          /* addresses of one service (PEERS_MAX) */
+#define CONFIG_MAX_UPSTREAMS_TOTAL 2048   /* addresses of all services together */
+#define CONFIG_MAX_SERVICES 256
 #define CONFIG_MAX_WARNINGS 4
 
 enum { CONFIG_BPF_AUTO, CONFIG_BPF_ON, CONFIG_BPF_OFF };
@@ -36,17 +38,52 @@ struct config_upstream {
     char addr_text[64];      /* resolved numeric form, "1.2.3.4:80" or "[::1]:80" */
 };
 
+/* What one request of a service may do: the global NEXTUP_* values with the service's own
+ * NEXTUP_SERVICE_<NAME>_* overrides applied, so that the request path reads one place. */
+struct retry_settings {
+    struct retry_policy policy;           /* on, on_status, methods, max_retries (budget, backoff: global) */
+    int per_try_timeout_ms;               /* 0 = off */
+    int request_timeout_ms;
+};
+
+/* One service: NEXTUP_SERVICES names it, NEXTUP_SERVICE_<NAME>_* describe it (<NAME>: the name
+ * upper-cased, '-' as '_'). Without NEXTUP_SERVICES, NEXTUP_UPSTREAMS is service "default". */
+struct config_service {
+    char name[64];                        /* [a-z0-9-], 1..63 characters */
+    char var_prefix[96];                  /* "NEXTUP_SERVICE_<NAME>_", or "NEXTUP_" for "default" */
+    char upstreams_var[112];              /* the variable its upstreams came from, for messages */
+    int first_upstream, n_upstreams;      /* its addresses: cfg->upstreams[first .. first + n) */
+    int first_name, n_names;              /* its host-name entries: cfg->upstream_names[first .. first + n) */
+    int n_unresolved;                     /* of them, names that did not resolve at start */
+    char hosts[1024];                     /* _HOSTS as given; "" = the service name (or, for the
+                                             NEXTUP_UPSTREAMS service, no host: it is the default) */
+    char upstream_host[256];              /* _UPSTREAM_HOST: Host sent upstream; "" = the client's */
+    struct retry_settings retry;          /* effective values (globals where not overridden) */
+};
+
 struct config {
     struct config_addr listen;            /* NEXTUP_LISTEN, default 127.0.0.1:15001 */
     struct config_addr admin;             /* NEXTUP_ADMIN, default 127.0.0.1:15000 */
     int admin_debug_any;                  /* NEXTUP_ADMIN_DEBUG_FROM loopback (0) | any (1), default loopback */
-    struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS]; /* NEXTUP_UPSTREAMS (required) */
+    /* Every service's addresses, service after service (config_service.first_upstream): with
+     * NEXTUP_UPSTREAMS alone, exactly its addresses as before. */
+    struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS_TOTAL];
     int n_upstreams;
-    /* The NEXTUP_UPSTREAMS entries that are host names (re-resolved by discovery). */
-    char upstream_names[CONFIG_MAX_UPSTREAMS][128];
+    /* The upstream entries that are host names (re-resolved by discovery), service after service. */
+    char upstream_names[CONFIG_MAX_UPSTREAMS_TOTAL][128];
     int n_upstream_names;
     int n_unresolved;                     /* names that did not resolve at start (allowed when
                                              NEXTUP_DNS_REFRESH_MS > 0: discovery keeps trying) */
+    int scan_first;                       /* internal: first address of the service being resolved */
+    /* Services: NEXTUP_SERVICES, or the one "default" service of NEXTUP_UPSTREAMS. */
+    struct config_service services[CONFIG_MAX_SERVICES];
+    int n_services;                       /* 1..CONFIG_MAX_SERVICES */
+    int services_listed;                  /* 1: from NEXTUP_SERVICES; 0: NEXTUP_UPSTREAMS alone */
+    int default_service;                  /* index for authorities no service claims; -1: refuse them */
+    char services_list[4096];             /* NEXTUP_SERVICES as given */
+    char default_service_name[64];        /* NEXTUP_DEFAULT_SERVICE as given */
+    char namespace_[64];                  /* NEXTUP_NAMESPACE, else the service account's file; "" unknown */
+    char cluster_domain[256];             /* NEXTUP_CLUSTER_DOMAIN, default cluster.local */
     int workers;                          /* NEXTUP_WORKERS, default: online CPUs, 1..64 */
     int connect_timeout_ms;               /* NEXTUP_CONNECT_TIMEOUT_MS, default 1000 */
     int request_timeout_ms;               /* NEXTUP_REQUEST_TIMEOUT_MS, default 30000 */
@@ -108,6 +145,9 @@ struct config {
  * Also -EINVAL: a NEXTUP_* variable that is none of nextup's (the line names the nearest
  * known one), and two values that contradict each other (the line names both). */
 int config_from_env(struct config *cfg, char *err, size_t errlen);
+
+/* Tests: the file NEXTUP_NAMESPACE defaults to (normally the service account's namespace file). */
+extern const char *config_namespace_file;
 
 /* Writes the --help text to <out>: every variable, its default and meaning. */
 void config_print_help(FILE *out);

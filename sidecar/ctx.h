@@ -13,13 +13,16 @@ struct downstream;
 struct event_base;
 struct peers;
 struct request;
+struct services;
 struct upstream_pool;
 
 struct loop_ctx {
     struct event_base *base;
     const struct config *cfg;
-    struct peers *peers;                  /* shared, read-mostly */
-    struct upstream_pool *pool;           /* this loop's keep-alive pool */
+    const struct services *services;      /* shared, immutable: services_route() and each service's peers */
+    struct upstream_pool **pools;         /* this loop's keep-alive pools, one per service (pools[svc->index]) */
+    struct peers *peers;                  /* service 0's (services->svc[0].peers) */
+    struct upstream_pool *pool;           /* pools[0] */
     struct access_log *alog;
     uint64_t rng;                         /* selection randomness, this loop only */
     int draining;                         /* finish what is in flight, take nothing new */

@@ -22,6 +22,7 @@
 
 struct dns_entry {
     struct discovery *d;
+    struct peers *set;              /* the service's peers this name feeds */
     char name[128];                 /* the NEXTUP_UPSTREAMS entry, "host:port": the peers' name */
     char host[128];
     char port[8];
@@ -34,7 +35,6 @@ struct dns_entry {
 struct discovery {
     struct event_base *base;
     const struct config *cfg;
-    struct peers *peers;
     struct evdns_base *dns;         /* owned */
     struct event *timer;            /* owned */
     struct dns_entry *entries;      /* owned */
@@ -68,7 +68,7 @@ static int addrinfo_has(const struct evutil_addrinfo *res, const struct sockaddr
  * runs, and a set swapped in one answer (r1 -> r2) must never look empty to them. */
 static void apply(struct dns_entry *e, const struct evutil_addrinfo *res)
 {
-    struct peers *set = e->d->peers;
+    struct peers *set = e->set;
     int64_t now = clock_mono_ms();
     const struct evutil_addrinfo *ai;
     int i;
@@ -182,8 +182,8 @@ static int split_name(const char *entry, char *host, size_t hostlen, char *port,
     return inet_pton(AF_INET, host, &a4) != 1;
 }
 
-struct discovery *discovery_new(struct event_base *base, const struct config *cfg, struct peers *peers, char *err,
-                                size_t errlen)
+struct discovery *discovery_new(struct event_base *base, const struct config *cfg, struct peers *const *sets,
+                                char *err, size_t errlen)
 {
     struct discovery *d = calloc(1, sizeof(*d));
     struct timeval tv = { cfg->dns_refresh_ms / 1000, (cfg->dns_refresh_ms % 1000) * 1000 };
@@ -196,19 +196,24 @@ struct discovery *discovery_new(struct event_base *base, const struct config *cf
     }
     d->base = base;
     d->cfg = cfg;
-    d->peers = peers;
-    for (i = 0; i < cfg->n_upstream_names; i++) {
-        struct dns_entry *e = &d->entries[d->n_entries];
-        int seen = 0;
-        if (!split_name(cfg->upstream_names[i], e->host, sizeof(e->host), e->port, sizeof(e->port)))
-            continue;
-        for (j = 0; j < d->n_entries; j++)
-            seen |= strcmp(d->entries[j].name, cfg->upstream_names[i]) == 0;
-        if (seen)
-            continue;
-        snprintf(e->name, sizeof(e->name), "%s", cfg->upstream_names[i]);
-        e->d = d;
-        d->n_entries++;
+    /* Per service: a name two services both use is resolved for each (each has its own peers). */
+    for (int k = 0; k < cfg->n_services; k++) {
+        const struct config_service *cs = &cfg->services[k];
+        int first_entry = d->n_entries;
+        for (i = cs->first_name; i < cs->first_name + cs->n_names; i++) {
+            struct dns_entry *e = &d->entries[d->n_entries];
+            int seen = 0;
+            if (!split_name(cfg->upstream_names[i], e->host, sizeof(e->host), e->port, sizeof(e->port)))
+                continue;
+            for (j = first_entry; j < d->n_entries; j++)
+                seen |= strcmp(d->entries[j].name, cfg->upstream_names[i]) == 0;
+            if (seen)
+                continue;
+            snprintf(e->name, sizeof(e->name), "%s", cfg->upstream_names[i]);
+            e->d = d;
+            e->set = sets[k];
+            d->n_entries++;
+        }
     }
     if (d->n_entries == 0 || cfg->dns_refresh_ms == 0)
         return d;
@@ -235,8 +240,8 @@ struct discovery *discovery_new(struct event_base *base, const struct config *cf
     LOG_INFO("discovery: %d host name(s) re-resolved every %d ms (%s)", d->n_entries, cfg->dns_refresh_ms,
              cfg->resolv_conf);
     if (cfg->n_unresolved)
-        LOG_WARN("discovery: %d host name(s) in NEXTUP_UPSTREAMS did not resolve at start; asking again now",
-                 cfg->n_unresolved);
+        LOG_WARN("discovery: %d host name(s) in %s did not resolve at start; asking again now",
+                 cfg->n_unresolved, cfg->services_listed ? "the services' upstreams" : "NEXTUP_UPSTREAMS");
     /* The resolver of NEXTUP_RESOLV_CONF has the last word from the start. */
     discovery_refresh(d);
     return d;

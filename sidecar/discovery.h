@@ -1,4 +1,4 @@
-/* discovery: host names in NEXTUP_UPSTREAMS resolved again every
+/* discovery: host names in NEXTUP_UPSTREAMS (or each service's NEXTUP_SERVICE_<NAME>_UPSTREAMS) resolved again every
  * NEXTUP_DNS_REFRESH_MS with libevent's evdns (NEXTUP_RESOLV_CONF: nameservers,
  * search domains, ndots, as a pod's resolver does). Every A and AAAA record is
  * a peer: new ones are used at once, vanished ones are removed (in-flight
@@ -17,11 +17,11 @@ struct config;
 struct peers;
 struct discovery;
 
-/* Starts refreshing the host-name entries of cfg->upstreams on <base>. NULL with
- * <err> filled on failure; a discovery that does nothing when there are no
- * host names or NEXTUP_DNS_REFRESH_MS is 0. */
-struct discovery *discovery_new(struct event_base *base, const struct config *cfg, struct peers *peers, char *err,
-                                size_t errlen);
+/* Starts refreshing the host-name entries of every service's upstreams on <base>: service i's
+ * (cfg->services[i]) feed <sets>[i] (not owned). NULL with <err> filled on failure; a discovery
+ * that does nothing when there are no host names or NEXTUP_DNS_REFRESH_MS is 0. */
+struct discovery *discovery_new(struct event_base *base, const struct config *cfg, struct peers *const *sets,
+                                char *err, size_t errlen);
 /* Starts one round of resolutions now (the timer calls it too). */
 void discovery_refresh(struct discovery *d);
 void discovery_free(struct discovery *d);

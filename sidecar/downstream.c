@@ -260,10 +260,11 @@ static int on_req_headers_complete(llhttp_t *p)
     int status;
 
     http_head_take_parser_facts(&ds->req, p);
-    metrics_inc(M_REQUESTS);
     status = http1_check_request(&ds->req, &reason);
-    if (status)
+    if (status) {
+        metrics_inc(M_REQUESTS);    /* the owner counts the others, by service */
         return parser_fail(ds, status, reason);
+    }
     ds->keep_alive = ds->req.keep_alive && !ds->lc->draining;
     ds->state = DS_BODY;
     ds->start_pending = 1;

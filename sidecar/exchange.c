@@ -221,7 +221,7 @@ static void report(struct exchange *ex, int failed)
         }
         ex->head_reported = 1;
         ex->head_us = clock_mono_us() - ex->sent_us;
-        metrics_peer_response(ex->peer->index, ex->resp.status);
+        metrics_service_peer_response(ex->peer->service, ex->peer->index, ex->resp.status);
         metrics_observe_upstream_head(ex->resp.status, ex->head_us);
         if (ex->cbs->on_head(ex->arg, &ex->resp) != EXCHANGE_GO || !ex->up)
             return;

@@ -44,14 +44,28 @@ struct peer_view {
 #define DRAIN_FINS_FACTOR 4
 #define DRAIN_FIN_HABIT_MIN 8
 
+/* One service's peers and what the health view keeps of them. */
+struct health_set {
+    struct peers *peers;            /* not owned */
+    const char *name;               /* the service's, for /debug/peers and the metrics' service label */
+    struct peer_view view[PEERS_MAX];
+};
+
 struct health {
     struct event_base *base;
     const struct config *cfg;
-    struct peers *peers;
-    struct health_bpf *bpf;         /* not owned; NULL without BPF */
+    struct health_bpf *bpf;         /* not owned; NULL without BPF; one map for every service's peers */
     struct event *timer;            /* owned */
-    struct peer_view view[PEERS_MAX];
+    struct health_set *sets;        /* owned, n_sets: set i is service i's (peers->service == i) */
+    int n_sets;
 };
+
+/* The set <p> belongs to: evidence about a peer is weighed against its own service's peers
+ * (the ejection cap is a share of that set). */
+static struct peers *set_of(const struct health *h, const struct peer *p)
+{
+    return h->sets[p->service].peers;
+}
 
 /* A drain seen in nextup's own responses: at least DRAIN_CLOSES_MIN responses of a
  * replica closed their connection, and of those since the last judgement a share
@@ -98,7 +112,7 @@ static void judge_closes(struct health *h, struct peer *p, struct peer_view *v, 
                                                                                 : 0.5)) {
         snprintf(detail, sizeof(detail), "(%llu of its last %llu responses closed; its habit %.0f%%)",
                  (unsigned long long)c, (unsigned long long)n, v->close_habit * 100);
-        peers_observe(h->peers, p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
+        peers_observe(set_of(h, p), p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
         v->window_responses = v->window_closes = 0;
         return;
     }
@@ -114,6 +128,7 @@ static void judge_closes(struct health *h, struct peer *p, struct peer_view *v, 
 /* Arguments of one probe's callback. */
 struct probe_arg {
     struct health *h;
+    int set;                        /* in h->sets */
     int index;
     uint32_t generation;
     int fd;
@@ -152,7 +167,7 @@ static void judge_fins(struct health *h, struct peer *p, struct peer_view *v, ui
         snprintf(detail, sizeof(detail),
                  "(kernel, %d ms: %llu connections closed by it first, %llu opened; its habit %.1f)",
                  h->cfg->health_interval_ms, (unsigned long long)d_fins, (unsigned long long)d_new, v->fin_habit);
-        peers_observe(h->peers, p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
+        peers_observe(set_of(h, p), p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
     }
     v->fin_habit = v->fin_intervals == 0 ? (double)beyond : v->fin_habit * 0.9 + 0.1 * (double)beyond;
     v->fin_intervals++;
@@ -176,11 +191,11 @@ static void judge(struct health *h, struct peer *p, const struct peer_stats *pre
              (unsigned long long)d_rst);
     /* Refusals and unanswered SYNs: no capacity (down). Resets: soft evidence (ejected, capped). */
     if (d_connect >= threshold && failing_last)
-        peers_observe(h->peers, p, EVIDENCE_NO_CONNECT, REASON_KERNEL_CONNECT, detail, now);
+        peers_observe(set_of(h, p), p, EVIDENCE_NO_CONNECT, REASON_KERNEL_CONNECT, detail, now);
     else if (d_syn >= threshold && d_ok == 0)
-        peers_observe(h->peers, p, EVIDENCE_NO_CONNECT, REASON_KERNEL_SYN, detail, now);
+        peers_observe(set_of(h, p), p, EVIDENCE_NO_CONNECT, REASON_KERNEL_SYN, detail, now);
     else if (d_rst >= threshold && failing_last)
-        peers_observe(h->peers, p, EVIDENCE_SOFT_FAILURE, REASON_KERNEL_RESETS, detail, now);
+        peers_observe(set_of(h, p), p, EVIDENCE_SOFT_FAILURE, REASON_KERNEL_RESETS, detail, now);
 }
 
 /* Ends a probe with its evidence (<ok>: it connected, or for an HTTP probe, answered
@@ -188,26 +203,27 @@ static void judge(struct health *h, struct peer *p, const struct peer_stats *pre
 static void probe_done(struct probe_arg *a, int ok, int refused)
 {
     struct health *h = a->h;
-    struct peer *p = h->peers->peer[a->index];
+    struct health_set *hs = &h->sets[a->set];
+    struct peer *p = hs->peers->peer[a->index];
     char detail[352];
 
     if (atomic_load(&p->generation) == a->generation && peer_is_active(p)) {
         if (!a->http) {
             if (ok)
-                peers_observe(h->peers, p, EVIDENCE_PROBE_OK, REASON_NONE, NULL, clock_mono_ms());
+                peers_observe(set_of(h, p), p, EVIDENCE_PROBE_OK, REASON_NONE, NULL, clock_mono_ms());
         } else {
             char *eol = strpbrk(a->status_line, "\r\n");
             if (eol)
                 *eol = '\0';
             snprintf(detail, sizeof(detail), "(probe GET %s: %s)", h->cfg->probe_path,
                      refused ? "connect failed" : a->got ? a->status_line : "no answer");
-            peers_observe(h->peers, p, ok ? EVIDENCE_OK : refused ? EVIDENCE_NO_CONNECT : EVIDENCE_SOFT_FAILURE,
+            peers_observe(set_of(h, p), p, ok ? EVIDENCE_OK : refused ? EVIDENCE_NO_CONNECT : EVIDENCE_SOFT_FAILURE,
                           refused ? REASON_CONNECT_FAILURES : REASON_TRIAL_FAILED, detail, clock_mono_ms());
         }
     }
-    if (h->view[a->index].probe)
-        event_free(h->view[a->index].probe);
-    h->view[a->index].probe = NULL;
+    if (hs->view[a->index].probe)
+        event_free(hs->view[a->index].probe);
+    hs->view[a->index].probe = NULL;
     close(a->fd);
     free(a);
 }
@@ -236,7 +252,8 @@ static void probe_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct probe_arg *a = arg;
     struct health *h = a->h;
-    struct peer *p = h->peers->peer[a->index];
+    struct health_set *hs = &h->sets[a->set];
+    struct peer *p = hs->peers->peer[a->index];
     int soerr = 0;
     socklen_t len = sizeof(soerr);
     int connected = (what & EV_WRITE) && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr == 0;
@@ -255,33 +272,35 @@ static void probe_cb(evutil_socket_t fd, short what, void *arg)
         probe_done(a, 0, 0);
         return;
     }
-    event_free(h->view[a->index].probe);
-    h->view[a->index].probe = event_new(h->base, fd, EV_READ | EV_PERSIST, probe_read_cb, a);
-    if (!h->view[a->index].probe || event_add(h->view[a->index].probe, &tv) < 0)
+    event_free(hs->view[a->index].probe);
+    hs->view[a->index].probe = event_new(h->base, fd, EV_READ | EV_PERSIST, probe_read_cb, a);
+    if (!hs->view[a->index].probe || event_add(hs->view[a->index].probe, &tv) < 0)
         probe_done(a, 0, 0);
 }
 
 /* A peer that is down (it refused connections, or SYNs went unanswered) comes
  * back on evidence: a TCP connect is tried every interval, and one that
  * succeeds ends it. Ejected and draining peers are judged by a trial request. */
-static void probe_start(struct health *h, int i, int http);
+static void probe_start(struct health *h, int set, int i, int http);
 
-static void probe_down(struct health *h, int i, int64_t now)
+static void probe_down(struct health *h, int set, int i, int64_t now)
 {
-    struct peer *p = h->peers->peer[i];
+    struct health_set *hs = &h->sets[set];
+    struct peer *p = hs->peers->peer[i];
 
-    if (h->view[i].probe || !peer_is_active(p))
+    if (hs->view[i].probe || !peer_is_active(p))
         return;
     if (peer_state_now(p, now) == PEER_DOWN)
-        probe_start(h, i, 0);
+        probe_start(h, set, i, 0);
     /* With NEXTUP_PROBE_PATH, a peer whose time out is up is judged by a GET of it. */
     else if (h->cfg->probe_path[0] && peers_take_trial_of(p, now, h->cfg->connect_timeout_ms + h->cfg->request_timeout_ms))
-        probe_start(h, i, 1);
+        probe_start(h, set, i, 1);
 }
 
-static void probe_start(struct health *h, int i, int http)
+static void probe_start(struct health *h, int set, int i, int http)
 {
-    struct peer *p = h->peers->peer[i];
+    struct health_set *hs = &h->sets[set];
+    struct peer *p = hs->peers->peer[i];
     struct timeval tv = { h->cfg->connect_timeout_ms / 1000, (h->cfg->connect_timeout_ms % 1000) * 1000 };
     struct probe_arg *a;
     int fd;
@@ -296,6 +315,7 @@ static void probe_start(struct health *h, int i, int http)
     }
     a->http = http;
     a->h = h;
+    a->set = set;
     a->index = i;
     a->generation = atomic_load(&p->generation);
     a->fd = fd;
@@ -304,11 +324,11 @@ static void probe_start(struct health *h, int i, int http)
         free(a);
         return;
     }
-    h->view[i].probe = event_new(h->base, fd, EV_WRITE, probe_cb, a);
-    if (!h->view[i].probe || event_add(h->view[i].probe, &tv) < 0) {
-        if (h->view[i].probe)
-            event_free(h->view[i].probe);
-        h->view[i].probe = NULL;
+    hs->view[i].probe = event_new(h->base, fd, EV_WRITE, probe_cb, a);
+    if (!hs->view[i].probe || event_add(hs->view[i].probe, &tv) < 0) {
+        if (hs->view[i].probe)
+            event_free(hs->view[i].probe);
+        hs->view[i].probe = NULL;
         close(fd);
         free(a);
     }
@@ -319,37 +339,44 @@ void health_poll(struct health *h)
     int64_t now = clock_mono_ms();
     int i;
 
-    for (i = 0; i < h->peers->n; i++) {
-        probe_down(h, i, now);
-        if (peer_is_active(h->peers->peer[i]))
-            judge_closes(h, h->peers->peer[i], &h->view[i], now);
+    for (int k = 0; k < h->n_sets; k++) {
+        struct health_set *hs = &h->sets[k];
+        for (i = 0; i < hs->peers->n; i++) {
+            probe_down(h, k, i, now);
+            if (peer_is_active(hs->peers->peer[i]))
+                judge_closes(h, hs->peers->peer[i], &hs->view[i], now);
+        }
     }
     if (!h->bpf)
         return;
     health_bpf_sweep(h->bpf);
-    for (i = 0; i < h->peers->n; i++) {
-        struct peer *p = h->peers->peer[i];
-        struct peer_view *v = &h->view[i];
-        struct peer_stats cur;
-        uint32_t gen = atomic_load(&p->generation);
+    /* One map for every service: a replica two services share has one entry, read for each. */
+    for (int k = 0; k < h->n_sets; k++) {
+        struct health_set *hs = &h->sets[k];
+        for (i = 0; i < hs->peers->n; i++) {
+            struct peer *p = hs->peers->peer[i];
+            struct peer_view *v = &hs->view[i];
+            struct peer_stats cur;
+            uint32_t gen = atomic_load(&p->generation);
 
-        if (v->generation != gen) {
-            /* The slot now holds another address: its history is not this one's. */
-            v->have = 0;
-            memset(&v->last, 0, sizeof(v->last));
-            v->fin_intervals = 0;
-            v->fin_habit = 0;
-            v->generation = gen;
+            if (v->generation != gen) {
+                /* The slot now holds another address: its history is not this one's. */
+                v->have = 0;
+                memset(&v->last, 0, sizeof(v->last));
+                v->fin_intervals = 0;
+                v->fin_habit = 0;
+                v->generation = gen;
+            }
+            if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&p->sa, &cur) < 0)
+                continue;
+            if (peer_is_active(p)) {
+                judge(h, p, &v->last, &cur, now);
+                judge_fins(h, p, v, delta(cur.peer_fins, v->last.peer_fins),
+                           delta(cur.connects_established, v->last.connects_established), now);
+            }
+            v->last = cur;
+            v->have = 1;
         }
-        if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&p->sa, &cur) < 0)
-            continue;
-        if (peer_is_active(p)) {
-            judge(h, p, &v->last, &cur, now);
-            judge_fins(h, p, v, delta(cur.peer_fins, v->last.peer_fins),
-                       delta(cur.connects_established, v->last.connects_established), now);
-        }
-        v->last = cur;
-        v->have = 1;
     }
 }
 
@@ -359,9 +386,11 @@ static void take_baseline(struct health *h)
 {
     int i;
 
-    for (i = 0; i < h->peers->n; i++)
-        if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&h->peers->peer[i]->sa, &h->view[i].last) == 0)
-            h->view[i].have = 1;
+    for (int k = 0; k < h->n_sets; k++)
+        for (i = 0; i < h->sets[k].peers->n; i++)
+            if (health_bpf_lookup(h->bpf, (const struct sockaddr *)&h->sets[k].peers->peer[i]->sa,
+                                  &h->sets[k].view[i].last) == 0)
+                h->sets[k].view[i].have = 1;
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -371,17 +400,26 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     health_poll(arg);
 }
 
-struct health *health_new(struct event_base *base, const struct config *cfg, struct peers *peers,
-                          struct health_bpf *bpf)
+struct health *health_new(struct event_base *base, const struct config *cfg, struct peers *const *sets,
+                          const char *const *names, int n_sets, struct health_bpf *bpf)
 {
     struct health *h = calloc(1, sizeof(*h));
     struct timeval tv = { cfg->health_interval_ms / 1000, (cfg->health_interval_ms % 1000) * 1000 };
 
     if (!h)
         return NULL;
+    h->sets = calloc((size_t)(n_sets > 0 ? n_sets : 1), sizeof(*h->sets));
+    if (!h->sets) {
+        free(h);
+        return NULL;
+    }
+    for (int k = 0; k < n_sets; k++) {
+        h->sets[k].peers = sets[k];
+        h->sets[k].name = names[k];
+    }
+    h->n_sets = n_sets;
     h->base = base;
     h->cfg = cfg;
-    h->peers = peers;
     h->bpf = bpf;
     if (bpf)
         take_baseline(h);
@@ -402,13 +440,15 @@ void health_free(struct health *h)
         return;
     if (h->timer)
         event_free(h->timer);
-    for (i = 0; i < PEERS_MAX; i++)
-        if (h->view[i].probe) {
-            struct probe_arg *a = event_get_callback_arg(h->view[i].probe);
-            event_free(h->view[i].probe);
-            close(a->fd);
-            free(a);
-        }
+    for (int k = 0; k < h->n_sets; k++)
+        for (i = 0; i < PEERS_MAX; i++)
+            if (h->sets[k].view[i].probe) {
+                struct probe_arg *a = event_get_callback_arg(h->sets[k].view[i].probe);
+                event_free(h->sets[k].view[i].probe);
+                close(a->fd);
+                free(a);
+            }
+    free(h->sets);
     free(h);
 }
 
@@ -429,55 +469,81 @@ static void json_string(struct evbuffer *out, const char *s)
 
 #define U(x) ((unsigned long long)(x))
 
+static void write_peer_json(struct evbuffer *out, const struct health_set *hs, int i, int64_t now)
+{
+    struct peer *p = hs->peers->peer[i];
+    const struct peer_view *v = &hs->view[i];
+    enum peer_state st = peer_state_now(p, now);
+    int is_out = st != PEER_HEALTHY;
+    int64_t until = atomic_load(&p->until_ms);
+    int consecutive;
+
+    pthread_mutex_lock(&p->lock);
+    consecutive = p->health.consecutive_failures;
+    pthread_mutex_unlock(&p->lock);
+
+    evbuffer_add(out, "{\"service\": ", 12);
+    json_string(out, hs->name);
+    evbuffer_add(out, ", \"address\": ", 13);
+    json_string(out, p->addr_text);
+    evbuffer_add(out, ", \"name\": ", 10);
+    json_string(out, p->name);
+    /* verdict: healthy (takes requests), ejected (out of rotation, any state), removed. */
+    evbuffer_add_printf(out, ", \"verdict\": \"%s\", \"state\": \"%s\", \"reason\": ",
+                        !peer_is_active(p) ? "removed" : is_out ? "ejected" : "healthy", peer_state_name(st));
+    json_string(out, is_out ? peer_reason_text((enum peer_reason)atomic_load(&p->reason)) : "");
+    evbuffer_add_printf(out,
+                        ", \"ejected_for_ms\": %lld, \"ejections\": %llu, \"outstanding\": %d,"
+                        " \"l7\": {\"responses\": %llu, \"gateway_errors\": %llu, \"connect_failures\": %llu,"
+                        " \"consecutive_failures\": %d, \"closing_responses\": %llu, \"close_habit\": %.3f}",
+                        (long long)(is_out && until > now ? until - now : 0), U(atomic_load(&p->ejections_total)),
+                        atomic_load(&p->outstanding), U(atomic_load(&p->responses)),
+                        U(atomic_load(&p->gateway_errors)), U(atomic_load(&p->connect_failures)),
+                        consecutive, U(atomic_load(&p->closing_responses)), v->close_habit);
+    if (v->have)
+        evbuffer_add_printf(out,
+                            ", \"kernel\": {\"connect_attempts\": %llu, \"connects_established\": %llu,"
+                            " \"connect_failures\": %llu, \"refused\": %llu, \"connect_timeouts\": %llu,"
+                            " \"unreachable\": %llu, \"syn_retransmits\": %llu, \"resets_received\": %llu,"
+                            " \"resets_sent\": %llu, \"data_retransmits\": %llu, \"srtt_us\": %llu,"
+                            " \"peer_fins\": %llu}}",
+                            U(v->last.connect_attempts), U(v->last.connects_established),
+                            U(v->last.connect_failures), U(v->last.refused), U(v->last.connect_timeouts),
+                            U(v->last.unreachable), U(v->last.syn_retransmits), U(v->last.resets_received),
+                            U(v->last.resets_sent), U(v->last.data_retransmits), U(v->last.srtt_us),
+                            U(v->last.peer_fins));
+    else
+        evbuffer_add(out, ", \"kernel\": null}", 17);
+}
+
+/* {"bpf": .., "services": [{"name", "active", "usable", "peers": [..]}, ..], "peers": [every service's]}:
+ * "services" groups them; the flat "peers" (each with its "service") is there for tools that
+ * read one list. */
 void health_write_debug_json(struct health *h, struct evbuffer *out)
 {
     int64_t now = clock_mono_ms();
-    int i;
+    int first = 1;
 
-    evbuffer_add_printf(out, "{\"bpf\": %s, \"peers\": [", h->bpf ? "true" : "false");
-    for (i = 0; i < h->peers->n; i++) {
-        struct peer *p = h->peers->peer[i];
-        const struct peer_view *v = &h->view[i];
-        enum peer_state st = peer_state_now(p, now);
-        int is_out = st != PEER_HEALTHY;
-        int64_t until = atomic_load(&p->until_ms);
-        int consecutive;
-
-        pthread_mutex_lock(&p->lock);
-        consecutive = p->health.consecutive_failures;
-        pthread_mutex_unlock(&p->lock);
-
-        evbuffer_add_printf(out, "%s\n  {\"address\": ", i ? "," : "");
-        json_string(out, p->addr_text);
-        evbuffer_add(out, ", \"name\": ", 10);
-        json_string(out, p->name);
-        /* verdict: healthy (takes requests), ejected (out of rotation, any state), removed. */
-        evbuffer_add_printf(out, ", \"verdict\": \"%s\", \"state\": \"%s\", \"reason\": ",
-                            !peer_is_active(p) ? "removed" : is_out ? "ejected" : "healthy", peer_state_name(st));
-        json_string(out, is_out ? peer_reason_text((enum peer_reason)atomic_load(&p->reason)) : "");
-        evbuffer_add_printf(out,
-                            ", \"ejected_for_ms\": %lld, \"ejections\": %llu, \"outstanding\": %d,"
-                            " \"l7\": {\"responses\": %llu, \"gateway_errors\": %llu, \"connect_failures\": %llu,"
-                            " \"consecutive_failures\": %d, \"closing_responses\": %llu, \"close_habit\": %.3f}",
-                            (long long)(is_out && until > now ? until - now : 0), U(atomic_load(&p->ejections_total)),
-                            atomic_load(&p->outstanding), U(atomic_load(&p->responses)),
-                            U(atomic_load(&p->gateway_errors)), U(atomic_load(&p->connect_failures)),
-                            consecutive, U(atomic_load(&p->closing_responses)), v->close_habit);
-        if (v->have)
-            evbuffer_add_printf(out,
-                                ", \"kernel\": {\"connect_attempts\": %llu, \"connects_established\": %llu,"
-                                " \"connect_failures\": %llu, \"refused\": %llu, \"connect_timeouts\": %llu,"
-                                " \"unreachable\": %llu, \"syn_retransmits\": %llu, \"resets_received\": %llu,"
-                                " \"resets_sent\": %llu, \"data_retransmits\": %llu, \"srtt_us\": %llu,"
-                                " \"peer_fins\": %llu}}",
-                                U(v->last.connect_attempts), U(v->last.connects_established),
-                                U(v->last.connect_failures), U(v->last.refused), U(v->last.connect_timeouts),
-                                U(v->last.unreachable), U(v->last.syn_retransmits), U(v->last.resets_received),
-                                U(v->last.resets_sent), U(v->last.data_retransmits), U(v->last.srtt_us),
-                                U(v->last.peer_fins));
-        else
-            evbuffer_add(out, ", \"kernel\": null}", 17);
+    evbuffer_add_printf(out, "{\"bpf\": %s, \"services\": [", h->bpf ? "true" : "false");
+    for (int k = 0; k < h->n_sets; k++) {
+        const struct health_set *hs = &h->sets[k];
+        evbuffer_add_printf(out, "%s\n  {\"name\": ", k ? "," : "");
+        json_string(out, hs->name);
+        evbuffer_add_printf(out, ", \"active\": %d, \"usable\": %d, \"peers\": [", peers_active_count(hs->peers),
+                            peers_usable_count(hs->peers, now));
+        for (int i = 0; i < hs->peers->n; i++) {
+            evbuffer_add(out, i ? ",\n    " : "\n    ", i ? 6 : 5);
+            write_peer_json(out, hs, i, now);
+        }
+        evbuffer_add(out, "]}", 2);
     }
+    evbuffer_add(out, "\n], \"peers\": [", 14);
+    for (int k = 0; k < h->n_sets; k++)
+        for (int i = 0; i < h->sets[k].peers->n; i++) {
+            evbuffer_add(out, first ? "\n  " : ",\n  ", first ? 3 : 4);
+            first = 0;
+            write_peer_json(out, &h->sets[k], i, now);
+        }
     evbuffer_add(out, "\n]}\n", 4);
 }
 
@@ -486,63 +552,72 @@ static void family(struct evbuffer *out, const char *name, const char *type, con
     evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* Every active peer of every service, as <p> with its labels "peer=\"..\",service=\"..\"". */
+#define FOR_ACTIVE(h, hs, v, p, labels)                                                                      \
+    for (int k_ = 0; k_ < (h)->n_sets; k_++)                                                               \
+        for (int i_ = 0; i_ < (h)->sets[k_].peers->n; i_++)                                                \
+            if ((hs = &(h)->sets[k_], p = hs->peers->peer[i_], v = &hs->view[i_], peer_is_active(p)) &&    \
+                snprintf(labels, sizeof(labels), "peer=\"%s\",service=\"%s\"", p->addr_text, hs->name) > 0)
+
 void health_write_metrics(struct health *h, struct evbuffer *out)
 {
     int64_t now = clock_mono_ms();
-    int i;
+    const struct health_set *hs;
+    const struct peer_view *v;
+    struct peer *p;
+    char l[256];
+    int active = 0;
 
+    for (int k = 0; k < h->n_sets; k++)
+        active += peers_active_count(h->sets[k].peers);
     family(out, "nextup_bpf_loaded", "gauge", "1 if the BPF programs feed the health view.");
     evbuffer_add_printf(out, "nextup_bpf_loaded %d\n", h->bpf ? 1 : 0);
-    family(out, "nextup_peers_active", "gauge", "Peers taking new requests (discovery's current set).");
-    evbuffer_add_printf(out, "nextup_peers_active %d\n", peers_active_count(h->peers));
+    family(out, "nextup_peers_active", "gauge", "Peers taking new requests (discovery's current set), all services.");
+    evbuffer_add_printf(out, "nextup_peers_active %d\n", active);
+    family(out, "nextup_service_peers_usable", "gauge",
+           "Peers of the service that take requests: known to discovery, not down or draining.");
+    for (int k = 0; k < h->n_sets; k++)
+        evbuffer_add_printf(out, "nextup_service_peers_usable{service=\"%s\"} %d\n", h->sets[k].name,
+                            peers_usable_count(h->sets[k].peers, now));
     /* Only the peers discovery has now: a removed peer's series end at once (they stayed at 0
      * for as long as the slot was kept, 30 s and more, and alerts fired after every rollout). */
     family(out, "nextup_peer_healthy", "gauge", "1 if the peer takes first tries, 0 while out of rotation.");
-    for (i = 0; i < h->peers->n; i++)
-        if (peer_is_active(h->peers->peer[i]))
-            evbuffer_add_printf(out, "nextup_peer_healthy{peer=\"%s\"} %d\n", h->peers->peer[i]->addr_text,
-                                !peer_is_out(h->peers->peer[i], now));
+    FOR_ACTIVE(h, hs, v, p, l)
+        evbuffer_add_printf(out, "nextup_peer_healthy{%s} %d\n", l, !peer_is_out(p, now));
     family(out, "nextup_peer_state", "gauge",
            "1 for the state the peer is in (healthy, draining, down, ejected, trial), 0 for the others.");
-    for (i = 0; i < h->peers->n; i++) {
-        enum peer_state st = peer_state_now(h->peers->peer[i], now);
-        if (!peer_is_active(h->peers->peer[i]))
-            continue;
-        for (int k = 0; k < PEER_STATE_COUNT; k++)
-            evbuffer_add_printf(out, "nextup_peer_state{peer=\"%s\",state=\"%s\"} %d\n",
-                                h->peers->peer[i]->addr_text, peer_state_name((enum peer_state)k), (int)st == k);
+    FOR_ACTIVE(h, hs, v, p, l) {
+        enum peer_state st = peer_state_now(p, now);
+        for (int s = 0; s < PEER_STATE_COUNT; s++)
+            evbuffer_add_printf(out, "nextup_peer_state{%s,state=\"%s\"} %d\n", l,
+                                peer_state_name((enum peer_state)s), (int)st == s);
     }
     family(out, "nextup_peer_ejections_total", "counter", "Times the peer was taken out of rotation (down, draining or ejected).");
-    for (i = 0; i < h->peers->n; i++)
-        if (peer_is_active(h->peers->peer[i]))
-            evbuffer_add_printf(out, "nextup_peer_ejections_total{peer=\"%s\"} %llu\n", h->peers->peer[i]->addr_text,
-                                U(atomic_load(&h->peers->peer[i]->ejections_total)));
+    FOR_ACTIVE(h, hs, v, p, l)
+        evbuffer_add_printf(out, "nextup_peer_ejections_total{%s} %llu\n", l, U(atomic_load(&p->ejections_total)));
     family(out, "nextup_peer_outstanding_requests", "gauge", "Requests in flight to the peer.");
-    for (i = 0; i < h->peers->n; i++)
-        if (peer_is_active(h->peers->peer[i]))
-            evbuffer_add_printf(out, "nextup_peer_outstanding_requests{peer=\"%s\"} %d\n",
-                                h->peers->peer[i]->addr_text, atomic_load(&h->peers->peer[i]->outstanding));
+    FOR_ACTIVE(h, hs, v, p, l)
+        evbuffer_add_printf(out, "nextup_peer_outstanding_requests{%s} %d\n", l, atomic_load(&p->outstanding));
     if (!h->bpf)
         return;
     family(out, "nextup_peer_kernel_connect_failures_total", "counter",
            "Connects to the peer the kernel saw fail (refused, timed out, unreachable), from every socket of the pod.");
-    for (i = 0; i < h->peers->n; i++)
-        if (h->view[i].have && peer_is_active(h->peers->peer[i]))
-            evbuffer_add_printf(out, "nextup_peer_kernel_connect_failures_total{peer=\"%s\"} %llu\n",
-                                h->peers->peer[i]->addr_text, U(kernel_connect_failures(&h->view[i].last)));
+    FOR_ACTIVE(h, hs, v, p, l)
+        if (v->have)
+            evbuffer_add_printf(out, "nextup_peer_kernel_connect_failures_total{%s} %llu\n", l,
+                                U(kernel_connect_failures(&v->last)));
     family(out, "nextup_peer_kernel_resets_received_total", "counter", "Resets the kernel received from the peer.");
-    for (i = 0; i < h->peers->n; i++)
-        if (h->view[i].have && peer_is_active(h->peers->peer[i]))
-            evbuffer_add_printf(out, "nextup_peer_kernel_resets_received_total{peer=\"%s\"} %llu\n",
-                                h->peers->peer[i]->addr_text, U(h->view[i].last.resets_received));
+    FOR_ACTIVE(h, hs, v, p, l)
+        if (v->have)
+            evbuffer_add_printf(out, "nextup_peer_kernel_resets_received_total{%s} %llu\n", l,
+                                U(v->last.resets_received));
     family(out, "nextup_peer_kernel_syn_retransmits_total", "counter", "SYNs to the peer the kernel retransmitted.");
-    for (i = 0; i < h->peers->n; i++)
-        if (h->view[i].have && peer_is_active(h->peers->peer[i]))
-            evbuffer_add_printf(out, "nextup_peer_kernel_syn_retransmits_total{peer=\"%s\"} %llu\n",
-                                h->peers->peer[i]->addr_text, U(h->view[i].last.syn_retransmits));
+    FOR_ACTIVE(h, hs, v, p, l)
+        if (v->have)
+            evbuffer_add_printf(out, "nextup_peer_kernel_syn_retransmits_total{%s} %llu\n", l,
+                                U(v->last.syn_retransmits));
     family(out, "nextup_peer_kernel_srtt_seconds", "gauge", "Last smoothed RTT the kernel measured to the peer.");
-    for (i = 0; i < h->peers->n; i++)
-        if (h->view[i].have && peer_is_active(h->peers->peer[i]))
-            evbuffer_add_printf(out, "nextup_peer_kernel_srtt_seconds{peer=\"%s\"} %.6f\n",
-                                h->peers->peer[i]->addr_text, (double)h->view[i].last.srtt_us / 1e6);
+    FOR_ACTIVE(h, hs, v, p, l)
+        if (v->have)
+            evbuffer_add_printf(out, "nextup_peer_kernel_srtt_seconds{%s} %.6f\n", l, (double)v->last.srtt_us / 1e6);
 }

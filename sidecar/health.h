@@ -6,8 +6,8 @@
  *
  * API:
  *   health_new() / health_free()
- *   health_write_debug_json()   /debug/peers
- *   health_write_metrics()      per-peer gauges and counters for /metrics */
+ *   health_write_debug_json()   /debug/peers, grouped by service
+ *   health_write_metrics()      per-peer gauges and counters for /metrics, labelled with the service */
 #ifndef SIDECAR_HEALTH_H
 #define SIDECAR_HEALTH_H
 
@@ -18,10 +18,12 @@ struct peers;
 struct health_bpf;
 struct health;
 
-/* Starts the periodic read on <base>. <bpf> may be NULL (user-space signals
- * only); it stays owned by the caller. NULL on allocation failure. */
-struct health *health_new(struct event_base *base, const struct config *cfg, struct peers *peers,
-                          struct health_bpf *bpf);
+/* Starts the periodic read on <base> for the <n_sets> peer sets <sets> (not owned), set i being
+ * service i's (sets[i]->service == i) and named <names>[i] (borrowed; they label /debug/peers and
+ * the per-peer metrics). <bpf> may be NULL (user-space signals only); it stays owned by the
+ * caller: one map holds the peers of every set, looked up by address. NULL on allocation failure. */
+struct health *health_new(struct event_base *base, const struct config *cfg, struct peers *const *sets,
+                          const char *const *names, int n_sets, struct health_bpf *bpf);
 void health_free(struct health *h);
 
 /* Runs one read of the kernel counters now (tests, and the timer). */

@@ -423,6 +423,19 @@ static int host_valid(const char *v, size_t n)
     return 1;
 }
 
+int http1_is_absolute_form(const char *target, size_t len)
+{
+    size_t i = 0;
+
+    /* scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then "://" */
+    if (len == 0 || !((target[0] | 0x20) >= 'a' && (target[0] | 0x20) <= 'z'))
+        return 0;
+    while (i < len && (((target[i] | 0x20) >= 'a' && (target[i] | 0x20) <= 'z') || (target[i] >= '0' && target[i] <= '9') ||
+                       target[i] == '+' || target[i] == '-' || target[i] == '.'))
+        i++;
+    return len - i >= 3 && memcmp(target + i, "://", 3) == 0;
+}
+
 int http1_check_request(const struct http_head *req, const char **reason)
 {
     const char *target = req->buf + req->first_off;
@@ -445,9 +458,8 @@ int http1_check_request(const struct http_head *req, const char **reason)
             *reason = "asterisk-form target is only valid with OPTIONS";
             return 400;
         }
-    } else if (tlen == 0 || target[0] != '/') {
-        /* Absolute-form would make nextup an open proxy: only origin-form is forwarded. */
-        *reason = "request target must be a path (absolute-form is not accepted)";
+    } else if (tlen == 0 || (target[0] != '/' && !http1_is_absolute_form(target, tlen))) {
+        *reason = "request target must be a path or an absolute URL";
         return 400;
     }
     if (req->major == 1 && req->minor >= 1 && http_head_count(req, "host") != 1) {
@@ -578,18 +590,36 @@ static int request_header_is_rewritten(const struct http_head *h, const struct h
 int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
                              const char *host_fallback, const char *proto, const char *request_id)
 {
+    return http1_write_request_head_rw(out, req, client_ip, host_fallback, proto, request_id, NULL);
+}
+
+int http1_write_request_head_rw(struct evbuffer *out, const struct http_head *req, const char *client_ip,
+                                const char *host_fallback, const char *proto, const char *request_id,
+                                const struct http1_rewrite *rw)
+{
     struct head_out o;
     int i, have_xff = 0;
 
     ho_init(&o);
     ho_str(&o, llhttp_method_name((llhttp_method_t)req->method));
     ho_add(&o, " ", 1);
-    ho_add(&o, req->buf + req->first_off, req->first_len);
+    if (rw && rw->target) {
+        if (rw->target_slash)
+            ho_add(&o, "/", 1);
+        ho_add(&o, rw->target, rw->target_len);
+    } else {
+        ho_add(&o, req->buf + req->first_off, req->first_len);
+    }
     ho_add(&o, " HTTP/1.1\r\n", 11);
+    if (rw && rw->host) {
+        ho_add(&o, "Host: ", 6);
+        ho_add(&o, rw->host, rw->host_len);
+        ho_add(&o, "\r\n", 2);
+    }
     for (i = 0; i < req->n_hdr; i++) {
         const struct http_header *hd = &req->hdr[i];
         if (http1_is_hop_by_hop(req, req->buf + hd->name_off, hd->name_len) || request_header_is_rewritten(req, hd) ||
-            (request_id && name_is(req, hd, "x-request-id")))
+            (request_id && name_is(req, hd, "x-request-id")) || (rw && rw->host && name_is(req, hd, "host")))
             continue;
         write_header(&o, req, hd);
     }
@@ -598,7 +628,7 @@ int http1_write_request_head(struct evbuffer *out, const struct http_head *req, 
         ho_str(&o, request_id);
         ho_add(&o, "\r\n", 2);
     }
-    if (http_head_count(req, "host") == 0 && host_fallback) {
+    if (http_head_count(req, "host") == 0 && host_fallback && !(rw && rw->host)) {
         ho_add(&o, "Host: ", 6);
         ho_str(&o, host_fallback);
         ho_add(&o, "\r\n", 2);

@@ -100,9 +100,13 @@ int http1_check_fields(const struct http_head *h, const char **reason);
 /* 1 if every Transfer-Encoding coding of <h> is chunked (or there is none). */
 int http1_only_chunked(const struct http_head *h);
 
+/* 1 if <target> is absolute-form ("scheme://..."). */
+int http1_is_absolute_form(const char *target, size_t len);
+
 /* Checks a parsed request head (version, fields, target, one valid Host, framing,
  * Expect). 0 if it may be forwarded, else the status to answer (400, 405, 417,
- * 501) with a constant reason in <*reason>. */
+ * 501) with a constant reason in <*reason>. An absolute-form target passes:
+ * which authority may be proxied is the request path's to judge (services). */
 int http1_check_request(const struct http_head *req, const char **reason);
 
 /* Appends the head sent to a peer: HTTP/1.1, hop-by-hop fields removed,
@@ -114,6 +118,22 @@ int http1_check_request(const struct http_head *req, const char **reason);
  * X-Request-Id of the client's. */
 int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
                              const char *host_fallback, const char *proto, const char *request_id);
+
+/* What the request path changes in the head it sends: the target sent in
+ * origin-form (an absolute-form request's path) and the Host. Unset fields keep
+ * the client's. */
+struct http1_rewrite {
+    const char *target;           /* NULL: the client's target */
+    size_t target_len;
+    int target_slash;             /* 1: "/" goes before <target> */
+    const char *host;             /* NULL: the client's Host; else it replaces every Host */
+    size_t host_len;
+};
+
+/* http1_write_request_head() with <rw> (NULL: nothing rewritten). */
+int http1_write_request_head_rw(struct evbuffer *out, const struct http_head *req, const char *client_ip,
+                                const char *host_fallback, const char *proto, const char *request_id,
+                                const struct http1_rewrite *rw);
 
 enum resp_framing { RESP_NO_BODY, RESP_CONTENT_LENGTH, RESP_CHUNKED, RESP_CLOSE };
 

@@ -1,6 +1,8 @@
 #include "metrics.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +12,7 @@
 #include <event2/buffer.h>
 
 #include "peers.h"
+#include "service.h"
 #include "version.h"
 
 _Atomic uint64_t metrics[M_COUNT];
@@ -230,9 +233,11 @@ static void write_histograms(struct evbuffer *out)
                results, 2);
 }
 
-/* ---- per peer ------------------------------------------------------------------------
- * By slot (struct peer's index): a handful of shared atomics per peer, next to the
- * <outstanding> count the request path already changes. */
+/* ---- per service and per peer --------------------------------------------------------
+ * Per peer by slot (struct peer's index) within its service's set: a handful of shared atomics
+ * per peer, next to the <outstanding> count the request path already changes. Service 0's are
+ * static (there before metrics_services_init(), and all a single-service nextup has); the others
+ * are made by metrics_services_init() before the workers start and only read as pointers after. */
 
 struct peer_series {
     _Atomic uint64_t attempts;
@@ -240,20 +245,122 @@ struct peer_series {
     _Atomic uint64_t failures[METRICS_FAIL_COUNT];
 } __attribute__((aligned(64)));
 
-static struct peer_series peer_series[PEERS_MAX];
+/* The counters kept per service (svc_slot[] below gives their places); and its ejections. */
+#define SVC_COUNTERS 17
+
+struct service_series {
+    _Atomic uint64_t counters[SVC_COUNTERS];
+    _Atomic uint64_t ejections;
+    struct peer_series peers[PEERS_MAX];
+};
+
+static struct service_series service0;
+static struct service_series **services;    /* owned, [1..n_services) (slot 0 unused: &service0) */
+static const char *const *service_names;
+static int n_services = 1;
+/* Index in svc_ids[] + 1; 0: not kept per service. */
+static const signed char svc_slot[M_COUNT] = {
+    [M_REQUESTS] = 1, [M_RESP_1XX] = 2, [M_RESP_2XX] = 3, [M_RESP_3XX] = 4, [M_RESP_4XX] = 5, [M_RESP_5XX] = 6,
+    [M_UPSTREAM_ATTEMPTS] = 7, [M_RETRY_REFUSED] = 8, [M_RETRY_CONNECT_FAILURE] = 9, [M_RETRY_RESET] = 10,
+    [M_RETRY_TIMEOUT] = 11, [M_RETRY_STATUS] = 12, [M_NORETRY_POLICY] = 13, [M_NORETRY_EXHAUSTED] = 14,
+    [M_NORETRY_METHOD] = 15, [M_NORETRY_BUFFER] = 16, [M_NORETRY_BUDGET] = 17,
+};
+
+static struct service_series *series_of(int svc)
+{
+    if (svc == 0)
+        return &service0;
+    if (svc < 0 || svc >= n_services)
+        return NULL;
+    return services[svc];
+}
+
+int metrics_services_init(int n, const char *const *names)
+{
+    metrics_services_free();
+    service_names = names;
+    if (n <= 1)
+        return 0;
+    services = calloc((size_t)n, sizeof(*services));
+    if (!services)
+        return -ENOMEM;
+    for (int i = 1; i < n; i++) {
+        /* aligned_alloc: the peer series are cache-line aligned. */
+        services[i] = aligned_alloc(64, sizeof(struct service_series));
+        if (!services[i]) {
+            n_services = i;
+            metrics_services_free();
+            return -ENOMEM;
+        }
+        memset(services[i], 0, sizeof(struct service_series));
+    }
+    n_services = n;
+    return 0;
+}
+
+void metrics_services_free(void)
+{
+    if (services)
+        for (int i = 1; i < n_services; i++)
+            free(services[i]);
+    free(services);
+    services = NULL;
+    service_names = NULL;
+    n_services = 1;
+}
+
+void metrics_service_inc(int svc, enum metric_id id)
+{
+    struct service_series *ss;
+
+    if ((unsigned)id >= M_COUNT)
+        return;
+    metrics_inc(id);
+    if (svc_slot[id] && (ss = series_of(svc)))
+        atomic_fetch_add_explicit(&ss->counters[svc_slot[id] - 1], 1, memory_order_relaxed);
+}
+
+void metrics_service_request(int svc)
+{
+    metrics_service_inc(svc, M_REQUESTS);
+}
+
+void metrics_service_response(int svc, int status)
+{
+    static const enum metric_id classes[5] = { M_RESP_1XX, M_RESP_2XX, M_RESP_3XX, M_RESP_4XX, M_RESP_5XX };
+
+    if (status >= 100 && status <= 599)
+        metrics_service_inc(svc, classes[status / 100 - 1]);
+}
+
+void metrics_service_ejection(int svc)
+{
+    struct service_series *ss = series_of(svc);
+
+    if (ss)
+        atomic_fetch_add_explicit(&ss->ejections, 1, memory_order_relaxed);
+}
+
+static struct peer_series *peer_series_of(int svc, int index)
+{
+    struct service_series *ss = series_of(svc);
+
+    if (!ss || index < 0 || index >= PEERS_MAX)
+        return NULL;
+    return &ss->peers[index];
+}
 
 static const char *const fail_names[METRICS_FAIL_COUNT] = {
     [METRICS_FAIL_REFUSED] = "refused", [METRICS_FAIL_CONNECT] = "connect_failure", [METRICS_FAIL_TLS] = "tls",
     [METRICS_FAIL_RESET] = "reset", [METRICS_FAIL_TIMEOUT] = "timeout", [METRICS_FAIL_BAD_RESPONSE] = "bad_response",
 };
 
-void metrics_peer_reset(int index)
+void metrics_service_peer_reset(int svc, int index)
 {
-    struct peer_series *ps;
+    struct peer_series *ps = peer_series_of(svc, index);
 
-    if (index < 0 || index >= PEERS_MAX)
+    if (!ps)
         return;
-    ps = &peer_series[index];
     atomic_store(&ps->attempts, 0);
     for (int i = 0; i < 5; i++)
         atomic_store(&ps->responses[i], 0);
@@ -261,51 +368,161 @@ void metrics_peer_reset(int index)
         atomic_store(&ps->failures[i], 0);
 }
 
+void metrics_service_peer_attempt(int svc, int index)
+{
+    struct peer_series *ps = peer_series_of(svc, index);
+
+    if (ps)
+        atomic_fetch_add_explicit(&ps->attempts, 1, memory_order_relaxed);
+}
+
+void metrics_service_peer_response(int svc, int index, int status)
+{
+    struct peer_series *ps = peer_series_of(svc, index);
+
+    if (ps && status >= 100 && status <= 599)
+        atomic_fetch_add_explicit(&ps->responses[status / 100 - 1], 1, memory_order_relaxed);
+}
+
+void metrics_service_peer_failure(int svc, int index, enum metrics_failure cls)
+{
+    struct peer_series *ps = peer_series_of(svc, index);
+
+    if (ps && (unsigned)cls < METRICS_FAIL_COUNT)
+        atomic_fetch_add_explicit(&ps->failures[cls], 1, memory_order_relaxed);
+}
+
+void metrics_peer_reset(int index)
+{
+    metrics_service_peer_reset(0, index);
+}
+
 void metrics_peer_attempt(int index)
 {
-    if (index >= 0 && index < PEERS_MAX)
-        atomic_fetch_add_explicit(&peer_series[index].attempts, 1, memory_order_relaxed);
+    metrics_service_peer_attempt(0, index);
 }
 
 void metrics_peer_response(int index, int status)
 {
-    if (index >= 0 && index < PEERS_MAX && status >= 100 && status <= 599)
-        atomic_fetch_add_explicit(&peer_series[index].responses[status / 100 - 1], 1, memory_order_relaxed);
+    metrics_service_peer_response(0, index, status);
 }
 
 void metrics_peer_failure(int index, enum metrics_failure cls)
 {
-    if (index >= 0 && index < PEERS_MAX && (unsigned)cls < METRICS_FAIL_COUNT)
-        atomic_fetch_add_explicit(&peer_series[index].failures[cls], 1, memory_order_relaxed);
+    metrics_service_peer_failure(0, index, cls);
+}
+
+static uint64_t load(_Atomic uint64_t *v)
+{
+    return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+/* The per-peer families over <n> sets; <labelled>: with service="<name>" (the services' view). */
+static void write_peer_families(struct evbuffer *out, struct peers *const *sets, int n_sets, int labelled)
+{
+    static const char *const classes[5] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+    char svc_label[96];
+
+    evbuffer_add_printf(out, "# HELP nextup_peer_attempts_total Attempts sent to the peer (first tries and retries).\n"
+                             "# TYPE nextup_peer_attempts_total counter\n");
+    for (int s = 0; s < n_sets; s++) {
+        int n = atomic_load_explicit(&sets[s]->n, memory_order_acquire);
+        struct service_series *ss = series_of(sets[s]->service);
+        if (!ss)
+            continue;
+        snprintf(svc_label, sizeof(svc_label), labelled && service_names ? ",service=\"%s\"" : "",
+                 labelled && service_names ? service_names[sets[s]->service] : "");
+        for (int i = 0; i < n; i++)
+            if (peer_is_active(sets[s]->peer[i]))
+                evbuffer_add_printf(out, "nextup_peer_attempts_total{peer=\"%s\"%s} %" PRIu64 "\n",
+                                    sets[s]->peer[i]->addr_text, svc_label, load(&ss->peers[i].attempts));
+    }
+    evbuffer_add_printf(out, "# HELP nextup_peer_responses_total Response heads from the peer, by status class "
+                             "(retried ones included).\n# TYPE nextup_peer_responses_total counter\n");
+    for (int s = 0; s < n_sets; s++) {
+        int n = atomic_load_explicit(&sets[s]->n, memory_order_acquire);
+        struct service_series *ss = series_of(sets[s]->service);
+        if (!ss)
+            continue;
+        snprintf(svc_label, sizeof(svc_label), labelled && service_names ? ",service=\"%s\"" : "",
+                 labelled && service_names ? service_names[sets[s]->service] : "");
+        for (int i = 0; i < n; i++)
+            if (peer_is_active(sets[s]->peer[i]))
+                for (int c = 0; c < 5; c++)
+                    evbuffer_add_printf(out, "nextup_peer_responses_total{code=\"%s\",peer=\"%s\"%s} %" PRIu64 "\n",
+                                        classes[c], sets[s]->peer[i]->addr_text, svc_label,
+                                        load(&ss->peers[i].responses[c]));
+    }
+    evbuffer_add_printf(out, "# HELP nextup_peer_failures_total Attempts to the peer that failed without a response "
+                             "head, by class.\n# TYPE nextup_peer_failures_total counter\n");
+    for (int s = 0; s < n_sets; s++) {
+        int n = atomic_load_explicit(&sets[s]->n, memory_order_acquire);
+        struct service_series *ss = series_of(sets[s]->service);
+        if (!ss)
+            continue;
+        snprintf(svc_label, sizeof(svc_label), labelled && service_names ? ",service=\"%s\"" : "",
+                 labelled && service_names ? service_names[sets[s]->service] : "");
+        for (int i = 0; i < n; i++)
+            if (peer_is_active(sets[s]->peer[i]))
+                for (int c = 0; c < METRICS_FAIL_COUNT; c++)
+                    evbuffer_add_printf(out, "nextup_peer_failures_total{class=\"%s\",peer=\"%s\"%s} %" PRIu64 "\n",
+                                        fail_names[c], sets[s]->peer[i]->addr_text, svc_label,
+                                        load(&ss->peers[i].failures[c]));
+    }
 }
 
 void metrics_write_peers(struct evbuffer *out, const struct peers *set)
 {
-    static const char *const classes[5] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
-    int n = atomic_load_explicit(&set->n, memory_order_acquire);
+    struct peers *one = (struct peers *)set;   /* only read */
 
-    evbuffer_add_printf(out, "# HELP nextup_peer_attempts_total Attempts sent to the peer (first tries and retries).\n"
-                             "# TYPE nextup_peer_attempts_total counter\n");
-    for (int i = 0; i < n; i++)
-        if (peer_is_active(set->peer[i]))
-            evbuffer_add_printf(out, "nextup_peer_attempts_total{peer=\"%s\"} %" PRIu64 "\n", set->peer[i]->addr_text,
-                                atomic_load_explicit(&peer_series[i].attempts, memory_order_relaxed));
-    evbuffer_add_printf(out, "# HELP nextup_peer_responses_total Response heads from the peer, by status class "
-                             "(retried ones included).\n# TYPE nextup_peer_responses_total counter\n");
-    for (int i = 0; i < n; i++)
-        if (peer_is_active(set->peer[i]))
-            for (int c = 0; c < 5; c++)
-                evbuffer_add_printf(out, "nextup_peer_responses_total{code=\"%s\",peer=\"%s\"} %" PRIu64 "\n",
-                                    classes[c], set->peer[i]->addr_text,
-                                    atomic_load_explicit(&peer_series[i].responses[c], memory_order_relaxed));
-    evbuffer_add_printf(out, "# HELP nextup_peer_failures_total Attempts to the peer that failed without a response "
-                             "head, by class.\n# TYPE nextup_peer_failures_total counter\n");
-    for (int i = 0; i < n; i++)
-        if (peer_is_active(set->peer[i]))
-            for (int c = 0; c < METRICS_FAIL_COUNT; c++)
-                evbuffer_add_printf(out, "nextup_peer_failures_total{class=\"%s\",peer=\"%s\"} %" PRIu64 "\n",
-                                    fail_names[c], set->peer[i]->addr_text,
-                                    atomic_load_explicit(&peer_series[i].failures[c], memory_order_relaxed));
+    write_peer_families(out, &one, 1, 0);
+}
+
+void metrics_write_services(struct evbuffer *out, const struct services *svcs)
+{
+    struct peers *sets[CONFIG_MAX_SERVICES];
+    int n = svcs->n;
+    static const struct { const char *family, *label, *value, *help; int from, count; } fams[] = {
+        { "nextup_service_requests_total", NULL, NULL, "Requests whose head was read, by the service they were for.", 0, 1 },
+        { "nextup_service_responses_total", "code", "1xx\0" "2xx\0" "3xx\0" "4xx\0" "5xx\0",
+          "Responses sent to clients, by service and status class.", 1, 5 },
+        { "nextup_service_attempts_total", NULL, NULL, "Tries sent to a peer of the service, first tries and retries.", 6, 1 },
+        { "nextup_service_retries_total", "reason", "refused\0" "connect_failure\0" "reset\0" "timeout\0" "status\0",
+          "Retries on another peer of the service, by reason.", 7, 5 },
+        { "nextup_service_retries_refused_total", "reason", "policy\0" "exhausted\0" "method\0" "buffer\0" "budget\0",
+          "Retries wanted but not made, by service and reason.", 12, 5 },
+    };
+    const char *name;
+
+    for (int s = 0; s < n; s++)
+        sets[s] = svcs->svc[s].peers;
+    for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
+        evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", fams[f].family, fams[f].help, fams[f].family);
+        for (int s = 0; s < n; s++) {
+            struct service_series *ss = series_of(sets[s]->service);
+            const char *v = fams[f].value;
+            if (!ss)
+                continue;
+            name = service_names ? service_names[sets[s]->service] : "default";
+            for (int k = 0; k < fams[f].count; k++, v = v ? v + strlen(v) + 1 : NULL) {
+                if (fams[f].label)
+                    evbuffer_add_printf(out, "%s{%s=\"%s\",service=\"%s\"} %" PRIu64 "\n", fams[f].family,
+                                        fams[f].label, v, name, load(&ss->counters[fams[f].from + k]));
+                else
+                    evbuffer_add_printf(out, "%s{service=\"%s\"} %" PRIu64 "\n", fams[f].family, name,
+                                        load(&ss->counters[fams[f].from + k]));
+            }
+        }
+    }
+    evbuffer_add_printf(out, "# HELP nextup_service_ejections_total Times a peer of the service was taken out of "
+                             "rotation (down, draining or ejected).\n# TYPE nextup_service_ejections_total counter\n");
+    for (int s = 0; s < n; s++) {
+        struct service_series *ss = series_of(sets[s]->service);
+        if (ss)
+            evbuffer_add_printf(out, "nextup_service_ejections_total{service=\"%s\"} %" PRIu64 "\n",
+                                service_names ? service_names[sets[s]->service] : "default", load(&ss->ejections));
+    }
+    write_peer_families(out, sets, n, 1);
 }
 
 /* ---- build and process -------------------------------------------------------------- */

@@ -11,6 +11,10 @@
  *   metrics_write_prometheus()        counters and histograms as Prometheus text
  *   metrics_write_peers()             per-peer series, active peers only
  *   metrics_write_process()           nextup_build_info and process_* (CPU, RSS, fds, start time)
+ *   metrics_services_init() / metrics_services_free()   per-service series for n services
+ *   metrics_service_inc() / metrics_service_request() / metrics_service_response()
+ *   metrics_service_peer_*()          per-peer series of a service's peer set
+ *   metrics_write_services()          nextup_service_* and the per-peer series with their service label
  * Every metrics_observe_* and metrics_peer_* call is a few relaxed atomic operations, no lock,
  * callable from any thread. */
 #ifndef SIDECAR_METRICS_H
@@ -101,6 +105,38 @@ void metrics_peer_attempt(int index);
 void metrics_peer_response(int index, int status);
 /* An attempt to the peer that failed without a response head. */
 void metrics_peer_failure(int index, enum metrics_failure cls);
+
+/* ---- per service ----------------------------------------------------------------------
+ * Services are numbered 0..n-1 (struct service's index, service.h). Before metrics_services_init()
+ * and for the single service of NEXTUP_UPSTREAMS there is service 0, always there: the functions
+ * above without a service count for it. A service index outside 0..n-1 counts nothing per service. */
+
+/* Makes the per-service series of <n> services named <names> (borrowed: they must outlive the
+ * metrics, e.g. the configuration's). Main thread, before the workers start. 0 or -ENOMEM. */
+int metrics_services_init(int n, const char *const *names);
+void metrics_services_free(void);
+
+/* The process-wide counter <id> (metrics_inc()) and, when <id> is one of those kept per service, the
+ * same counter of service <svc>: M_REQUESTS, M_RESP_1XX..M_RESP_5XX, M_UPSTREAM_ATTEMPTS,
+ * M_RETRY_* (retries by reason), M_NORETRY_* (retries refused by reason). <svc> -1: the process-wide
+ * one only (a request refused before a service was chosen). One call per event: the request path
+ * calls it instead of metrics_inc(), never as well. */
+void metrics_service_inc(int svc, enum metric_id id);
+/* metrics_service_inc(svc, M_REQUESTS). */
+void metrics_service_request(int svc);
+/* A response with <status> sent to a client of <svc>: M_RESP_<class>; nothing for a status outside 100..599. */
+void metrics_service_response(int svc, int status);
+/* A peer of <svc> taken out of rotation (peers.c counts it with the peer's ejections). */
+void metrics_service_ejection(int svc);
+/* The metrics_peer_*() of the peer in slot <index> of service <svc>'s peer set. */
+void metrics_service_peer_reset(int svc, int index);
+void metrics_service_peer_attempt(int svc, int index);
+void metrics_service_peer_response(int svc, int index, int status);
+void metrics_service_peer_failure(int svc, int index, enum metrics_failure cls);
+/* Appends nextup_service_* of every service of <svcs> and the per-peer series (as
+ * metrics_write_peers(), with service="<name>" on each) of their peer sets. */
+struct services;
+void metrics_write_services(struct evbuffer *out, const struct services *svcs);
 
 /* An upstream connection opened (pooled or not) / closed, for nextup_upstream_connections_open. */
 void metrics_upstream_conn_opened(void);

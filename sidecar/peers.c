@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "log.h"
-#include "metrics.h"
 
 /* A removed peer's slot is reused for another address only after this long:
  * workers have closed its pooled connections by then. */
@@ -21,6 +20,14 @@ static void publish(struct peer *p)
     atomic_store_explicit(&p->state, (int)p->health.state, memory_order_relaxed);
     atomic_store_explicit(&p->unsettled, p->health.consecutive_failures > 0 || p->health.ejections > 0,
                           memory_order_relaxed);
+}
+
+/* Who is told of slot reuse and ejections (the metrics); set once at startup. */
+static const struct peers_observer *observer;
+
+void peers_set_observer(const struct peers_observer *o)
+{
+    observer = o;
 }
 
 static void peer_init_state(struct peer *p)
@@ -38,16 +45,23 @@ static void peer_init_state(struct peer *p)
     atomic_store(&p->responses, 0);
     atomic_store(&p->gateway_errors, 0);
     atomic_store(&p->connect_failures, 0);
-    metrics_peer_reset(p->index);
+    if (observer && observer->slot_reset)
+        observer->slot_reset(p->service, p->index);
 }
 
 struct peers *peers_new(const struct config_upstream *ups, int n)
+{
+    return peers_new_service(0, ups, n);
+}
+
+struct peers *peers_new_service(int service, const struct config_upstream *ups, int n)
 {
     struct peers *set = calloc(1, sizeof(*set));
     int i;
 
     if (!set)
         return NULL;
+    set->service = service;
     set->policy.connect_failures_to_eject = 1;
     set->policy.gateway_errors_to_eject = PEERS_GATEWAY_ERRORS_TO_EJECT;
     set->policy.eject_base_ms = PEERS_EJECT_BASE_MS;
@@ -60,6 +74,7 @@ struct peers *peers_new(const struct config_upstream *ups, int n)
             return NULL;
         }
         p->index = i;
+        p->service = service;
         pthread_mutex_init(&p->lock, NULL);
         memcpy(&p->sa, &ups[i].sa, sizeof(p->sa));
         p->salen = ups[i].salen;
@@ -190,6 +205,7 @@ struct peer *peers_add(struct peers *set, const struct sockaddr *sa, socklen_t s
         if (!p)
             return NULL;
         p->index = n;
+        p->service = set->service;
         pthread_mutex_init(&p->lock, NULL);
     } else {
         p = NULL;
@@ -223,6 +239,20 @@ void peers_remove(struct peer *p, int64_t now_ms)
         return;
     atomic_store(&p->inactive_since_ms, now_ms);
     atomic_store_explicit(&p->active, 0, memory_order_release);
+}
+
+int peers_usable_count(const struct peers *set, int64_t now_ms)
+{
+    int n = atomic_load_explicit(&set->n, memory_order_acquire), usable = 0;
+
+    for (int i = 0; i < n; i++) {
+        enum peer_state st;
+        if (!peer_is_active(set->peer[i]))
+            continue;
+        st = peer_state_now(set->peer[i], now_ms);
+        usable += st != PEER_DOWN && st != PEER_DRAINING;
+    }
+    return usable;
 }
 
 int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms)
@@ -276,8 +306,11 @@ int peers_observe(struct peers *set, struct peer *p, enum peer_evidence ev, enum
     before = peer_state_at(&p->health, now_ms);
     changed = peer_state_next(&p->health, ev, reason, &sp, &cap, now_ms);
     after = p->health.state;
-    if (changed && after != PEER_HEALTHY)
+    if (changed && after != PEER_HEALTHY) {
         atomic_fetch_add_explicit(&p->ejections_total, 1, memory_order_relaxed);
+        if (observer && observer->ejected)
+            observer->ejected(set->service);
+    }
     publish(p);
     /* Any outcome ends a trial: the next one may go when the state asks for it. */
     atomic_store_explicit(&p->trial_until_ms, 0, memory_order_relaxed);

@@ -26,6 +26,7 @@
 
 struct peer {
     int index;                       /* position in the set, bit in a peer_mask */
+    int service;                     /* its set's service index (struct peers.service) */
     struct sockaddr_storage sa;
     socklen_t salen;
     char name[128];                  /* as configured, e.g. "orders:8080" */
@@ -82,6 +83,7 @@ enum peer_outcome {
  * freed while workers run, so a worker may hold a peer pointer without a lock. */
 struct peers {
     _Atomic int n;
+    int service;                     /* index of the service the set belongs to (service.h); 0 alone */
     struct peer *peer[PEERS_MAX];    /* owned */
     struct peer_policy policy;       /* set before workers start, read-only after */
 };
@@ -102,6 +104,8 @@ static inline int peer_mask_has(const struct peer_mask *m, int i)
 
 /* Builds the set from the configured upstreams. NULL on allocation failure. */
 struct peers *peers_new(const struct config_upstream *ups, int n);
+/* The same for service <service>: its peers' metrics and ejections are counted for it. */
+struct peers *peers_new_service(int service, const struct config_upstream *ups, int n);
 void peers_free(struct peers *set);
 
 /* Picks an active peer whose bit in <exclude> is clear (<exclude> may be NULL) and that
@@ -121,6 +125,9 @@ struct peer *peers_add(struct peers *set, const struct sockaddr *sa, socklen_t s
 void peers_remove(struct peer *p, int64_t now_ms);
 /* Peers taking new requests. */
 int peers_active_count(const struct peers *set);
+/* Peers usable at <now_ms>: active, and neither down (refusing connections) nor draining. An
+ * ejected peer counts (panic mode still sends to it when nothing else is left). */
+int peers_usable_count(const struct peers *set, int64_t now_ms);
 /* "1.2.3.4:80" or "[::1]:80" into <out>. */
 void peers_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
 
@@ -138,6 +145,15 @@ int peers_observe(struct peers *set, struct peer *p, enum peer_evidence ev, enum
 
 /* 1 if some peer is neither excluded nor out of rotation at <now_ms>. */
 int peers_has_fresh(const struct peers *set, const struct peer_mask *exclude, int64_t now_ms);
+
+/* What peers tell the layer above (metrics) without calling it by name: a
+ * slot taken by a new address (its series start again), a peer ejected. */
+struct peers_observer {
+    void (*slot_reset)(int service, int index);
+    void (*ejected)(int service);
+};
+/* Sets the observer of every peer set (NULL: none); once, before workers start. */
+void peers_set_observer(const struct peers_observer *o);
 
 /* Records an outcome of one of nextup's requests to <p> at <now_ms>. No lock
  * when a healthy peer answers well (the common case). */

@@ -1,6 +1,7 @@
 #include "proxy.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 #include "request_id.h"
 #include "request.h"
 #include "retry.h"
+#include "service.h"
 
 /* Above this many request bytes waiting for the upstream, the client is not
  * read; above this many response bytes waiting for the client, the upstream is
@@ -48,9 +50,15 @@ static struct timeval ms_tv(int ms)
     return tv;
 }
 
-static const struct config *cfg_of(const struct request *r)
+/* The request's service's retry settings (the globals where it sets none). */
+static const struct retry_settings *retry_of(const struct request *r)
 {
-    return r->lc->cfg;
+    return r->svc->retry;
+}
+
+static int svc_index(const struct request *r)
+{
+    return r->svc ? r->svc->index : -1;
 }
 
 /* ---- request states ---------------------------------------------------- */
@@ -101,6 +109,7 @@ static struct request *request_take(struct loop_ctx *lc, struct downstream *ds)
     r->st.replay_whole = 1;
     r->st.upstream_us = -1;
     r->ds = ds;
+    r->svc = NULL;
     return r;
 }
 
@@ -180,10 +189,10 @@ static enum retry_verdict verdict_for(struct request *r, enum retry_cause cause,
         .buffer_whole = request_replayable(r),
         .retries_done = r->st.retries,
     };
-    enum retry_verdict v = retry_decide_budgeted(&cfg_of(r)->retry, &a, &budget, clock_mono_ms() / 1000);
+    enum retry_verdict v = retry_decide_budgeted(&retry_of(r)->policy, &a, &budget, clock_mono_ms() / 1000);
 
     if (v != RETRY_GO) {
-        metrics_inc(refused_metric[v]);
+        metrics_service_inc(svc_index(r), refused_metric[v]);
         /* A response forwarded unchanged says why here; nextup's own answer says it in its one line. */
         if (say)
             LOG_INFO("%s: %s %.*s: no retry (%s)", downstream_client_ip(r->ds), downstream_method_name(r->ds),
@@ -203,14 +212,14 @@ static void retry_go(struct request *r, enum retry_cause cause)
     int delay = 0;
 
     r->st.retries++;
-    metrics_inc(retry_metric[cause]);
+    metrics_service_inc(svc_index(r), retry_metric[cause]);
     request_log_retry(r, cause, cause == CAUSE_STATUS ? r->st.aborted_status : 0);
     if (request_rewind(r) < 0) {
         reply_error(r, 503, "out of memory");
         return;
     }
-    if (retry_cause_reached_peer(cause) && !peers_has_fresh(r->lc->peers, &r->st.tried, clock_mono_ms()))
-        delay = retry_backoff_ms(&cfg_of(r)->retry, r->st.retries, peers_rand(&r->lc->rng));
+    if (retry_cause_reached_peer(cause) && !peers_has_fresh(r->svc->peers, &r->st.tried, clock_mono_ms()))
+        delay = retry_backoff_ms(&retry_of(r)->policy, r->st.retries, peers_rand(&r->lc->rng));
     if (delay > 0) {
         struct timeval tv = ms_tv(delay);
         evtimer_add(&r->backoff_timer, &tv);
@@ -261,8 +270,8 @@ static void attempt_failed(struct request *r, const struct failure_facts *f)
     if (c.proved_unsent)
         metrics_inc(M_UNSENT_PROOFS);
     if (r->st.peer) {
-        metrics_peer_failure(r->st.peer->index, peer_failure[f->kind]);
-        peers_report(r->lc->peers, r->st.peer,
+        metrics_service_peer_failure(r->st.peer->service, r->st.peer->index, peer_failure[f->kind]);
+        peers_report(r->svc->peers, r->st.peer,
                      f->kind == UPF_REFUSED || f->kind == UPF_CONNECT_TIMEOUT || f->kind == UPF_CONNECT_ERROR
                          ? PEER_CONNECT_FAILED
                      : f->kind == UPF_TLS ? PEER_TLS_FAILED
@@ -286,7 +295,7 @@ static void attempt_failed(struct request *r, const struct failure_facts *f)
  * peer's trial, so that a trial that fails costs the client nothing. */
 static int request_may_trial(const struct request *r)
 {
-    const struct retry_policy *pol = &cfg_of(r)->retry;
+    const struct retry_policy *pol = &retry_of(r)->policy;
     int method = downstream_head(r->ds)->method;
 
     return request_replayable(r) && r->st.retries < pol->max_retries &&
@@ -303,9 +312,9 @@ static struct peer *choose_peer(struct request *r, int fresh_same_peer)
         return r->st.peer;
     /* A peer whose time out is up gets one request, which decides. */
     if (!lc->cfg->probe_path[0] && request_may_trial(r) &&
-        (p = peers_take_trial(lc->peers, &r->st.tried, now, lc->cfg->request_timeout_ms)))
+        (p = peers_take_trial(r->svc->peers, &r->st.tried, now, retry_of(r)->request_timeout_ms)))
         return p;
-    return peers_select(lc->peers, &r->st.tried, now, &lc->rng);
+    return peers_select(r->svc->peers, &r->st.tried, now, &lc->rng);
 }
 
 static void attempt(struct request *r, int fresh_same_peer)
@@ -323,13 +332,13 @@ static void attempt(struct request *r, int fresh_same_peer)
     peer_mask_set(&r->st.tried, p->index);
     r->st.attempts++;
     r->st.peer = p;
-    metrics_inc(M_UPSTREAM_ATTEMPTS);
-    metrics_peer_attempt(p->index);
-    if (cfg_of(r)->per_try_timeout_ms > 0) {
-        struct timeval tv = ms_tv(cfg_of(r)->per_try_timeout_ms);
+    metrics_service_inc(svc_index(r), M_UPSTREAM_ATTEMPTS);
+    metrics_service_peer_attempt(p->service, p->index);
+    if (retry_of(r)->per_try_timeout_ms > 0) {
+        struct timeval tv = ms_tv(retry_of(r)->per_try_timeout_ms);
         evtimer_add(&r->try_timer, &tv);
     }
-    rc = exchange_start(r->ex, r->lc->pool, p, fresh_same_peer, flags, downstream_client_ip(r->ds));
+    rc = exchange_start(r->ex, r->lc->pools[r->svc->index], p, fresh_same_peer, flags, downstream_client_ip(r->ds));
     if (rc < 0) {
         struct failure_facts f = { .nothing_acked = 1 };
         f.kind = rc == -ECONNREFUSED ? UPF_REFUSED : rc == -ETIMEDOUT ? UPF_CONNECT_TIMEOUT : UPF_CONNECT_ERROR;
@@ -375,7 +384,7 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg)
     metrics_inc(M_REQUEST_TIMEOUTS);
     r->st.status_source = ACCESS_SOURCE_TIMEOUT;
     if (exchange_active(r->ex) && r->st.peer)
-        metrics_peer_failure(r->st.peer->index, METRICS_FAIL_TIMEOUT);
+        metrics_service_peer_failure(r->st.peer->service, r->st.peer->index, METRICS_FAIL_TIMEOUT);
     exchange_cancel(r->ex, UPF_TRY_TIMEOUT, NULL);
     LOG_WARN("%s: no response head from %s within NEXTUP_REQUEST_TIMEOUT_MS", downstream_client_ip(ds),
              r->st.peer ? r->st.peer->addr_text : "any peer");
@@ -408,7 +417,7 @@ static int up_head(void *arg, const struct http_head *resp)
     event_del(&r->try_timer);
     r->st.sent_any = 1;
     r->st.upstream_us = exchange_head_us(r->ex);
-    peers_report_response(r->lc->peers, r->st.peer, resp->status,
+    peers_report_response(r->svc->peers, r->st.peer, resp->status,
                           resp->major == 1 && resp->minor >= 1 && http_head_has_token(resp, "connection", "close"),
                           clock_mono_ms());
     if (resp->status != 101) {
@@ -444,7 +453,7 @@ static int up_head(void *arg, const struct http_head *resp)
     }
     r->st.resp_head_done = 1;
     r->st.resp_status = resp->status;
-    request_count_response(resp->status);
+    request_count_response(r, resp->status);
     downstream_response_begun(r->ds);
     return EXCHANGE_GO;
 }
@@ -556,9 +565,16 @@ static void client_head(struct downstream *ds)
 {
     struct request *r = downstream_owner(ds);
     const struct http_head *req = downstream_head(ds);
-    struct timeval tv = ms_tv(cfg_of(r)->request_timeout_ms);
+    const char *reason;
+    struct timeval tv;
+    int status;
 
     r->st.start_us = clock_mono_us();
+    if ((status = request_route(r, &reason))) {
+        reply_error(r, status, reason);
+        return;
+    }
+    tv = ms_tv(retry_of(r)->request_timeout_ms);
     take_request_id(r);
     r->st.start_mono_ms = clock_mono_ms();
     r->st.start_unix_ms = clock_unix_ms();

@@ -9,6 +9,7 @@
 #include "downstream.h"
 #include "exchange.h"
 #include "retry.h"
+#include "service.h"
 
 int request_replayable(const struct request *r)
 {
@@ -38,12 +39,12 @@ int request_produce(struct request *r, const void *data, size_t len)
 /* The head sent upstream, into <out>: written once per attempt, never copied. */
 int request_write_head(struct request *r, struct evbuffer *out)
 {
-    const struct peers *peers = r->lc->peers;
+    const struct peers *peers = r->svc->peers;
     const char *host_fallback = peers->n > 0 ? peers->peer[0]->name : "localhost";
 
-    return http1_write_request_head(out, downstream_head(r->ds), downstream_client_ip(r->ds), host_fallback,
+    return http1_write_request_head_rw(out, downstream_head(r->ds), downstream_client_ip(r->ds), host_fallback,
                                     downstream_is_tls(r->ds) ? "https" : "http",
-                                    r->st.request_id_made ? r->st.request_id : NULL);
+                                    r->st.request_id_made ? r->st.request_id : NULL, &r->st.rewrite);
 }
 
 /* Copies every byte of <src> to the end of <dst>, leaving <src> as it was. */

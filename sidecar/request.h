@@ -1,6 +1,6 @@
 /* request: the state of one request across its attempts, shared by the files
  * that serve it: proxy.c (the attempts), replay.c (request bytes towards the
- * upstream and the retry buffer), answer.c (how it ends: the access-log
+ * upstream and the retry buffer), route.c (which service it is for), answer.c (how it ends: the access-log
  * line, nextup's own replies, the held response) and session.c (what nextup.h lets the decision hook read). Nothing
  * else includes this header.
  *
@@ -29,6 +29,7 @@ struct downstream;
 struct evbuffer;
 struct exchange;
 struct loop_ctx;
+struct service;
 
 /* One request, across its attempts. Taken when its first byte arrives, given
  * back when it is answered, so that an idle keep-alive connection holds none of
@@ -37,6 +38,7 @@ struct request {
     struct request *next_free;            /* the loop's cache link */
     struct loop_ctx *lc;
     struct downstream *ds;                /* the client connection it came on */
+    const struct service *svc;            /* the service it is for (route_request); NULL before, or none */
     struct exchange *ex;                  /* owned: the current attempt's exchange */
     struct evbuffer *tosend;              /* owned: request bytes not yet handed to a connection */
     struct evbuffer *replay;              /* owned: body bytes as forwarded, while st.replay_whole */
@@ -70,6 +72,8 @@ struct request {
         uint64_t resp_bytes;              /* body bytes sent to the client */
         enum access_status_source status_source; /* who produced the status (set where decided) */
         const char *no_retry;             /* why the last failure was not retried */
+        struct http1_rewrite rewrite;     /* target and Host sent upstream, where not the client's */
+        char reason[192];                 /* a made-up answer's reason that names something */
         char request_id[REQUEST_ID_MAX + 1]; /* X-Request-Id sent upstream */
         int request_id_made;              /* ... made here (the client's, if any, replaced) */
         struct { uint8_t cause; uint16_t status; } retry_log[RETRY_LOG_MAX];
@@ -82,11 +86,17 @@ struct request {
 void request_log(struct request *r, int status);
 /* Notes a retry with <cause> (retry_cause, or RETRY_LOG_KEEPALIVE_RACE) and, for a status retry, <status>. */
 void request_log_retry(struct request *r, int cause, int status);
-void request_count_response(int status);
+void request_count_response(const struct request *r, int status);
 /* Answers <status> with <reason> (the held response instead, for a 5xx, when
  * one is whole), logs the request and closes after the write. The caller has
  * stopped the attempt. After a response head went out: aborts. */
 void request_answer_error(struct request *r, int status, const char *reason);
+
+/* Chooses r->svc from the request's authority and what is rewritten on the
+ * way (origin-form target, Host). 0, or the status to answer (400: an
+ * absolute-form target nextup does not proxy; 421: no service claims the
+ * authority) with <*reason> (valid while <r> is). Counts the request. */
+int request_route(struct request *r, const char **reason);
 
 /* 1 while every byte of the request can be sent again (nothing sent yet, or all kept). */
 int request_replayable(const struct request *r);

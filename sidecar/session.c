@@ -10,6 +10,7 @@
 #include "http1.h"
 #include "request.h"
 #include "retry.h"
+#include "service.h"
 
 static const struct request *request_of(const struct nextup_session *session)
 {
@@ -22,7 +23,7 @@ const struct nextup_error *nextup_builtin_decision(struct nextup_session *sessio
     static const struct nextup_error retry_status = { 1, 0, "status in NEXTUP_RETRY_ON" };
 
     (void)ctx;
-    return retry_status_matches(&request_of(session)->lc->cfg->retry, nextup_response_status(response))
+    return retry_status_matches(&request_of(session)->svc->retry->policy, nextup_response_status(response))
                ? &retry_status
                : NULL;
 }

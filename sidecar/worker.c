@@ -24,6 +24,7 @@
 #include "peers.h"
 #include "proxy.h"
 #include "rng.h"
+#include "service.h"
 #include "upstream.h"
 
 /* After this many connections closed since the most open, what malloc holds for
@@ -150,7 +151,8 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         w->listener = NULL;
     }
     accept_resume(w);
-    upstream_pool_close_idle(w->ctx.pool);
+    for (int i = 0; i < w->ctx.services->n; i++)
+        upstream_pool_close_idle(w->ctx.pools[i]);
     for (ds = w->ctx.conns; ds; ds = next) {
         next = downstream_next(ds);
         downstream_drain(ds);
@@ -165,7 +167,8 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    upstream_pool_close_inactive(w->ctx.pool);
+    for (int i = 0; i < w->ctx.services->n; i++)
+        upstream_pool_close_inactive(w->ctx.pools[i]);
     if (w->n_conns_peak - w->n_conns >= TRIM_AFTER_CLOSES) {
         w->n_conns_peak = w->n_conns;
         malloc_trim(0);
@@ -222,7 +225,7 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int workers_start(const struct config *cfg, struct peers *peers, char *err, size_t errlen)
+int workers_start(const struct config *cfg, const struct services *services, char *err, size_t errlen)
 {
     struct timeval sweep_tv = { 1, 0 };
     int i;
@@ -239,7 +242,8 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
 
         w->id = i;
         w->ctx.cfg = cfg;
-        w->ctx.peers = peers;
+        w->ctx.services = services;
+        w->ctx.peers = services->svc[0].peers;
         w->ctx.rng = rng_seed();
         w->ctx.on_conn_closed = connection_closed;
         w->ctx.on_conn_closed_arg = w;
@@ -260,8 +264,14 @@ int workers_start(const struct config *cfg, struct peers *peers, char *err, size
         if (w->listener)
             evconnlistener_set_error_cb(w->listener, accept_error_cb);
         w->accept_resume_ev = evtimer_new(w->ctx.base, accept_resume_cb, w);
-        w->ctx.pool = upstream_pool_new(w->ctx.base, PEERS_MAX, cfg->pool_max_idle, cfg->connect_timeout_ms,
-                                    cfg->idle_timeout_ms);
+        w->ctx.pools = calloc((size_t)services->n, sizeof(*w->ctx.pools));
+        for (int k = 0; w->ctx.pools && k < services->n; k++)
+            if (!(w->ctx.pools[k] = upstream_pool_new(w->ctx.base, PEERS_MAX, cfg->pool_max_idle, cfg->connect_timeout_ms,
+                                                  cfg->idle_timeout_ms))) {
+                snprintf(err, errlen, "out of memory");
+                return -ENOMEM;
+            }
+        w->ctx.pool = w->ctx.pools ? w->ctx.pools[0] : NULL;
         w->drain_ev = event_new(w->ctx.base, -1, 0, drain_cb, w);
         w->ctx.alog = access_log_new(w->ctx.base, cfg->access_log);
         w->sweep_ev = event_new(w->ctx.base, -1, EV_PERSIST, sweep_cb, w);
@@ -309,7 +319,9 @@ void workers_stop(void)
         proxy_free_all(&w->ctx);
         if (w->accept_resume_ev)
             event_free(w->accept_resume_ev);
-        upstream_pool_free(w->ctx.pool);
+        for (int k = 0; w->ctx.pools && k < w->ctx.services->n; k++)
+            upstream_pool_free(w->ctx.pools[k]);
+        free(w->ctx.pools);
         access_log_free(w->ctx.alog);
         if (w->drain_ev)
             event_free(w->drain_ev);

@@ -38,9 +38,10 @@ struct worker {
     int n_conns_peak;                     /* most open since memory was last given back */
 };
 
-/* Starts cfg->workers threads. 0, or a negative errno with <err> filled
+/* Starts cfg->workers threads serving the services of <services> (borrowed, immutable; it must
+ * outlive the workers). 0, or a negative errno with <err> filled
  * ("NEXTUP_LISTEN=...: bind: Address already in use"). */
-int workers_start(const struct config *cfg, struct peers *peers, char *err, size_t errlen);
+int workers_start(const struct config *cfg, const struct services *services, char *err, size_t errlen);
 /* Asks every worker to drain; returns at once. */
 void workers_drain(void);
 /* 1 when every worker loop has ended. */

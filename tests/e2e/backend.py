@@ -149,6 +149,10 @@ class Backend:
             except OSError as e:
                 await self.simple(writer, method, 501, ("TCP_REPAIR refused: %s\n" % e).encode(), keep_alive)
                 return keep_alive
+            # abort() closes the sockets from a callback of the next loop turns: let those run
+            # before answering, so that no request sent after this answer finds one still open.
+            for _ in range(3):
+                await asyncio.sleep(0)
             await self.simple(writer, method, 200, b"ok vanished %d\n" % n, keep_alive)
             return keep_alive
         if what == "close-idle":

@@ -789,14 +789,19 @@ def metrics(nx):
 
 
 def metric(m, name, **labels):
-    """One value from parse_metrics() output; a missing series is an AssertionError."""
+    """One value from parse_metrics() output; a missing series is an AssertionError. Labels left out
+    (the per-peer series' service="...") may be anything as long as one series alone matches."""
     key = name
     if labels:
         key += "{" + ",".join('%s="%s"' % kv for kv in sorted(labels.items())) + "}"
-    if key not in m:
-        raise AssertionError("metric %s not in /metrics (have: %s)"
-                             % (key, ", ".join(sorted(k for k in m if k.startswith(name)))))
-    return m[key]
+    if key in m:
+        return m[key]
+    want = set('%s="%s"' % kv for kv in labels.items())
+    found = [k for k in m if k.startswith(name + "{") and want <= set(re.findall(r'\w+="[^"]*"', k))]
+    if len(found) != 1:
+        raise AssertionError("metric %s %s in /metrics (have: %s)"
+                             % (key, "ambiguous" if found else "not", ", ".join(sorted(k for k in m if k.startswith(name)))))
+    return m[found[0]]
 
 
 RETRY_REASONS = ("refused", "connect_failure", "reset", "timeout", "status")

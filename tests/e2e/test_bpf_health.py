@@ -361,9 +361,9 @@ class AppFailureEjectsTest(BpfCase):
         self.assertEqual(view["l7"]["connect_failures"], 0)
         m0 = metrics(nx)
         self.assertEqual(m0["nextup_bpf_loaded"], 1)
-        self.assertEqual(m0['nextup_peer_healthy{peer="%s"}' % dead], 0)
-        self.assertEqual(m0['nextup_peer_ejections_total{peer="%s"}' % dead], 1)
-        self.assertGreaterEqual(m0['nextup_peer_kernel_connect_failures_total{peer="%s"}' % dead], 3)
+        self.assertEqual(m0['nextup_peer_healthy{peer="%s",service="default"}' % dead], 0)
+        self.assertEqual(m0['nextup_peer_ejections_total{peer="%s",service="default"}' % dead], 1)
+        self.assertGreaterEqual(m0['nextup_peer_kernel_connect_failures_total{peer="%s",service="default"}' % dead], 3)
         self.assertEqual(m0["nextup_upstream_attempts_total"], 0)
 
         statuses = self._thirty(nx)
@@ -881,8 +881,8 @@ class BpftoolDumpTest(BpfCase):
         m = metrics(nx)
         self.assertEqual(m["nextup_upstream_attempts_total"], n)
         self.assertEqual(m["nextup_upstream_connects_total"], n)
-        self.assertEqual(m['nextup_peer_kernel_connect_failures_total{peer="%s"}' % dead], n502)
-        self.assertEqual(m['nextup_peer_ejections_total{peer="%s"}' % dead], 0)
+        self.assertEqual(m['nextup_peer_kernel_connect_failures_total{peer="%s",service="default"}' % dead], n502)
+        self.assertEqual(m['nextup_peer_ejections_total{peer="%s",service="default"}' % dead], 0)
 
 
 # --------------------------------------------------------------------------

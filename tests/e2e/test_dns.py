@@ -86,7 +86,7 @@ class DnsDiscoveryTest(NextupCase):
     def test_follows_the_records(self):
         self.dns.set(FQDN, [self.replicas["r1"], self.replicas["r2"]])
         nx = self.start()
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200), "never ready")
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 200), "never ready")
         self.assertEqual(self.answered_by(nx, 20), {"r1", "r2"})
         # r1 goes, r3 comes: used within a couple of refreshes, r1 no longer.
         self.dns.set(FQDN, [self.replicas["r2"], self.replicas["r3"]])
@@ -101,7 +101,7 @@ class DnsDiscoveryTest(NextupCase):
         # After a rollout the old pods' series must end, not stay at 0 and fire alerts.
         self.dns.set(FQDN, [self.replicas["r1"], self.replicas["r2"]])
         nx = self.start(refresh_ms=300)
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200), "never ready")
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 200), "never ready")
         self.assertEqual(self.answered_by(nx, 20), {"r1", "r2"})
         gone = "%s:%d" % (self.replicas["r1"], self.port)
         peer_lines = lambda: [l for l in http_get(nx.admin_port, "/metrics")[1].splitlines()
@@ -121,7 +121,7 @@ class DnsDiscoveryTest(NextupCase):
     def test_in_flight_request_to_a_removed_peer_finishes(self):
         self.dns.set(FQDN, [self.replicas["r1"]])
         nx = self.start()
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200))
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 200))
         result = {}
         t = threading.Thread(target=lambda: result.update(r=http_get(nx.listen_port, "/slow/1500", timeout=5)))
         t.start()
@@ -136,7 +136,7 @@ class DnsDiscoveryTest(NextupCase):
         # must never find no peer between the old address going and the new one coming.
         self.dns.set(FQDN, [self.replicas["r1"]])
         nx = self.start(refresh_ms=10)
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200))
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 200))
         stop = threading.Event()
         statuses = {}
         lock = threading.Lock()
@@ -181,41 +181,45 @@ class DnsDiscoveryTest(NextupCase):
     def test_failing_resolver_keeps_the_last_good_set(self):
         self.dns.set(FQDN, [self.replicas["r1"], self.replicas["r2"]])
         nx = self.start()
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200))
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 200))
         self.dns.mode = "servfail"
         self.assertTrue(wait_for(lambda: metric(metrics(nx), "nextup_dns_failures_total") >= 2, timeout=5))
         self.assertEqual(self.answered_by(nx, 12), {"r1", "r2"})
         self.dns.mode = "silent"    # no answer at all: evdns times out (1 s)
         time.sleep(1.5)
         self.assertEqual(self.answered_by(nx, 12), {"r1", "r2"})
-        self.assertEqual(http_get(nx.admin_port, "/readyz")[0], 200)
+        self.assertEqual(http_get(nx.admin_port, "/readyz/upstreams")[0], 200)
         self.assertIn("keeping the last good set", nx.stderr_text())
 
     def test_empty_answer_is_trusted_only_when_it_repeats(self):
         self.dns.set(FQDN, [self.replicas["r1"]])
         nx = self.start(refresh_ms=400)
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200))
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 200))
         self.dns.records.clear()    # NXDOMAIN from now on
         self.assertTrue(wait_for(lambda: metric(metrics(nx), "nextup_dns_empty_answers_total") >= 1, timeout=3))
         m = metric(metrics(nx), "nextup_dns_empty_answers_total")
         if m < 2:
             # After one empty answer the set is kept.
             self.assertEqual(http_get(nx.listen_port, "/")[0], 200)
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 503, timeout=3),
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 503, timeout=3),
                         "repeated empty answers did not remove the peers")
+        # nextup itself stays ready: its readiness is the pod's, whatever the replicas do.
+        self.assertEqual(http_get(nx.admin_port, "/readyz")[0], 200)
         self.assertEqual(http_get(nx.listen_port, "/")[0], 502)
         # The name comes back: so do the peers.
         self.dns.set(FQDN, [self.replicas["r3"]])
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200, timeout=3))
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 200, timeout=3))
         self.assertEqual(self.answered_by(nx, 4), {"r3"})
 
     def test_name_without_records_at_start(self):
-        # A headless Service with no ready replica yet: nextup starts, not ready, then serves.
+        # A headless Service with no ready replica yet: nextup starts and is ready (its readiness is the
+        # pod's); /readyz/upstreams says 503 until a replica appears, then it serves.
         nx = self.start()
         self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/healthz")[0] == 200))
-        self.assertEqual(http_get(nx.admin_port, "/readyz")[0], 503)
+        self.assertEqual(http_get(nx.admin_port, "/readyz/upstreams")[0], 503)
+        self.assertEqual(http_get(nx.admin_port, "/readyz")[0], 200)
         self.dns.set(FQDN, [self.replicas["r2"]])
-        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz")[0] == 200, timeout=3))
+        self.assertTrue(wait_for(lambda: http_get(nx.admin_port, "/readyz/upstreams")[0] == 200, timeout=3))
         self.assertEqual(self.answered_by(nx, 4), {"r2"})
 
     def test_unresolvable_name_without_refresh_is_a_startup_error(self):

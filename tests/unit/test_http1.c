@@ -643,11 +643,41 @@ static void test_check_connect(void **state)
 static void test_check_target_forms(void **state)
 {
     (void)state;
-    assert_int_equal(check(request("GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")), 400);
-    assert_int_equal(check(request("GET HTTP://evil.example/x HTTP/1.1\r\nHost: evil.example\r\n\r\n")), 400);
+    /* Absolute-form passes: whether its authority is a service's is the request path's to judge. */
+    assert_int_equal(check(request("GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")), 0);
+    assert_int_equal(check(request("GET HTTP://evil.example/x HTTP/1.1\r\nHost: evil.example\r\n\r\n")), 0);
+
     assert_int_equal(check(request("GET * HTTP/1.1\r\nHost: a\r\n\r\n")), 400);
     assert_int_equal(check(request("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")), 0);
     assert_int_equal(check(request("OPTIONS /x HTTP/1.1\r\nHost: a\r\n\r\n")), 0);
+}
+
+static void test_is_absolute_form(void **state)
+{
+    (void)state;
+    assert_true(http1_is_absolute_form("http://a/", 9));
+    assert_true(http1_is_absolute_form("svn+ssh://a", 11));
+    assert_false(http1_is_absolute_form("/http://a", 9));
+    assert_false(http1_is_absolute_form("http:", 5));
+    assert_false(http1_is_absolute_form("", 0));
+    assert_false(http1_is_absolute_form("h@p://a", 7));
+}
+
+/* The target and Host the request path rewrites: origin-form path, one Host. */
+static void test_write_request_head_rewrite(void **state)
+{
+    struct http1_rewrite rw = { "x?q=1", 5, 1, "inventory.internal", 18 };
+    const struct http_head *h =
+        request("GET http://inventory/x?q=1 HTTP/1.1\r\nHost: inventory\r\nHost-X: y\r\n\r\n");
+    const char *text;
+
+    (void)state;
+    assert_int_equal(http1_write_request_head_rw(out, h, "10.0.0.9", NULL, "http", NULL, &rw), 0);
+    text = out_text();
+    assert_true(strncmp(text, "GET /x?q=1 HTTP/1.1\r\n", strlen("GET /x?q=1 HTTP/1.1\r\n")) == 0);
+    assert_int_equal(header_count(text, "host", NULL, 0), 1);
+    assert_header(text, "host", "inventory.internal");
+    assert_header(text, "host-x", "y");
 }
 
 static void test_check_host(void **state)
@@ -1533,6 +1563,8 @@ int main(void)
         T(test_check_normal_get),
         T(test_check_connect),
         T(test_check_target_forms),
+        T(test_is_absolute_form),
+        T(test_write_request_head_rewrite),
         T(test_check_host),
         T(test_check_host_value),
         T(test_check_expect),
