@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/resource.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -216,6 +217,51 @@ static void prewarm_fd_map(struct event_base *base)
     close(probe);
 }
 
+/* A worker's loop has no lock (libevent's locks cost a mutex pair per event
+ * change, several per request): other threads reach it only through its
+ * eventfd, with what they want in <w->wake_want>. */
+static struct event_base *loop_base_new(void)
+{
+    struct event_config *ec = event_config_new();
+    struct event_base *base;
+
+    if (!ec)
+        return NULL;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    return base;
+}
+
+/* From another thread: asks <w>'s loop to drain or to stop. */
+static void wake(struct worker *w, int what)
+{
+    uint64_t one = 1;
+    ssize_t n;
+
+    atomic_fetch_or(&w->wake_want, what);
+    if (w->wake_fd >= 0)
+        n = write(w->wake_fd, &one, sizeof(one));
+    (void)n;
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t count;
+    ssize_t n = read(fd, &count, sizeof(count));
+    int want = atomic_exchange(&w->wake_want, 0);
+
+    (void)n;
+    (void)what;
+    if (want & WAKE_STOP) {
+        event_base_loopexit(w->ctx.base, NULL);
+        return;
+    }
+    if (want & WAKE_DRAIN)
+        drain_cb(-1, 0, w);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -236,6 +282,8 @@ int workers_start(const struct config *cfg, const struct services *services, cha
         return -ENOMEM;
     }
     n_workers = cfg->workers;
+    for (i = 0; i < n_workers; i++)
+        workers[i].wake_fd = -1;
     for (i = 0; i < n_workers; i++) {
         struct worker *w = &workers[i];
         int fd;
@@ -247,7 +295,7 @@ int workers_start(const struct config *cfg, const struct services *services, cha
         w->ctx.rng = rng_seed();
         w->ctx.on_conn_closed = connection_closed;
         w->ctx.on_conn_closed_arg = w;
-        w->ctx.base = event_base_new();
+        w->ctx.base = loop_base_new();
         /* Two priorities: pooled upstream connections' events (0) run before the
          * rest (1) of a loop turn; see conn_set_priority(). */
         if (!w->ctx.base || event_base_priority_init(w->ctx.base, 2) < 0) {
@@ -272,11 +320,12 @@ int workers_start(const struct config *cfg, const struct services *services, cha
                 return -ENOMEM;
             }
         w->ctx.pool = w->ctx.pools ? w->ctx.pools[0] : NULL;
-        w->drain_ev = event_new(w->ctx.base, -1, 0, drain_cb, w);
+        w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        w->drain_ev = w->wake_fd >= 0 ? event_new(w->ctx.base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w) : NULL;
         w->ctx.alog = access_log_new(w->ctx.base, cfg->access_log);
         w->sweep_ev = event_new(w->ctx.base, -1, EV_PERSIST, sweep_cb, w);
         if (!w->listener || !w->accept_resume_ev || !w->ctx.pool || !w->drain_ev || !w->ctx.alog || !w->sweep_ev ||
-            event_add(w->sweep_ev, &sweep_tv) < 0) {
+            event_add(w->sweep_ev, &sweep_tv) < 0 || event_add(w->drain_ev, NULL) < 0) {
             snprintf(err, errlen, "out of memory");
             return -ENOMEM;
         }
@@ -297,7 +346,7 @@ void workers_drain(void)
     int i;
 
     for (i = 0; i < n_workers; i++)
-        event_active(workers[i].drain_ev, 0, 0);
+        wake(&workers[i], WAKE_DRAIN);
 }
 
 void workers_stop(void)
@@ -305,7 +354,7 @@ void workers_stop(void)
     int i;
 
     for (i = 0; i < n_threads; i++)
-        event_base_loopexit(workers[i].ctx.base, NULL);
+        wake(&workers[i], WAKE_STOP);
     for (i = 0; i < n_threads; i++)
         pthread_join(workers[i].thread, NULL);
     for (i = 0; i < n_workers; i++) {
@@ -325,6 +374,8 @@ void workers_stop(void)
         access_log_free(w->ctx.alog);
         if (w->drain_ev)
             event_free(w->drain_ev);
+        if (w->wake_fd >= 0)
+            close(w->wake_fd);
         if (w->sweep_ev)
             event_free(w->sweep_ev);
         if (w->ctx.base)

@@ -14,9 +14,13 @@
 #define SIDECAR_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #define ACCEPT_PAUSE_MS 100
+
+#define WAKE_DRAIN 1
+#define WAKE_STOP 2
 
 #include "ctx.h"
 
@@ -30,7 +34,9 @@ struct worker {
     pthread_t thread;
     struct loop_ctx ctx;                  /* what the loop's connections share; base, pool, alog owned */
     struct evconnlistener *listener;      /* owned; NULL once draining */
-    struct event *drain_ev;               /* owned; activated by the main thread */
+    struct event *drain_ev;               /* owned: reads <wake_fd> */
+    int wake_fd;                          /* owned: an eventfd other threads write to (the loop has no lock) */
+    _Atomic int wake_want;                /* WAKE_* bits, set before the write */
     struct event *sweep_ev;               /* owned: closes pooled connections of removed peers */
     struct event *accept_resume_ev;       /* owned: ends an accept pause */
     int accept_paused;                    /* listener disabled after EMFILE, ENFILE, ENOBUFS or ENOMEM */
