@@ -142,10 +142,8 @@ static void request_give_back(struct request *r)
     evbuffer_drain(r->tosend, evbuffer_get_length(r->tosend));
     evbuffer_drain(r->replay, evbuffer_get_length(r->replay));
     evbuffer_drain(r->held_body, evbuffer_get_length(r->held_body));
-    if (lc->n_requests_free >= REQUEST_CACHE_MAX) {
-        request_destroy(r);
-        return;
-    }
+    /* Never freed here: this may run inside a callback of its own exchange
+     * (a client gone mid-response). proxy_trim() frees the surplus later. */
     http_head_reset(&r->held);
     r->next_free = lc->requests_free;
     lc->requests_free = r;
@@ -650,6 +648,16 @@ void proxy_init(void)
 int proxy_accept(struct loop_ctx *lc, int fd, const struct sockaddr *peer_addr, socklen_t peer_len)
 {
     return downstream_new(lc, &client_cbs, fd, peer_addr, peer_len);
+}
+
+void proxy_trim(struct loop_ctx *lc)
+{
+    while (lc->n_requests_free > REQUEST_CACHE_MAX) {
+        struct request *r = lc->requests_free;
+        lc->requests_free = r->next_free;
+        lc->n_requests_free--;
+        request_destroy(r);
+    }
 }
 
 void proxy_free_all(struct loop_ctx *lc)

@@ -21,6 +21,10 @@ void proxy_init(void);
  * failure (-ENOMEM) the caller still owns it. */
 int proxy_accept(struct loop_ctx *lc, int fd, const struct sockaddr *peer_addr, socklen_t peer_len);
 
+/* Frees the request states <lc> keeps beyond what it reuses; from a timer of
+ * the loop (never inside a connection's callback). */
+void proxy_trim(struct loop_ctx *lc);
+
 /* Frees every connection of <lc> and its cached request states; only once its loop has stopped. */
 void proxy_free_all(struct loop_ctx *lc);
 

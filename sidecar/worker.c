@@ -168,6 +168,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    proxy_trim(&w->ctx);
     for (int i = 0; i < w->ctx.services->n; i++)
         upstream_pool_close_inactive(w->ctx.pools[i]);
     if (w->n_conns_peak - w->n_conns >= TRIM_AFTER_CLOSES) {
