@@ -283,6 +283,15 @@ static void tls_take_errors(struct conn *c)
         c->tls_err = last;
 }
 
+/* SSL_get_error() reads the thread's error queue, shared by every connection of
+ * the loop: it must be empty before each SSL_* call. Peeking first is cheaper
+ * than clearing an empty queue on every read and write. */
+static void tls_clear_stale(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 enum tls_io { TLS_IO_OK, TLS_IO_WANT, TLS_IO_EOF, TLS_IO_FAIL };
 
 /* Sorts a failed SSL_* call <r> into wait (sets the want flags through
@@ -349,7 +358,7 @@ static int tls_write(struct conn *c, int *err)
             *err = ENOMEM;
             return -1;
         }
-        ERR_clear_error();
+        tls_clear_stale();
         r = SSL_write(c->ssl, p, (int)len);
         if (r > 0) {
             evbuffer_drain(c->out, (size_t)r);
@@ -394,7 +403,7 @@ static size_t tls_read(struct conn *c)
             c->read_eof = 1;
             break;
         }
-        ERR_clear_error();
+        tls_clear_stale();
         r = SSL_read(c->ssl, vec.iov_base, vec.iov_len > INT_MAX ? INT_MAX : (int)vec.iov_len);
         if (r > 0) {
             vec.iov_len = (size_t)r;
@@ -523,7 +532,7 @@ static void tls_handshake(struct conn *c, int dir)
 {
     int want_r, want_w, err = 0, r;
 
-    ERR_clear_error();
+    tls_clear_stale();
     r = SSL_do_handshake(c->ssl);
     if (r == 1) {
         tls_established(c);
