@@ -11,12 +11,15 @@
  *   conn_set_timeouts()                 per direction, in ms (0: none)
  *   conn_shutdown_write()               FIN after the output (plain only)
  *
- * Plain TCP is nextup's own: one readv into space reserved in the input per
- * readable event (no FIONREAD), writev from the output, EV_WRITE armed only while
- * output is left. TLS stays on libevent's OpenSSL bufferevent behind the same
- * verbs. Callbacks come only from the loop, never from inside a verb:
- * on_drained only when an armed write emptied the output (a flush that writes
- * everything at once reports through its return value instead). */
+ * Both are nextup's own I/O on the same two events: plain does one readv into
+ * space reserved in the input per readable event (no FIONREAD) and writev from
+ * the output; TLS does a non-blocking SSL_do_handshake, then SSL_read into
+ * reserved space (again while OpenSSL holds bytes, read ahead) and SSL_write of
+ * the output's first 16 KiB, each direction waiting on whichever event OpenSSL
+ * asks for. EV_WRITE is armed only while something waits for it. Callbacks come
+ * only from the loop, never from inside a verb: on_drained only when an armed
+ * write emptied the output (a flush that writes everything at once reports
+ * through its return value instead). A callback may free its conn. */
 #ifndef SIDECAR_CONN_H
 #define SIDECAR_CONN_H
 
@@ -29,7 +32,9 @@ struct evbuffer;
 struct ssl_st;
 
 /* on_event's <what>: one of CONNECTED / EOF / ERROR / TIMEOUT, with READING or
- * WRITING for a timeout. <err> is the errno of an ERROR (or of a failed connect). */
+ * WRITING for a timeout. <err> is the errno of an ERROR (or of a failed connect;
+ * EPROTO for a TLS protocol error). TLS: CONNECTED once the handshake is done; EOF
+ * on close_notify or on a TCP close without it (HTTP frames its own messages). */
 enum {
     CONN_CONNECTED = 1,
     CONN_EOF = 2,
@@ -55,7 +60,8 @@ struct conn *conn_tls_new(struct event_base *base, int fd, struct ssl_st *ssl, i
  * the TLS handshake). NULL with errno set when the connect failed at once. */
 struct conn *conn_plain_connect(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
                                 int timeout_ms);
-/* Takes <ssl> on success (on failure the caller frees it). */
+/* Takes <ssl> on success. On failure <ssl> is still the caller's when errno is
+ * ENOMEM, and was freed otherwise (a refused connect), as upstream.c expects. */
 struct conn *conn_tls_connect(struct event_base *base, const struct sockaddr *sa, socklen_t salen,
                               struct ssl_st *ssl, int timeout_ms);
 
@@ -83,9 +89,9 @@ void conn_set_read_limit(struct conn *c, size_t high);
  * (while output is waiting), ms; 0 = none. */
 void conn_set_timeouts(struct conn *c, int read_ms, int write_ms);
 
-/* Plain pooled connections' events run before others of the same loop turn (0 =
- * first, 1 = normal), so that what a pooled socket received is seen before a
- * request picks that connection. Needs event_base_priority_init(base, 2). */
+/* Pooled connections' events (plain or TLS) run before others of the same loop
+ * turn (0 = first, 1 = normal), so that what a pooled socket received is seen
+ * before a request picks that connection. Needs event_base_priority_init(base, 2). */
 void conn_set_priority(struct conn *c, int prio);
 
 /* shutdown(SHUT_WR) when plain and the output is empty; TLS has no half-close. */
@@ -93,7 +99,8 @@ void conn_shutdown_write(struct conn *c);
 
 int conn_fd(const struct conn *c);
 int conn_is_tls(const struct conn *c);
-/* The OpenSSL object of a TLS conn (NULL when plain), and its last error code. */
+/* The OpenSSL object of a TLS conn (NULL when plain), and the last OpenSSL error
+ * code of its failure (0: none, or a close with no OpenSSL error). */
 struct ssl_st *conn_ssl(const struct conn *c);
 unsigned long conn_tls_error(struct conn *c);
 
