@@ -1,27 +1,16 @@
 /* health_bpf: the user-space side of bpf/peer_stats.bpf.c.
  *
- * One program set per node, one counters map per pod (bpf/peer_stats.h has the layout):
- *   <node_dir>/<set>/netns_maps, link_<program>,  the set: loaded and attached by the first nextup of
- *                    prog_<program>                this build on the node, reused by every later one
- *   <node_dir>/<set>/ns/<inum>                     one empty directory per registered namespace; each
- *                                                  nextup of it holds a shared flock on it while it runs
+ * One program set per node (bpf_node.c), one counters map per pod (bpf/peer_stats.h has the layout):
+ *   <node_dir>/<set>/...                           the node's set, netns_maps[<inum>] -> a pod's map
  *   <pin_dir>/peer_stats, peer_stats_meta          the pod's own map, registered as netns_maps[<inum>]
- * <set> is named after the layout version and a hash of the BPF object: another build gets another set,
- * and both run side by side while each is used (a pod's map is registered with one set only, so nothing
- * counts twice). A set whose namespaces are all gone is removed by the next nextup that sweeps: the sets
- * on a node are bounded by the builds running there.
  *
- * open: open the object -> under the set dir's flock: inspect the set (each link_<prog> must run the
- * prog_<prog> pinned beside it on the pinned netns_maps) -> load (the programs only when the set must be
- * made: a nextup joining a set loads no program; the maps always, for a fresh pod map sized by
- * NEXTUP_BPF_MAX_PEERS) -> make the set if needed -> under the pin dir's flock: reuse the pod's map (same
- * layout, size, namespace and set) or replace it -> register it -> sweep -> unlock. close: the last nextup of a namespace removes its entry and its ns/<inum> dir.
- * sweep (from the health timer): entries whose ns/<inum> nobody holds (their nextups are gone, and with
- * them, for a pod, its namespace) are removed, and so are other sets left with no entry.
- *
- * Every decision that changes a set happens under an exclusive flock on its directory (bpffs holds no
- * regular files, but a directory can be flocked; the lock is on the inode, so it holds across containers
- * that share the node's bpffs); flocks on ns/<inum> change only under it. */
+ * open: open the object -> under the set dir's flock: inspect the set (bpf_node_open) -> load (the
+ * programs only when the set must be made: a nextup joining a set loads no program; the maps always, for
+ * a fresh pod map sized by NEXTUP_BPF_MAX_PEERS) -> make the set if needed -> under the pin dir's flock:
+ * reuse the pod's map (same layout, size, namespace and set) or replace it -> register it -> sweep ->
+ * unlock. This file holds the BPF object (the skeleton): bpf_node gets it as a plain bpf_object, and the
+ * object's hash names the set, so that a build with another object (bpf/bpf.mk's variant, which
+ * recompiles only this file) gets another set. */
 #include "health_bpf.h"
 
 #include <dirent.h>
@@ -32,21 +21,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <linux/capability.h>
-#include <linux/magic.h>
 
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
+#include "bpf_node.h"
+#include "bpffs.h"
 #include "clock.h"
 #include "config.h"
 #include "log.h"
@@ -60,28 +47,15 @@ _Static_assert(sizeof(struct peer_stats_meta) == 24, "struct peer_stats_meta mus
 #define HEALTH_BPF_DEFAULT_PIN_DIR "/sys/fs/bpf/nextup"
 #define HEALTH_BPF_DEFAULT_NODE_DIR "/sys/fs/bpf/nextup-node"
 #define VMLINUX_BTF "/sys/kernel/btf/vmlinux"
-/* NEXTUP_BPF_PIN_DIR and NEXTUP_BPF_NODE_DIR are at most 255 bytes (struct config). */
-#define PIN_DIR_MAX 256
-#define SET_DIR_MAX (PIN_DIR_MAX + 32)
-#define LINK_PREFIX "link_"
-#define PROG_PREFIX "prog_"
-#define SET_PREFIX "v"
-/* How long a starting nextup waits for another one to finish setting up the same pin dir. */
-#define PIN_LOCK_WAIT_MS 10000
 /* Programs in the object; at most that many are attached (the two retransmit variants exclude each other). */
 #define MAX_PROGS (sizeof(((struct peer_stats_bpf *)0)->progs) / sizeof(struct bpf_program *))
 
+_Static_assert(MAX_PROGS <= BPF_NODE_MAX_PROGS, "bpf_node keeps at most BPF_NODE_MAX_PROGS links");
+
 struct health_bpf {
     int map_fd;                     /* owned: the pod's peer_stats */
-    int outer_fd;                   /* owned: the set's netns_maps */
-    int set_fd;                     /* owned: the set dir, flocked (exclusively) only while changing it */
-    int live_fd;                    /* owned: <set>/ns/<inum>, shared flock held while this nextup runs */
-    int link_fd[MAX_PROGS];         /* owned: the set's links */
-    __u64 netns;
-    __u32 map_id;
+    struct bpf_node *node;          /* owned: the node's set, this namespace registered in it */
     int64_t next_sweep_ms;
-    char node_dir[PIN_DIR_MAX];
-    char set_dir[SET_DIR_MAX];
 };
 
 /* One pin dir, and what this nextup needs to find in it. */
@@ -132,60 +106,6 @@ static bool may_load_tracing(void)
 #undef HAS_CAP
 }
 
-/* Makes <dir> exist (like mkdir -p) on a bpffs mount. The nearest existing path among <dir> and
- * its parents must be on bpffs: outside bpffs a pin would fail anyway, and creating directories
- * in sysfs or tmpfs first would only leave litter. 0, or a negative errno with <why> filled. */
-static int pin_dir_prepare(const char *dir, char *why, size_t whylen)
-{
-    char path[PIN_DIR_MAX];
-    struct statfs fs;
-    char *slash;
-    size_t len = strlen(dir);
-
-    if (len == 0 || len >= sizeof(path)) {
-        snprintf(why, whylen, "pin dir \"%s\" is empty or too long", dir);
-        return -EINVAL;
-    }
-    memcpy(path, dir, len + 1);
-    while (statfs(path, &fs) != 0) {
-        if (errno != ENOENT) {
-            int err = -errno;
-
-            snprintf(why, whylen, "cannot inspect %s: %s", path, strerror(-err));
-            return err;
-        }
-        slash = strrchr(path, '/');
-        if (!slash || slash == path) {
-            strcpy(path, slash ? "/" : ".");
-            if (statfs(path, &fs) != 0)
-                fs.f_type = 0;
-            break;
-        }
-        *slash = '\0';
-    }
-    if (fs.f_type != BPF_FS_MAGIC) {
-        snprintf(why, whylen, "%s is not on a bpffs mount (mount -t bpf bpf /sys/fs/bpf)", dir);
-        return -ENODEV;
-    }
-
-    /* mkdir -p: every component, existing ones are fine. */
-    memcpy(path, dir, len + 1);
-    for (slash = strchr(path + 1, '/');; slash = strchr(slash + 1, '/')) {
-        if (slash)
-            *slash = '\0';
-        if (path[0] && mkdir(path, 0700) != 0 && errno != EEXIST) {
-            int err = -errno;
-
-            snprintf(why, whylen, "cannot create pin dir %s: %s", path, strerror(-err));
-            return err;
-        }
-        if (!slash)
-            break;
-        *slash = '/';
-    }
-    return 0;
-}
-
 /* 1 when the kernel's tcp_retransmit_skb tracepoint passes (sk, skb, err) (newer kernels, 6.18 among
  * them), 0 when it passes (sk, skb); negative errno with <why> when BTF cannot tell. */
 static int retransmit_tp_has_err(char *why, size_t whylen)
@@ -216,37 +136,6 @@ static int retransmit_tp_has_err(char *why, size_t whylen)
         return -ENOENT;
     }
     return nargs >= 3;
-}
-
-/* Takes an exclusive flock on the pin dir itself, waiting up to PIN_LOCK_WAIT_MS for another nextup
- * setting it up: the fd whose close releases it, or a negative errno with <why>. */
-static int pin_dir_lock(const char *dir, const char *var, char *why, size_t whylen)
-{
-    const struct timespec pause = { 0, 10 * 1000 * 1000 };
-    int fd, err, waited_ms;
-
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        err = -errno;
-        snprintf(why, whylen, "cannot open pin dir %s: %s", dir, strerror(-err));
-        return err;
-    }
-    for (waited_ms = 0; flock(fd, LOCK_EX | LOCK_NB) != 0; waited_ms += 10) {
-        err = -errno;
-        if (err != -EWOULDBLOCK) {
-            snprintf(why, whylen, "cannot lock pin dir %s: %s", dir, strerror(-err));
-            close(fd);
-            return err;
-        }
-        if (waited_ms >= PIN_LOCK_WAIT_MS) {
-            snprintf(why, whylen, "%s=%s: another nextup has been setting it up for %d s", var, dir,
-                     PIN_LOCK_WAIT_MS / 1000);
-            close(fd);
-            return -EAGAIN;
-        }
-        nanosleep(&pause, NULL);
-    }
-    return fd;
 }
 
 /* The record pinned at <path>: 0 with <meta> filled (its first 16 bytes keep their meaning in every
@@ -292,111 +181,6 @@ static int pins_owner_check(const struct pin_set *ps, char *why, size_t whylen)
     return -EBUSY;
 }
 
-/* Whether <fd> is a BPF link: bpf_obj_get() opens maps, programs and links alike, and the info the
- * kernel returns for one does not say which it is. */
-static bool fd_is_link(int fd)
-{
-    char proc[48], target[32];
-    ssize_t n;
-
-    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-    n = readlink(proc, target, sizeof(target) - 1);
-    if (n < 0)
-        return false;
-    target[n] = '\0';
-    return strcmp(target, "anon_inode:bpf-link") == 0;
-}
-
-/* The fd of the link pinned at <dir>/link_<name> when it runs the program pinned at <dir>/prog_<name>,
- * which is named <name> and updates the map <map_id>. -1 with <reason> for anything else. Pinned
- * programs are what makes this check possible without CAP_SYS_ADMIN (which opening a program by the id
- * a link reports would need); the set dir's name already says which build's programs belong there. */
-static int link_check(const char *dir, const char *name, __u32 map_id, char *reason, size_t reasonlen)
-{
-    char path[SET_DIR_MAX + 64];
-    struct bpf_link_info link;
-    struct bpf_prog_info prog;
-    __u32 ids[8], i, n, len;
-    int fd, pfd = -1;
-
-    snprintf(path, sizeof(path), "%s/" LINK_PREFIX "%s", dir, name);
-    fd = bpf_obj_get(path);
-    if (fd < 0) {
-        snprintf(reason, reasonlen, LINK_PREFIX "%s: %s", name, fd == -ENOENT ? "not pinned" : strerror(-fd));
-        return -1;
-    }
-    memset(&link, 0, sizeof(link));
-    len = sizeof(link);
-    if (!fd_is_link(fd) || bpf_obj_get_info_by_fd(fd, &link, &len) != 0) {
-        snprintf(reason, reasonlen, LINK_PREFIX "%s is not a BPF link", name);
-        goto mismatch;
-    }
-    snprintf(path, sizeof(path), "%s/" PROG_PREFIX "%s", dir, name);
-    pfd = bpf_obj_get(path);
-    memset(&prog, 0, sizeof(prog));
-    prog.nr_map_ids = sizeof(ids) / sizeof(ids[0]);
-    prog.map_ids = (__u64)(unsigned long)ids;
-    len = sizeof(prog);
-    if (pfd < 0 || fd_is_link(pfd) || bpf_obj_get_info_by_fd(pfd, &prog, &len) != 0) {
-        snprintf(reason, reasonlen, PROG_PREFIX "%s: not a pinned program", name);
-        goto mismatch;
-    }
-    /* Kernel program names keep BPF_OBJ_NAME_LEN - 1 characters. */
-    if (prog.type != BPF_PROG_TYPE_TRACING || strncmp(prog.name, name, sizeof(prog.name) - 1) != 0) {
-        snprintf(reason, reasonlen, PROG_PREFIX "%s is no %s program", name, name);
-        goto mismatch;
-    }
-    if (link.prog_id != prog.id) {
-        snprintf(reason, reasonlen, LINK_PREFIX "%s runs other code than " PROG_PREFIX "%s", name, name);
-        goto mismatch;
-    }
-    /* On return nr_map_ids is the program's count, which may exceed what fit in ids. */
-    n = prog.nr_map_ids < sizeof(ids) / sizeof(ids[0]) ? prog.nr_map_ids : sizeof(ids) / sizeof(ids[0]);
-    for (i = 0; i < n && ids[i] != map_id; i++)
-        ;
-    if (i == n) {
-        snprintf(reason, reasonlen, "%s feeds another map", name);
-        goto mismatch;
-    }
-    close(pfd);
-    return fd;
-
-mismatch:
-    if (pfd >= 0)
-        close(pfd);
-    close(fd);
-    return -1;
-}
-
-/* Whether <name> is that of a program this nextup attaches. */
-static bool prog_attached_here(const struct peer_stats_bpf *skel, const char *name)
-{
-    struct bpf_program *prog;
-
-    bpf_object__for_each_program(prog, skel->obj)
-        if (bpf_program__autoload(prog) && strcmp(bpf_program__name(prog), name) == 0)
-            return true;
-    return false;
-}
-
-/* Closes what <h> holds and marks it empty (its flocks go with the fds). */
-static void health_bpf_drop_fds(struct health_bpf *h)
-{
-    int *fds[] = { &h->map_fd, &h->outer_fd, &h->set_fd, &h->live_fd };
-    size_t i;
-
-    for (i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
-        if (*fds[i] >= 0)
-            close(*fds[i]);
-        *fds[i] = -1;
-    }
-    for (i = 0; i < MAX_PROGS; i++) {
-        if (h->link_fd[i] >= 0)
-            close(h->link_fd[i]);
-        h->link_fd[i] = -1;
-    }
-}
-
 /* FNV-1a over the embedded BPF object: one build's programs and maps hash alike on every node, and
  * another build's (other code, another map layout) almost surely not. */
 static __u64 object_hash(void)
@@ -411,228 +195,6 @@ static __u64 object_hash(void)
         hash *= 0x100000001b3ULL;
     }
     return hash;
-}
-
-static __u32 fd_map_id(int fd)
-{
-    struct bpf_map_info info;
-    __u32 len = sizeof(info);
-
-    memset(&info, 0, sizeof(info));
-    return bpf_obj_get_info_by_fd(fd, &info, &len) == 0 ? info.id : 0;
-}
-
-/* Takes the exclusive flock on <fd>, waiting up to PIN_LOCK_WAIT_MS: 0, or a negative errno. */
-static int lock_wait(int fd)
-{
-    const struct timespec pause = { 0, 10 * 1000 * 1000 };
-    int waited_ms;
-
-    for (waited_ms = 0; flock(fd, LOCK_EX | LOCK_NB) != 0; waited_ms += 10) {
-        if (errno != EWOULDBLOCK)
-            return -errno;
-        if (waited_ms >= PIN_LOCK_WAIT_MS)
-            return -EAGAIN;
-        nanosleep(&pause, NULL);
-    }
-    return 0;
-}
-
-/* Creates and locks the set dir of <h>: the locked fd, or a negative errno with <why>. A set removed
- * by its last user while this one waited for its lock is made afresh (the lock of a removed directory
- * guards nothing). */
-static int set_lock(struct health_bpf *h, char *why, size_t whylen)
-{
-    struct stat a, b;
-    int fd, err, tries;
-
-    for (tries = 0; tries < 5; tries++) {
-        err = pin_dir_prepare(h->set_dir, why, whylen);
-        if (err)
-            return err;
-        fd = pin_dir_lock(h->set_dir, "NEXTUP_BPF_NODE_DIR", why, whylen);
-        if (fd < 0)
-            return fd;
-        if (fstat(fd, &a) == 0 && stat(h->set_dir, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
-            return fd;
-        close(fd);
-    }
-    snprintf(why, whylen, "NEXTUP_BPF_NODE_DIR: %s keeps being removed while this nextup sets it up", h->set_dir);
-    return -EAGAIN;
-}
-
-/* Decides on the program set pinned in <dir>, given the opened (not necessarily loaded) <skel>, whose
- * autoload flags say which programs this nextup attaches. 1: it is complete: a link per such program
- * running the program pinned beside it under its name, on the pinned netns_maps; <h> then holds fds on
- * that map and the links. 0: it must be made afresh (<reason> says why); <h> holds none of it. A negative
- * errno with <why> when it cannot be inspected. */
-static int set_inspect(const char *dir, const struct peer_stats_bpf *skel, struct health_bpf *h, char *reason,
-                       size_t reasonlen, char *why, size_t whylen)
-{
-    char path[SET_DIR_MAX + 64];
-    struct bpf_map_info info;
-    struct bpf_program *prog;
-    struct dirent *de;
-    size_t n = 0, i;
-    __u32 len;
-    DIR *d;
-    int fd;
-
-    reason[0] = '\0';
-    snprintf(path, sizeof(path), "%s/netns_maps", dir);
-    fd = bpf_obj_get(path);
-    if (fd < 0) {
-        if (fd != -ENOENT) {
-            snprintf(why, whylen, "cannot open the node's pinned map %s: %s", path, strerror(-fd));
-            return fd;
-        }
-        snprintf(reason, reasonlen, "no set pinned");
-        return 0;
-    }
-    h->outer_fd = fd;
-    memset(&info, 0, sizeof(info));
-    len = sizeof(info);
-    if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0 || info.type != BPF_MAP_TYPE_HASH_OF_MAPS ||
-        info.key_size != sizeof(__u64) || info.value_size != sizeof(__u32) || info.max_entries != NETNS_MAPS_MAX) {
-        snprintf(reason, reasonlen, "%s is not this build's map of namespaces", path);
-        goto redo;
-    }
-    bpf_object__for_each_program(prog, skel->obj) {
-        if (!bpf_program__autoload(prog))
-            continue;
-        fd = link_check(dir, bpf_program__name(prog), info.id, reason, reasonlen);
-        if (fd < 0)
-            goto redo;
-        h->link_fd[n++] = fd;
-    }
-    /* A link pinned for a program this nextup does not attach would count events a second time. */
-    d = opendir(dir);
-    while (d && (de = readdir(d)) && !reason[0])
-        if (strncmp(de->d_name, LINK_PREFIX, strlen(LINK_PREFIX)) == 0 &&
-            !prog_attached_here(skel, de->d_name + strlen(LINK_PREFIX)))
-            snprintf(reason, reasonlen, "%s attaches a program this nextup does not", de->d_name);
-    if (d)
-        closedir(d);
-    if (!reason[0])
-        return 1;
-redo:
-    close(h->outer_fd);
-    h->outer_fd = -1;
-    for (i = 0; i < n; i++) {
-        close(h->link_fd[i]);
-        h->link_fd[i] = -1;
-    }
-    return 0;
-}
-
-/* Unpins every link_* and prog_* in <dir> (the programs are detached once no running nextup holds
- * them), then <dir>/<map> and, when given, <dir>/<meta>. How many pins were removed. */
-static int pins_clear(const char *dir, const char *map, const char *meta)
-{
-    char path[SET_DIR_MAX + 300];
-    struct dirent *de;
-    int removed = 0;
-    DIR *d;
-
-    d = opendir(dir);
-    while (d && (de = readdir(d))) {
-        if (strncmp(de->d_name, LINK_PREFIX, strlen(LINK_PREFIX)) != 0 &&
-            strncmp(de->d_name, PROG_PREFIX, strlen(PROG_PREFIX)) != 0)
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        removed += unlink(path) == 0;
-    }
-    if (d)
-        closedir(d);
-    snprintf(path, sizeof(path), "%s/%s", dir, map);
-    removed += unlink(path) == 0;
-    if (meta) {
-        snprintf(path, sizeof(path), "%s/%s", dir, meta);
-        removed += unlink(path) == 0;
-    }
-    return removed;
-}
-
-/* Empties the netns_maps pinned in <dir> before the set is replaced: its programs (still attached while
- * a running nextup holds their links) then count nothing, and no event counts twice once those nextups
- * register with the new set (at their next sweep). */
-static void set_empty(const char *dir)
-{
-    char path[SET_DIR_MAX + 32];
-    __u64 key;
-    int fd, n;
-
-    snprintf(path, sizeof(path), "%s/netns_maps", dir);
-    fd = bpf_obj_get(path);
-    if (fd < 0)
-        return;
-    for (n = 0; n < NETNS_MAPS_MAX && bpf_map_get_next_key(fd, NULL, &key) == 0; n++)
-        bpf_map_delete_elem(fd, &key);
-    close(fd);
-}
-
-/* Pins <skel>'s netns_maps in the emptied set <dir>, then pins, attaches each program and pins its link. 0 with
- * <h> holding fds on the map and the links; or a negative errno with <why>, and nothing left pinned. */
-static int set_create(const char *dir, struct peer_stats_bpf *skel, struct health_bpf *h, char *why, size_t whylen)
-{
-    char path[SET_DIR_MAX + 64];
-    struct bpf_program *prog;
-    struct bpf_link *link;
-    size_t n = 0, i;
-    int err;
-
-    snprintf(path, sizeof(path), "%s/netns_maps", dir);
-    err = bpf_map__pin(skel->maps.netns_maps, path);
-    if (err) {
-        snprintf(why, whylen, "cannot pin the node's map at %s: %s", path, strerror(-err));
-        return err;
-    }
-    h->outer_fd = fcntl(bpf_map__fd(skel->maps.netns_maps), F_DUPFD_CLOEXEC, 0);
-    if (h->outer_fd < 0) {
-        err = -errno;
-        snprintf(why, whylen, "cannot keep the node's map: %s", strerror(-err));
-        goto undo;
-    }
-    bpf_object__for_each_program(prog, skel->obj) {
-        if (!bpf_program__autoload(prog))
-            continue;
-        snprintf(path, sizeof(path), "%s/" PROG_PREFIX "%s", dir, bpf_program__name(prog));
-        err = bpf_obj_pin(bpf_program__fd(prog), path);
-        if (err) {
-            snprintf(why, whylen, "cannot pin the program at %s: %s", path, strerror(-err));
-            goto undo;
-        }
-        link = bpf_program__attach(prog);
-        if (!link) {
-            err = -errno;
-            snprintf(why, whylen, "attaching the tp_btf program %s failed: %s", bpf_program__name(prog),
-                     strerror(-err));
-            goto undo;
-        }
-        snprintf(path, sizeof(path), "%s/" LINK_PREFIX "%s", dir, bpf_program__name(prog));
-        err = bpf_link__pin(link, path);
-        if (err) {
-            snprintf(why, whylen, "cannot pin the link at %s: %s", path, strerror(-err));
-            bpf_link__destroy(link);
-            goto undo;
-        }
-        /* The fd moves to <h>: destroying the libbpf object then leaves the link attached. */
-        h->link_fd[n++] = bpf_link__fd(link);
-        bpf_link__disconnect(link);
-        bpf_link__destroy(link);
-    }
-    return 0;
-
-undo:
-    pins_clear(dir, "netns_maps", NULL);
-    if (h->outer_fd >= 0)
-        close(h->outer_fd);
-    h->outer_fd = -1;
-    for (i = 0; i < n; i++) {
-        close(h->link_fd[i]);
-        h->link_fd[i] = -1;
-    }
-    return err;
 }
 
 /* Decides on the pod's pins in <ps> (whose owner pins_owner_check accepted). 1: its map is what this
@@ -729,176 +291,6 @@ undo:
     return err;
 }
 
-/* Whether a running nextup holds <set_dir>/ns/<netns> (the caller holds the set's lock, so nobody takes
- * or drops those flocks meanwhile). */
-static bool ns_held(const char *set_dir, __u64 netns)
-{
-    char path[SET_DIR_MAX + 32];
-    bool held;
-    int fd;
-
-    snprintf(path, sizeof(path), "%s/ns/%llu", set_dir, (unsigned long long)netns);
-    fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    held = flock(fd, LOCK_EX | LOCK_NB) != 0;
-    close(fd);
-    return held;
-}
-
-/* Removes from the set in <set_dir> (locked by the caller; <outer> its netns_maps) the entries of
- * namespaces no running nextup holds, and their ns/ dirs: nextups that died without their exit, and
- * with them, for a pod, its namespace. How many entries went. */
-static int set_sweep(const char *set_dir, int outer)
-{
-    char path[SET_DIR_MAX + 32];
-    __u64 *keys, key, *prev = NULL;
-    struct dirent *de;
-    int n = 0, i, removed = 0;
-    DIR *d;
-
-    keys = calloc(NETNS_MAPS_MAX, sizeof(*keys));
-    if (!keys)
-        return -ENOMEM;
-    /* Keys first, deletions after: deleting while walking may skip entries. */
-    while (n < NETNS_MAPS_MAX && bpf_map_get_next_key(outer, prev, &key) == 0) {
-        keys[n] = key;
-        prev = &keys[n++];
-    }
-    for (i = 0; i < n; i++) {
-        if (ns_held(set_dir, keys[i]))
-            continue;
-        if (bpf_map_delete_elem(outer, &keys[i]) == 0) {
-            removed++;
-            LOG_INFO("health_bpf: removed network namespace %llu from %s: no nextup runs there any more",
-                     (unsigned long long)keys[i], set_dir);
-        }
-    }
-    free(keys);
-    snprintf(path, sizeof(path), "%s/ns", set_dir);
-    d = opendir(path);
-    while (d && (de = readdir(d))) {
-        char *end;
-        unsigned long long inum = strtoull(de->d_name, &end, 10);
-
-        if (de->d_name[0] == '.' || *end || ns_held(set_dir, inum))
-            continue;
-        snprintf(path, sizeof(path), "%s/ns/%s", set_dir, de->d_name);
-        rmdir(path);
-    }
-    if (d)
-        closedir(d);
-    return removed;
-}
-
-/* Unpins the set in <set_dir> (locked by the caller) when no namespace is registered in it any more:
- * its programs are detached once no running nextup holds their links. Whether it was removed. */
-static bool set_remove_if_unused(const char *set_dir, int outer)
-{
-    char path[SET_DIR_MAX + 32];
-    __u64 key;
-
-    if (outer >= 0 && bpf_map_get_next_key(outer, NULL, &key) == 0)
-        return false;
-    pins_clear(set_dir, "netns_maps", NULL);
-    snprintf(path, sizeof(path), "%s/ns", set_dir);
-    rmdir(path);
-    return rmdir(set_dir) == 0;
-}
-
-/* Sweeps every other set in <node_dir> not locked at the moment, and removes those left without an
- * entry: the programs of builds no nextup on the node runs any more. */
-static void node_sweep_others(const char *node_dir, const char *own_set)
-{
-    char path[SET_DIR_MAX + 300];
-    struct dirent *de;
-    int fd, outer;
-    DIR *d;
-
-    d = opendir(node_dir);
-    while (d && (de = readdir(d))) {
-        if (strncmp(de->d_name, SET_PREFIX, strlen(SET_PREFIX)) != 0 || de->d_type != DT_DIR)
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", node_dir, de->d_name);
-        if (strcmp(path, own_set) == 0)
-            continue;
-        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
-            snprintf(path + strlen(path), sizeof(path) - strlen(path), "/netns_maps");
-            outer = bpf_obj_get(path);
-            path[strlen(path) - strlen("/netns_maps")] = '\0';
-            if (outer >= 0)
-                set_sweep(path, outer);
-            if (set_remove_if_unused(path, outer))
-                LOG_INFO("health_bpf: removed the program set %s: no nextup of that build runs on this node", path);
-            if (outer >= 0)
-                close(outer);
-        }
-        close(fd);
-    }
-    if (d)
-        closedir(d);
-}
-
-/* Registers h->map_fd as netns_maps[h->netns] in the set (locked by the caller) and keeps a shared flock
- * on <set>/ns/<netns> while this nextup runs. -EBUSY with <why> when another running nextup of this
- * namespace counts into another map (another pin dir). */
-static int ns_register(struct health_bpf *h, const char *pin_dir, char *why, size_t whylen)
-{
-    char path[SET_DIR_MAX + 32];
-    __u32 cur = 0;
-    bool alone, have;
-    int fd, err;
-
-    snprintf(path, sizeof(path), "%s/ns", h->set_dir);
-    if (mkdir(path, 0700) != 0 && errno != EEXIST)
-        goto fs_err;
-    snprintf(path, sizeof(path), "%s/ns/%llu", h->set_dir, (unsigned long long)h->netns);
-    if (mkdir(path, 0700) != 0 && errno != EEXIST)
-        goto fs_err;
-    fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        goto fs_err;
-    alone = flock(fd, LOCK_EX | LOCK_NB) == 0;
-    have = bpf_map_lookup_elem(h->outer_fd, &h->netns, &cur) == 0;
-    if (!alone && have && cur != h->map_id) {
-        snprintf(why, whylen, "NEXTUP_BPF_PIN_DIR=%s: another running nextup counts network namespace %llu into "
-                 "another map (id %u): the nextups of one pod must share one pin dir", pin_dir,
-                 (unsigned long long)h->netns, cur);
-        close(fd);
-        return -EBUSY;
-    }
-    if (!have || cur != h->map_id) {
-        err = bpf_map_update_elem(h->outer_fd, &h->netns, &h->map_fd, BPF_ANY);
-        if (err) {
-            snprintf(why, whylen, "cannot register network namespace %llu in %s/netns_maps: %s%s",
-                     (unsigned long long)h->netns, h->set_dir, strerror(-err),
-                     err == -E2BIG || err == -ENOSPC ? " (the node's set serves at most " "4096 namespaces)" : "");
-            close(fd);
-            return err;
-        }
-        if (have)
-            LOG_INFO("health_bpf: network namespace %llu was registered with map id %u, left by a nextup gone "
-                     "since: now %u", (unsigned long long)h->netns, cur, h->map_id);
-    }
-    /* From exclusive (alone) or nothing to shared; the set's lock keeps others from meddling meanwhile. */
-    if (flock(fd, LOCK_SH) != 0) {
-        err = -errno;
-        snprintf(why, whylen, "cannot lock %s: %s", path, strerror(-err));
-        close(fd);
-        return err;
-    }
-    h->live_fd = fd;
-    return 0;
-
-fs_err:
-    err = -errno;
-    snprintf(why, whylen, "cannot make %s: %s", path, strerror(-err));
-    return err;
-}
-
 /* Loads the programs for <o>; then, under the set's lock, reuses or makes the node's set, reuses or
  * replaces the pod's map (under the pin dir's lock too), registers it and sweeps. The reason of a
  * failure goes to <why>, without the NEXTUP_BPF= prefix the caller adds. */
@@ -912,7 +304,6 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
     char reason[SET_DIR_MAX + 128];
     struct stat st;
     int err, has_err, reused, lock = -1;
-    size_t i;
 
     memset(&ps, 0, sizeof(ps));
     ps.dir = pin_dir;
@@ -943,7 +334,7 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
         }
         ps.netns = (__u64)st.st_ino;
     }
-    err = pin_dir_prepare(pin_dir, why, whylen);
+    err = bpffs_dir_prepare(pin_dir, why, whylen);
     if (err)
         return err;
     has_err = retransmit_tp_has_err(why, whylen);
@@ -955,13 +346,7 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
         snprintf(why, whylen, "out of memory");
         return -ENOMEM;
     }
-    h->map_fd = h->outer_fd = h->set_fd = h->live_fd = -1;
-    for (i = 0; i < MAX_PROGS; i++)
-        h->link_fd[i] = -1;
-    h->netns = ps.netns;
-    snprintf(h->node_dir, sizeof(h->node_dir), "%s", node_dir);
-    snprintf(h->set_dir, sizeof(h->set_dir), "%s/" SET_PREFIX "%u-%016llx", node_dir, PEER_STATS_LAYOUT_VERSION,
-             (unsigned long long)ps.set_id);
+    h->map_fd = -1;
 
     /* Opened now, loaded once the set is inspected: programs only to make a set, maps in any case (the
      * pod's map, sized and with BTF, should it need a new one). */
@@ -979,11 +364,7 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
     bpf_program__set_autoload(skel->progs.handle_retransmit_skb, has_err);
     bpf_program__set_autoload(skel->progs.handle_retransmit_skb_noerr, !has_err);
 
-    err = set_lock(h, why, whylen);
-    if (err < 0)
-        goto cleanup;
-    h->set_fd = err;
-    reused = set_inspect(h->set_dir, skel, h, reason, sizeof(reason), why, whylen);
+    reused = bpf_node_open(node_dir, ps.set_id, ps.netns, skel->obj, &h->node, why, whylen);
     if (reused < 0) {
         err = reused;
         goto cleanup;
@@ -1007,16 +388,12 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
         goto cleanup;
     }
     if (!reused) {
-        set_empty(h->set_dir);
-        if (pins_clear(h->set_dir, "netns_maps", NULL) > 0)
-            LOG_INFO("health_bpf: replacing the program set %s: %s", h->set_dir, reason);
-        err = set_create(h->set_dir, skel, h, why, whylen);
+        err = bpf_node_create(h->node, skel->obj, why, whylen);
         if (err)
             goto cleanup;
-        LOG_DEBUG("health_bpf: loaded and attached the node's program set %s", h->set_dir);
     }
 
-    lock = pin_dir_lock(pin_dir, "NEXTUP_BPF_PIN_DIR", why, whylen);
+    lock = bpffs_dir_lock(pin_dir, "NEXTUP_BPF_PIN_DIR", why, whylen);
     if (lock < 0) {
         err = lock;
         goto cleanup;
@@ -1032,22 +409,18 @@ static int health_bpf_load(const struct health_bpf_opts *o, struct health_bpf **
     if (reused) {
         LOG_INFO("health_bpf: reusing pinned map %s (counters kept)", ps.map_path);
     } else {
-        if (pins_clear(pin_dir, "peer_stats", "peer_stats_meta") > 0)
+        if (bpffs_pins_clear(pin_dir, "peer_stats", "peer_stats_meta") > 0)
             LOG_INFO("health_bpf: replacing pinned map %s: %s", ps.map_path, reason);
         err = pod_create(&ps, skel, h, why, whylen);
         if (err)
             goto cleanup;
     }
-    h->map_id = fd_map_id(h->map_fd);
-    err = ns_register(h, pin_dir, why, whylen);
+    err = bpf_node_register(h->node, h->map_fd, pin_dir, why, whylen);
     if (err)
         goto cleanup;
-    set_sweep(h->set_dir, h->outer_fd);
-    node_sweep_others(node_dir, h->set_dir);
-    flock(h->set_fd, LOCK_UN);
     h->next_sweep_ms = clock_mono_ms() + HEALTH_BPF_SWEEP_MS;
     LOG_DEBUG("health_bpf: counting TCP peers of netns %llu in %s (max %u peers), program set %s",
-              (unsigned long long)ps.netns, ps.map_path, ps.max_entries, h->set_dir);
+              (unsigned long long)ps.netns, ps.map_path, ps.max_entries, bpf_node_set_dir(h->node));
     *out = h;
     h = NULL;
 
@@ -1056,10 +429,11 @@ cleanup:
         close(lock);
     /* What is kept is in <h>: the skeleton's own fds go, pins and <h> keep the objects alive. */
     peer_stats_bpf__destroy(skel);
-    if (h && h->set_fd >= 0 && h->outer_fd >= 0)
-        set_remove_if_unused(h->set_dir, h->outer_fd);
     if (h) {
-        health_bpf_drop_fds(h);
+        /* Given up: the set goes if no namespace is in it (bpf_node_close). */
+        bpf_node_close(h->node);
+        if (h->map_fd >= 0)
+            close(h->map_fd);
         free(h);
     }
     return err;
@@ -1097,55 +471,16 @@ int health_bpf_open(const struct health_bpf_opts *o, struct health_bpf **out, ch
     return rc;
 }
 
-/* When another nextup replaced the set <h> registered with (a damaged one: set_inspect), moves <h> to
- * the set now pinned there: its netns_maps, where the sweep then registers <h>'s map. */
-static void set_follow(struct health_bpf *h)
-{
-    char path[SET_DIR_MAX + 32];
-    size_t i;
-    int fd;
-
-    snprintf(path, sizeof(path), "%s/netns_maps", h->set_dir);
-    fd = bpf_obj_get(path);
-    if (fd < 0)
-        return;
-    if (fd_map_id(fd) == fd_map_id(h->outer_fd)) {
-        close(fd);
-        return;
-    }
-    LOG_INFO("health_bpf: the program set %s was replaced: registering with the new one", h->set_dir);
-    close(h->outer_fd);
-    h->outer_fd = fd;
-    /* The old set's links: unpinned already, detached once their last holder lets go. */
-    for (i = 0; i < MAX_PROGS; i++) {
-        if (h->link_fd[i] >= 0)
-            close(h->link_fd[i]);
-        h->link_fd[i] = -1;
-    }
-}
-
 int health_bpf_sweep(struct health_bpf *h)
 {
     int64_t now = clock_mono_ms();
-    __u32 cur = 0;
-    int removed;
 
     if (!h)
         return -EINVAL;
     if (now < h->next_sweep_ms)
         return 0;
     h->next_sweep_ms = now + HEALTH_BPF_SWEEP_MS;
-    /* Busy: another nextup is setting up or sweeping this set; the next round will do. */
-    if (flock(h->set_fd, LOCK_EX | LOCK_NB) != 0)
-        return 0;
-    set_follow(h);
-    removed = set_sweep(h->set_dir, h->outer_fd);
-    /* Our own entry, should anything have removed it: counting must not stop while we run. */
-    if (bpf_map_lookup_elem(h->outer_fd, &h->netns, &cur) != 0 || cur != h->map_id)
-        bpf_map_update_elem(h->outer_fd, &h->netns, &h->map_fd, BPF_ANY);
-    node_sweep_others(h->node_dir, h->set_dir);
-    flock(h->set_fd, LOCK_UN);
-    return removed;
+    return bpf_node_sweep(h->node);
 }
 
 int health_bpf_lookup(struct health_bpf *h, const struct sockaddr *sa, struct peer_stats *out)
@@ -1181,26 +516,13 @@ int health_bpf_lookup(struct health_bpf *h, const struct sockaddr *sa, struct pe
 
 void health_bpf_close(struct health_bpf *h)
 {
-    char path[SET_DIR_MAX + 32];
-    __u32 cur = 0;
-
     if (!h)
         return;
-    /* The last nextup of its namespace takes the namespace out of the set (and the set off the node
-     * when it was the last one there). Another one of the same namespace (a hand-over) holds the ns
-     * dir too: then nothing changes. The pod's map stays pinned, with its counters, for a restart. */
-    if (h->live_fd >= 0 && h->set_fd >= 0 && lock_wait(h->set_fd) == 0) {
-        if (flock(h->live_fd, LOCK_EX | LOCK_NB) == 0) {
-            if (bpf_map_lookup_elem(h->outer_fd, &h->netns, &cur) == 0 && cur == h->map_id)
-                bpf_map_delete_elem(h->outer_fd, &h->netns);
-            snprintf(path, sizeof(path), "%s/ns/%llu", h->set_dir, (unsigned long long)h->netns);
-            rmdir(path);
-            if (set_remove_if_unused(h->set_dir, h->outer_fd))
-                LOG_DEBUG("health_bpf: the last nextup on this node removed the program set %s", h->set_dir);
-        }
-        flock(h->set_fd, LOCK_UN);
-    }
-    health_bpf_drop_fds(h);
+    /* The node's set drops this namespace if no other nextup of it runs (bpf_node_close). The pod's map
+     * stays pinned, with its counters, for a restart. */
+    bpf_node_close(h->node);
+    if (h->map_fd >= 0)
+        close(h->map_fd);
     free(h);
 }
 
