@@ -4,7 +4,8 @@
  *   config_from_env()     fill a config from the environment (defaults for unset)
  *   config_print_help()   the --help text: every variable with its default
  *   config_parse_addr()   "host:port" / "[v6]:port" -> sockaddr (no DNS)
- * The struct is immutable after startup; workers read it without locks. */
+ * The struct is immutable after startup; workers read it without locks.
+ * Implemented by config.c, with config_services.c and config_values.c (internal headers). */
 #ifndef SIDECAR_CONFIG_H
 #define SIDECAR_CONFIG_H
 
