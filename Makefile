@@ -27,7 +27,7 @@ endif
 # Each compile writes a .d next to its output naming the headers it read, so that a header
 # rebuilds only what includes it; -MP: a header deleted or renamed is no "No rule to make target".
 DEPFLAGS := -MMD -MP
-LDLIBS  := -levent_openssl -levent_pthreads -levent -lbpf -lelf -lz -lssl -lcrypto -ldl -lpthread
+LDLIBS  := -levent_pthreads -levent -lbpf -lelf -lz -lssl -lcrypto -ldl -lpthread
 
 SIDECAR_SRCS := $(filter-out sidecar/main.c,$(wildcard sidecar/*.c))
 SIDECAR_OBJS := $(SIDECAR_SRCS:sidecar/%.c=$(BUILD)/obj/%.o)
