@@ -21,6 +21,7 @@ const K = require('./lib/kustomize');
 const { validateObject } = require('./lib/schema');
 const P = require('./lib/podspec');
 const D = require('./lib/dockerfile');
+const S = require('./lib/services');
 
 const REPO = path.resolve(__dirname, '..', '..');
 const DEPLOY = path.join(REPO, 'deploy');
@@ -81,6 +82,7 @@ function sidecarOf(variant, podName) {
 }
 
 let helpCache;
+let helpSuffixCache;
 function nextupHelp() {
   if (helpCache) return helpCache;
   if (!fs.existsSync(BIN)) {
@@ -93,8 +95,49 @@ function nextupHelp() {
   let m;
   while ((m = re.exec(r.stdout))) vars.set(m[1], m[2].trim());
   assert.ok(vars.size >= 10, `could not read the variables from ${BIN} --help:\n${r.stdout}`);
+  helpSuffixCache = S.suffixesFromHelp(r.stdout);
+  assert.ok(helpSuffixCache.has('UPSTREAMS'), `no NEXTUP_SERVICE_<NAME>_UPSTREAMS in ${BIN} --help:\n${r.stdout}`);
   helpCache = vars;
   return vars;
+}
+
+// The suffixes of NEXTUP_SERVICE_<NAME>_<SUFFIX> that nextup --help lists.
+function helpSuffixes() {
+  nextupHelp();
+  return helpSuffixCache;
+}
+
+// The services of the nextup container (NEXTUP_SERVICES, or NEXTUP_UPSTREAMS as "default").
+function servicesOf(sc) {
+  return S.servicesOf(sc.env.vars, helpSuffixes());
+}
+
+// Whether nextup knows <name>: a variable of --help, or NEXTUP_SERVICE_<NAME>_<SUFFIX> of a listed service.
+function knownVariable(sc, name) {
+  if (nextupHelp().has(name)) return true;
+  const { services, multi } = servicesOf(sc);
+  return multi && services.some((svc) => name.startsWith(svc.prefix) && helpSuffixes().has(name.slice(svc.prefix.length)));
+}
+
+// The pod's application containers, each with its environment resolved as the kubelet would.
+function appsOf(sc) {
+  const pod = { fields: { 'metadata.name': 'app', 'metadata.namespace': sc.obj.metadata.namespace || 'default' } };
+  return (sc.spec.containers || []).map((c) => ({ c, env: P.resolveEnv(c, pod) }));
+}
+
+// The namespace nextup will know (NEXTUP_NAMESPACE resolved) and its cluster domain.
+function routingOf(sc) {
+  return {
+    ns: sc.env.vars.get('NEXTUP_NAMESPACE') || '',
+    domain: sc.env.vars.get('NEXTUP_CLUSTER_DOMAIN') || nextupHelp().get('NEXTUP_CLUSTER_DOMAIN') || 'cluster.local',
+  };
+}
+
+// The environment with every service's upstreams replaced by <addr(svc, i)>.
+function withUpstreams(sc, env, addr) {
+  const out = { ...env };
+  servicesOf(sc).services.forEach((svc, i) => { out[svc.upstreamsVar] = addr(svc, i); });
+  return out;
 }
 
 function drainMs(sc) {
@@ -173,7 +216,7 @@ test('the renderer agrees with `kubectl kustomize`', (t) => {
     return;
   }
   const problems = [];
-  for (const [v, dir] of Object.entries(VARIANTS)) {
+  for (const [v, dir] of Object.entries({ ...VARIANTS, ...OVERLAYS })) {
     const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8', timeout: 60000 });
     if (r.status !== 0) { problems.push(`${v}: kubectl kustomize failed: ${r.stderr.trim()}`); continue; }
     const theirs = YAML.parseAllDocuments(r.stdout, { version: '1.1' }).map((d) => d.toJS()).filter(Boolean);
@@ -212,11 +255,15 @@ for (const v of Object.keys(VARIANTS)) {
     const sc = sidecarOf(v);
     const problems = [...sc.env.problems];
     const nextupValues = sc.env.list.filter((e) => e.name.startsWith('NEXTUP_')).map((e) => e.raw || '').join('\n');
+    const perService = servicesOf(sc).problems.filter((p) => p.startsWith('NEXTUP_SERVICE_'));
     for (const e of sc.env.list) {
       if (e.name.startsWith('NEXTUP_')) {
-        if (!known.has(e.name)) {
+        if (e.name.startsWith('NEXTUP_SERVICE_')) {
+          // NEXTUP_SERVICE_<NAME>_<SUFFIX>: <NAME> listed in NEXTUP_SERVICES, <SUFFIX> one of --help's.
+          if (!knownVariable(sc, e.name)) problems.push(...perService.filter((p) => p.startsWith(`${e.name}:`)));
+        } else if (!known.has(e.name)) {
           const near = [...known.keys()].sort((a, b) => editDistance(e.name, a) - editDistance(e.name, b))[0];
-          problems.push(`${e.name}: not a variable of ${BIN} --help (nextup would ignore it; did you mean ${near}?)`);
+          problems.push(`${e.name}: not a variable of ${BIN} --help (nextup refuses to start; did you mean ${near}?)`);
         }
         if (/\$\(/.test(e.value)) problems.push(`${e.name}="${e.value}": $(...) left unexpanded (define the variable above it)`);
       } else if (!nextupValues.includes(`$(${e.name})`)) {
@@ -224,20 +271,42 @@ for (const v of Object.keys(VARIANTS)) {
           '(nextup ignores unknown names silently: a typo would go unnoticed)');
       }
     }
-    if (!sc.env.vars.has('NEXTUP_UPSTREAMS')) problems.push('NEXTUP_UPSTREAMS is not set (nextup requires it)');
     if (!sc.env.vars.has('NEXTUP_DNS_REFRESH_MS')) problems.push('NEXTUP_DNS_REFRESH_MS is not set');
     else if (!(Number(sc.env.vars.get('NEXTUP_DNS_REFRESH_MS')) > 0)) problems.push('NEXTUP_DNS_REFRESH_MS must be > 0 (replicas change)');
     if (problems.length) fail(`${v}: nextup environment`, problems);
   });
 
+  test(`${v}: NEXTUP_SERVICES: valid names, each with its UPSTREAMS, no NEXTUP_SERVICE_* nextup does not know`, () => {
+    const sc = sidecarOf(v);
+    const { services, multi, problems } = servicesOf(sc);
+    if (!multi) problems.push('NEXTUP_SERVICES is not set: the example is one nextup for several services');
+    else if (services.length < 2) problems.push(`NEXTUP_SERVICES lists ${services.length} service: the example calls several`);
+    for (const svc of services) {
+      if (svc.upstreams.length === 0) problems.push(`${svc.upstreamsVar} has no host:port`);
+    }
+    if (problems.length) fail(`${v}: services`, problems);
+  });
+
+  test(`${v}: NEXTUP_NAMESPACE comes from the downward API (fieldRef metadata.namespace)`, () => {
+    const sc = sidecarOf(v);
+    const e = (sc.container.env || []).find((x) => x.name === 'NEXTUP_NAMESPACE');
+    const problems = [];
+    if (!e) problems.push('NEXTUP_NAMESPACE is not set: <name>.<namespace>[.svc[.cluster.local]] would not select a service ' +
+      '(nextup falls back to the service account\'s namespace file, which automountServiceAccountToken: false removes)');
+    else if (!(e.valueFrom && e.valueFrom.fieldRef && e.valueFrom.fieldRef.fieldPath === 'metadata.namespace')) {
+      problems.push(`NEXTUP_NAMESPACE is ${JSON.stringify(e.value !== undefined ? e.value : e.valueFrom)}, not fieldRef metadata.namespace ` +
+        '(a written namespace stays behind when the pod is applied to another one)');
+    }
+    if (problems.length) fail(`${v}: NEXTUP_NAMESPACE`, problems);
+  });
+
   test(`${v}: nextup accepts every value (started with them: loopback ports, BPF off)`, async () => {
     const sc = sidecarOf(v);
     const [listen, admin, upstream] = [await freePort(), await freePort(), await freePort()];
-    const env = Object.fromEntries(sc.env.vars);
+    const env = withUpstreams(sc, Object.fromEntries(sc.env.vars), () => `127.0.0.1:${upstream}`);
     Object.assign(env, {
       NEXTUP_LISTEN: `127.0.0.1:${listen}`,
       NEXTUP_ADMIN: `127.0.0.1:${admin}`,
-      NEXTUP_UPSTREAMS: `127.0.0.1:${upstream}`,
       NEXTUP_BPF: 'off',
     });
     const child = spawn(BIN, [], { env, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -328,11 +397,67 @@ for (const v of Object.keys(VARIANTS)) {
     if (problems.length) fail(`${v}: proxy listener`, problems);
   });
 
-  test(`${v}: NEXTUP_UPSTREAMS names the headless Service of a multi-replica Deployment, on its pods' port`, () => {
+  test(`${v}: the app's HTTP_PROXY is nextup's listener; NO_PROXY keeps loopback off it and no service`, () => {
+    const sc = sidecarOf(v);
+    const listen = P.splitHostPort(sc.env.vars.get('NEXTUP_LISTEN') || nextupHelp().get('NEXTUP_LISTEN'));
+    assert.ok(listen, 'NEXTUP_LISTEN is not host:port');
+    const want = `http://${listen.host}:${listen.port}`;
+    const { services } = servicesOf(sc);
+    const { ns, domain } = routingOf(sc);
+    const problems = [];
+    for (const { c, env } of appsOf(sc)) {
+      const at = `container ${c.name}`;
+      problems.push(...env.problems.map((p) => `${at}: ${p}`));
+      // curl and busybox wget read only http_proxy; Go and Python either; Node (NODE_USE_ENV_PROXY=1) both.
+      for (const name of ['HTTP_PROXY', 'http_proxy']) {
+        const val = env.vars.get(name);
+        if (val === undefined) problems.push(`${at}: ${name} is not set (${name === 'http_proxy' ? 'curl and busybox wget read only the lower-case one' : 'Go and Python read it'})`);
+        else if (val.replace(/\/$/, '') !== want) problems.push(`${at}: ${name}="${val}" is not nextup's listener ${want} (NEXTUP_LISTEN)`);
+      }
+      // nextup tunnels no CONNECT: https:// through it would fail.
+      for (const name of ['HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy']) {
+        const val = env.vars.get(name);
+        if (val && val.replace(/\/$/, '') === want) problems.push(`${at}: ${name}="${val}" sends https:// to nextup, which answers CONNECT with 405`);
+      }
+      const lists = ['NO_PROXY', 'no_proxy'].filter((n) => env.vars.has(n));
+      if (lists.length === 2 && env.vars.get('NO_PROXY') !== env.vars.get('no_proxy')) {
+        problems.push(`${at}: NO_PROXY and no_proxy differ (clients read one or the other)`);
+      }
+      const noProxy = lists.map((n) => env.vars.get(n)).join(',');
+      // Through the proxy, a loopback URL is absolute-form for an authority no service claims: 421.
+      for (const [h, port] of [['127.0.0.1', 15000], ['localhost', 15000], ['::1', 15000]]) {
+        if (!S.noProxyExempts(noProxy, h, port)) problems.push(`${at}: NO_PROXY does not exempt ${h}: a call to nextup's admin port or any loopback URL would get 421 from nextup`);
+      }
+      for (const svc of services) {
+        for (const k of S.hostKeys(svc, ns, domain)) {
+          if (S.noProxyExempts(noProxy, k.host, k.port || 80)) {
+            problems.push(`${at}: NO_PROXY="${noProxy}" exempts ${k.host}, which selects service ${svc.name}: those calls would go around nextup`);
+          }
+        }
+      }
+      // Every URL the app calls that is not loopback goes through nextup, and some service claims it.
+      const text = JSON.stringify([c.command || [], c.args || []]);
+      for (const u of S.httpUrls(text)) {
+        if (S.isLoopback(u.host)) continue;
+        if (S.noProxyExempts(noProxy, u.host, u.port)) { problems.push(`${at}: calls ${u.url}, which NO_PROXY exempts from nextup`); continue; }
+        if (!S.route(services, u.authority, ns, domain)) problems.push(`${at}: calls ${u.url}, whose authority no service of NEXTUP_SERVICES claims (nextup answers 421)`);
+      }
+    }
+    // The example shows every service it configures.
+    const called = appsOf(sc).flatMap(({ c }) => S.httpUrls(JSON.stringify([c.command || [], c.args || []])));
+    for (const svc of services) {
+      if (!called.some((u) => S.route([svc], u.authority, ns, domain))) problems.push(`service ${svc.name}: no application container calls it`);
+    }
+    if (problems.length) fail(`${v}: the application's proxy settings`, problems);
+  });
+
+  test(`${v}: each service's upstreams name the headless Service of a multi-replica Deployment, on its pods' port`, () => {
     const sc = sidecarOf(v);
     const problems = [];
     const ns = sc.obj.metadata.namespace || 'default';
-    for (const entry of (sc.env.vars.get('NEXTUP_UPSTREAMS') || '').split(',').map((s) => s.trim()).filter(Boolean)) {
+    const entries = servicesOf(sc).services.flatMap((svc) => svc.upstreams.map((e) => ({ e, svc })));
+    const seenSvc = new Map();
+    for (const { e: entry, svc: nsvc } of entries) {
       const hp = P.splitHostPort(entry);
       if (!hp) { problems.push(`"${entry}" is not host:port`); continue; }
       const m = /^([a-z0-9-]+)(?:\.([a-z0-9-]+)(?:\.svc(?:\.cluster\.local)?)?)?\.?$/.exec(hp.host);
@@ -340,6 +465,9 @@ for (const v of Object.keys(VARIANTS)) {
       const svcNs = m[2] || ns;
       const svc = sc.objects.find((o) => o.kind === 'Service' && o.metadata.name === m[1] && (o.metadata.namespace || 'default') === svcNs);
       if (!svc) { problems.push(`${entry}: no Service ${m[1]} in namespace ${svcNs} among the manifests`); continue; }
+      const other = seenSvc.get(`${svcNs}/${m[1]}`);
+      if (other && other !== nsvc.name) problems.push(`${entry}: Service ${m[1]} is the upstream of both ${other} and ${nsvc.name}`);
+      seenSvc.set(`${svcNs}/${m[1]}`, nsvc.name);
       if (svc.spec.clusterIP !== 'None') problems.push(`${entry}: Service ${m[1]} is not headless (clusterIP: None): one virtual IP hides the replicas`);
       const sel = svc.spec.selector || {};
       const dep = sc.objects.find((o) => o.kind === 'Deployment' && (o.metadata.namespace || 'default') === svcNs &&
@@ -633,15 +761,45 @@ for (const v of Object.keys(VARIANTS)) {
     assert.ok((s.capabilities.drop || []).includes('ALL'), 'the simulation assumes capabilities.drop: [ALL]');
     const ns = sc.obj.metadata.namespace || 'default';
 
-    // The cluster this pod lives in: the headless Service of NEXTUP_UPSTREAMS and its replicas.
-    const first = P.splitHostPort((sc.env.vars.get('NEXTUP_UPSTREAMS') || '').split(',')[0].trim());
-    assert.ok(first, 'NEXTUP_UPSTREAMS has no host:port');
-    const svcName = first.host.split('.')[0];
-    const svc = sc.objects.find((o) => o.kind === 'Service' && o.metadata.name === svcName);
-    assert.ok(svc, `no Service ${svcName}`);
-    const dep = sc.objects.find((o) => o.kind === 'Deployment' && Object.entries(svc.spec.selector || {})
-      .every(([k, val]) => ((o.spec.template.metadata || {}).labels || {})[k] === val));
-    const replicas = Math.min(Math.max(dep ? dep.spec.replicas ?? 1 : 1, 1), 8);
+    // The cluster this pod lives in: for each service, the headless Service of its first upstream
+    // and that many replicas, on addresses of their own (127.0.<service>.<replica>).
+    const { services } = servicesOf(sc);
+    const cluster = services.map((nsvc, i) => {
+      const first = P.splitHostPort(nsvc.upstreams[0] || '');
+      assert.ok(first, `${nsvc.upstreamsVar} has no host:port`);
+      const svcName = first.host.split('.')[0];
+      const svc = sc.objects.find((o) => o.kind === 'Service' && o.metadata.name === svcName);
+      assert.ok(svc, `no Service ${svcName}`);
+      const dep = sc.objects.find((o) => o.kind === 'Deployment' && Object.entries(svc.spec.selector || {})
+        .every(([k, val]) => ((o.spec.template.metadata || {}).labels || {})[k] === val));
+      const replicas = Math.min(Math.max(dep ? dep.spec.replicas ?? 1 : 1, 1), 8);
+      return {
+        name: nsvc.name,
+        port: first.port,
+        upstreamHost: nsvc.upstreamHost,
+        dnsName: `${svcName}.${svc.metadata.namespace || ns}.svc.cluster.local`,
+        replicas: Array.from({ length: replicas }, (_, j) => `127.0.${i + 1}.${j + 1}`),
+      };
+    });
+    // The application's calls, made by a real HTTP_PROXY client (Python's urllib) with the app
+    // container's environment: every non-loopback URL its command names, a few times each; nextup's
+    // admin port, which NO_PROXY must keep off the proxy; and a name no service claims.
+    const { ns: nextupNs, domain } = routingOf(sc);
+    const app = appsOf(sc)[0];
+    assert.ok(app, 'the pod has no application container');
+    const admin = P.splitHostPort(sc.env.vars.get('NEXTUP_ADMIN') || nextupHelp().get('NEXTUP_ADMIN'));
+    const calls = [];
+    for (const u of S.httpUrls(JSON.stringify([app.c.command || [], app.c.args || []])).filter((x) => !S.isLoopback(x.host))) {
+      const to = S.route(services, u.authority, nextupNs, domain);
+      for (let i = 0; i < 3; i++) calls.push({ url: u.url, service: to ? to.name : null, authority: u.authority });
+    }
+    assert.ok(calls.length > 0, `container ${app.c.name} calls no http:// URL`);
+    calls.push({ url: `http://127.0.0.1:${admin.port}/readyz`, direct: true });
+    calls.push({ url: 'http://no-such-service.example/', service: null, authority: 'no-such-service.example' });
+    const py = spawnSync('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8' });
+    assert.equal(py.status, 0, `python3 (the application's HTTP client here) does not run: ${py.stderr}`);
+    const appEnv = { PATH: process.env.PATH };
+    for (const [k, val] of app.env.vars) if (/^(https?|no|all)_proxy$/i.test(k)) appEnv[k] = val;
 
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nextup-podsim-'));
     fs.chmodSync(dir, 0o755);
@@ -666,10 +824,10 @@ for (const v of Object.keys(VARIANTS)) {
       readOnlyRoot: s.readOnlyRootFilesystem === true,
       probes: probesOf(sc.container).map((p) => ({ name: p.name, path: p.path, port: p.port })),
       listenPort: listen.port,
-      calls: 6,
-      upstreamPort: first.port,
-      dnsNames: [`${svcName}.${svc.metadata.namespace || ns}.svc.cluster.local`],
-      replicas: Array.from({ length: replicas }, (_, i) => `127.0.0.${i + 1}`),
+      cluster,
+      calls,
+      python: py.stdout.trim(),
+      appEnv,
       preStop: preStop ? (preStop.exec ? preStop.exec.command : null) : null,
       pinDir,
       drainMs: drainMs(sc),
@@ -690,15 +848,39 @@ for (const v of Object.keys(VARIANTS)) {
       if (fs.existsSync(nodeDir)) fs.rmSync(nodeDir, { recursive: true, force: true });
     }
     const log = `\n--- nextup stderr ---\n${out.stderr}`;
-    t.diagnostic(`uid ${spec.uid}, capabilities [${spec.caps}], NEXTUP_BPF=${bpfMode}, ${replicas} replicas of ${spec.dnsNames[0]}:${spec.upstreamPort}`);
+    t.diagnostic(`uid ${spec.uid}, capabilities [${spec.caps}], NEXTUP_BPF=${bpfMode}, ` +
+      cluster.map((c) => `${c.name}: ${c.replicas.length} replicas of ${c.dnsName}:${c.port}`).join(', '));
     assert.deepEqual(out.errors, [], `simulation errors${log}`);
     for (const p of spec.probes) {
       assert.equal(out.probes[p.name] && out.probes[p.name].status, 200, `${p.name} probe GET ${p.path} on :${p.port}: ${JSON.stringify(out.probes[p.name])}${log}`);
     }
-    assert.equal(out.calls.length, spec.calls, `the app's calls did not all run: ${JSON.stringify(out.calls)}${log}`);
-    const bad = out.calls.filter((c) => c.status !== 200);
-    assert.deepEqual(bad, [], `calls through 127.0.0.1:${listen.port} failed although ${replicas - 1} of ${replicas} replicas answer 200 ` +
-      `(replica 1 answers 503: nextup must retry on another)${log}`);
+    assert.equal(out.calls.length, calls.length, `the app's calls did not all run: ${JSON.stringify(out.calls)}${log}`);
+    const bad = [];
+    out.calls.forEach((got, i) => {
+      const want = calls[i];
+      if (want.direct) {
+        if (got.status !== 200) bad.push(`${want.url} (NO_PROXY: straight to nextup's admin port): ${got.status} ${got.body}`);
+      } else if (!want.service) {
+        if (got.status !== 421) bad.push(`${want.url} (no service claims ${want.authority}): ${got.status} ${got.body}, expected 421`);
+      } else if (got.status !== 200 || !got.body.startsWith(`${want.service} replica `)) {
+        bad.push(`${want.url} (service ${want.service}): ${got.status} ${got.body}`);
+      }
+    });
+    assert.deepEqual(bad, [], `the app's calls with its HTTP_PROXY / NO_PROXY (python3 urllib), through 127.0.0.1:${listen.port}: ` +
+      'each service\'s first replica answers 503 and nextup must retry on another of the same service' + log);
+    // What the replicas saw: origin-form, and the Host nextup sends (the client's authority, or UPSTREAM_HOST).
+    const seenBad = [];
+    for (const r of out.seen) {
+      const c = cluster.find((x) => x.name === r.service);
+      const hosts = new Set(calls.filter((x) => x.service === r.service).map((x) => c.upstreamHost || x.authority));
+      if (!r.target.startsWith('/')) seenBad.push(`${r.service} replica ${r.replica} got request-target ${r.target} (not origin-form)`);
+      if (!hosts.has(r.host)) seenBad.push(`${r.service} replica ${r.replica} got Host ${r.host}, expected ${[...hosts].join(' or ')}`);
+    }
+    for (const c of cluster) if (!out.seen.some((r) => r.service === c.name)) seenBad.push(`no replica of ${c.name} saw a request`);
+    assert.deepEqual(seenBad, [], `requests at the replicas${log}`);
+    t.diagnostic(`${calls.length} calls by python3 urllib with the app's proxy environment: ` +
+      `${cluster.map((c) => `${c.name} ${out.seen.filter((r) => r.service === c.name).length} requests at its replicas`).join(', ')}; ` +
+      'admin port direct (NO_PROXY); an unknown authority 421');
     if (pinDir) {
       assert.ok(out.pin && out.pin.exists, `no pinned map at ${pinDir}/peer_stats${log}`);
       if (out.pin.show) {
@@ -706,8 +888,8 @@ for (const v of Object.keys(VARIANTS)) {
           `bpftool map show pinned ${pinDir}/peer_stats with the container's capabilities failed: ${JSON.stringify(out.pin.show)}`);
       }
       if (out.pin.dump) {
-        const e = out.pin.dump.find((x) => x.key && x.key.port === spec.upstreamPort);
-        assert.ok(e && e.value.connects_established > 0, `bpftool dump of ${pinDir}/peer_stats has no established connects to port ${spec.upstreamPort}: ${JSON.stringify(out.pin.dump)}`);
+        const e = out.pin.dump.find((x) => x.key && x.key.port === cluster[0].port);
+        assert.ok(e && e.value.connects_established > 0, `bpftool dump of ${pinDir}/peer_stats has no established connects to port ${cluster[0].port}: ${JSON.stringify(out.pin.dump)}`);
         t.diagnostic(`bpftool map dump pinned ${pinDir}/peer_stats: ${out.pin.dump.length} peers, ` +
           `${out.pin.dump.reduce((a, x) => a + (x.value.connects_established || 0), 0)} connects established`);
       } else {
@@ -761,11 +943,11 @@ test(`${MTLS}: renders; every object is valid against the Kubernetes OpenAPI sch
 });
 
 test(`${MTLS}: nextup's TLS files come from Secrets mounted whole and read-only, which the script makes`, () => {
-  const known = nextupHelp();
   const sc = sidecarOf(MTLS);
   const problems = [...sc.env.problems];
+  problems.push(...servicesOf(sc).problems);
   for (const e of sc.env.list) {
-    if (e.name.startsWith('NEXTUP_') && !known.has(e.name)) problems.push(`${e.name}: not a variable of ${BIN} --help`);
+    if (e.name.startsWith('NEXTUP_') && !knownVariable(sc, e.name)) problems.push(`${e.name}: not a variable of ${BIN} --help`);
   }
   if (sc.env.vars.get('NEXTUP_UPSTREAM_TLS') !== 'on') problems.push('NEXTUP_UPSTREAM_TLS is not "on"');
   for (const v of ['NEXTUP_UPSTREAM_CA_FILE', 'NEXTUP_UPSTREAM_CERT_FILE', 'NEXTUP_UPSTREAM_KEY_FILE']) {
@@ -812,8 +994,12 @@ test(`${MTLS}: the overlay's nginx and nextup, run here with the script's certif
   assert.ok(tlsMount && tmpMount, 'orders mounts neither its Secret nor a writable /tmp');
   const containerPort = P.resolvePort('http', orders.container);
   const sc = sidecarOf(MTLS);
-  const upstreamEntry = P.splitHostPort(sc.env.vars.get('NEXTUP_UPSTREAMS').split(',')[0].trim());
-  assert.equal(upstreamEntry.port, containerPort, 'NEXTUP_UPSTREAMS port and the orders container port differ');
+  // TLS is one setting for all services: every one must then be a TLS replica (orders here).
+  const { services } = servicesOf(sc);
+  assert.deepEqual(services.map((s) => s.name), ['orders'], 'NEXTUP_UPSTREAM_TLS=on covers every service: the overlay carries orders alone');
+  const ordersSvc = services[0];
+  const upstreamEntry = P.splitHostPort(ordersSvc.upstreams[0]);
+  assert.equal(upstreamEntry.port, containerPort, `${ordersSvc.upstreamsVar} port and the orders container port differ`);
 
   const secrets = makeTestSecrets();
   const dir = path.join(secrets, 'run');
@@ -854,7 +1040,7 @@ test(`${MTLS}: the overlay's nginx and nextup, run here with the script's certif
       }
       Object.assign(env, {
         NEXTUP_LISTEN: `127.0.0.1:${listen}`, NEXTUP_ADMIN: `127.0.0.1:${admin}`, NEXTUP_BPF: 'off',
-        NEXTUP_UPSTREAMS: `127.0.0.1:${nginxPort}`, NEXTUP_UPSTREAM_SNI: upstreamEntry.host,
+        [ordersSvc.upstreamsVar]: `127.0.0.1:${nginxPort}`, NEXTUP_UPSTREAM_SNI: upstreamEntry.host,
       });
       if (dropClientCert) { delete env.NEXTUP_UPSTREAM_CERT_FILE; delete env.NEXTUP_UPSTREAM_KEY_FILE; }
       const child = spawn(BIN, [], { env, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -871,8 +1057,9 @@ test(`${MTLS}: the overlay's nginx and nextup, run here with the script's certif
       child.listen = listen;
       return child;
     };
+    // As the application's HTTP_PROXY client sends it: absolute-form for the service's name.
     const call = (port) => new Promise((resolve) => {
-      const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 5000, agent: false }, (res) => {
+      const req = http.get({ host: '127.0.0.1', port, path: `http://${ordersSvc.name}/`, timeout: 5000, agent: false }, (res) => {
         let body = '';
         res.setEncoding('utf8');
         res.on('data', (d) => { body += d; });

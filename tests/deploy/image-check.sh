@@ -11,7 +11,7 @@
 # stand-in base is made with debootstrap (minbase bookworm, this machine's apt sources) and given
 # to the build as DEBIAN_IMAGE / DEBIAN_SLIM_IMAGE -- under its own name, never the official ones.
 #
-# Differences from a real cluster, on purpose: NEXTUP_UPSTREAMS points at the stand-in replica
+# Differences from a real cluster, on purpose: every service's upstreams point at the stand-in replica
 # (127.0.0.1) instead of the Service name (tests/deploy/run.sh covers the name with a stand-in
 # DNS); podman's default seccomp profile refuses bpf() without CAP_SYS_ADMIN (containerd >= 1.7's
 # does not), so the BPF variant runs with seccomp=unconfined and this script says so, after
@@ -92,7 +92,7 @@ ip netns exec "$netns" ip link set lo up
 ip netns exec "$netns" python3 -m http.server 18080 --bind 127.0.0.1 >/dev/null 2>&1 &
 echo $! > "$work/backend.pid"
 sleep 0.5
-nsget() { ip netns exec "$netns" curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://127.0.0.1:$1$2" || true; }
+nsget() { ip netns exec "$netns" curl -s -o /dev/null -w '%{http_code}' --max-time 3 ${3:+-H "Host: $3"} "http://127.0.0.1:$1$2" || true; }
 
 # One variant: settings from the rendered manifests (tests/deploy/lib/container-settings.js).
 check_variant() {
@@ -114,7 +114,8 @@ check_variant() {
   done
   while IFS= read -r kv; do args+=(-e "$kv"); done < <(node -e '
     const e = JSON.parse(process.argv[1]).env;
-    e.NEXTUP_UPSTREAMS = "127.0.0.1:18080";   // the stand-in replica
+    // The stand-in replica, for the one service of NEXTUP_UPSTREAMS or each of NEXTUP_SERVICES.
+    for (const k of Object.keys(e)) if (k === "NEXTUP_UPSTREAMS" || /^NEXTUP_SERVICE_.+_UPSTREAMS$/.test(k)) e[k] = "127.0.0.1:18080";
     for (const [k, v] of Object.entries(e)) console.log(`${k}=${v}`);' "$s")
   local admin listen
   admin="$(get env.NEXTUP_ADMIN)"; admin="${admin##*:}"
@@ -145,7 +146,9 @@ check_variant() {
     code="$(nsget "$port" "$path")"
     [ "$code" = 200 ] && ok "$(get probes.$i.name) probe GET $path on :$port -> 200" || bad "$(get probes.$i.name) probe GET $path on :$port -> $code"
   done
-  code="$(nsget "$listen" /)"
+  # With NEXTUP_SERVICES, a call names its service (Host: the first one); NEXTUP_UPSTREAMS takes any.
+  local svc; svc="$(get env.NEXTUP_SERVICES)"; svc="${svc%%,*}"
+  code="$(nsget "$listen" / "$svc")"
   [ "$code" = 200 ] && ok "a call through 127.0.0.1:$listen -> 200" || bad "a call through 127.0.0.1:$listen -> $code"
   local caps; caps="$(podman exec "$name" grep CapEff /proc/1/status | awk '{print $2}')"
   echo "  nextup's effective capabilities: $caps"

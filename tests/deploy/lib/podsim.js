@@ -6,14 +6,17 @@
 // root filesystem is remounted read-only there, like readOnlyRootFilesystem).
 //
 // In that namespace it stands in for the cluster:
-//   * a DNS server on 127.0.0.1:53 answering the headless Service's name with one address per
-//     replica (127.0.0.1, 127.0.0.2, ...), found through the search path of a pod's resolv.conf;
-//   * one HTTP backend per replica on the port nextup is told to use; the first answers 503,
-//     so a call through nextup only succeeds if nextup retries on another replica;
+//   * a DNS server on 127.0.0.1:53 answering each service's headless Service name with one
+//     address per replica (127.0.<service>.1, .2, ...), found through the search path of a pod's
+//     resolv.conf;
+//   * one HTTP backend per replica on the port nextup is told to use, answering "<service>
+//     replica <n>" and noting the Host and request-target it got; the first replica of each
+//     service answers 503, so a call only succeeds if nextup retries on another replica of it;
 // then starts nextup with the container's environment, user and capabilities (setpriv: uid/gid,
-// bounding set = the added capabilities, no_new_privs), hits its probes, sends the application's
-// calls through the proxy port, looks at the pinned map, runs the preStop hook, sends SIGTERM,
-// and prints what happened as JSON on stdout.
+// bounding set = the added capabilities, no_new_privs), hits its probes, makes the application's
+// calls with a real HTTP_PROXY client (python3 urllib, the app container's proxy variables), looks
+// at the pinned map, runs the preStop hook, sends SIGTERM, and prints what happened as JSON on
+// stdout.
 
 const fs = require('node:fs');
 const http = require('node:http');
@@ -21,7 +24,7 @@ const dgram = require('node:dgram');
 const { spawn, execFileSync, spawnSync } = require('node:child_process');
 
 const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
-const result = { probes: {}, calls: [], pin: null, preStop: null, exit: null, stderr: '', errors: [] };
+const result = { probes: {}, calls: [], seen: [], pin: null, preStop: null, exit: null, stderr: '', errors: [] };
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -68,8 +71,9 @@ function dnsServer(answers) {
   });
 }
 
-function backend(address, port, status, body) {
+function backend(address, port, status, body, service, replica) {
   const srv = http.createServer((req, res) => {
+    result.seen.push({ service, replica, host: req.headers.host, target: req.url });
     res.writeHead(status, { 'Content-Type': 'text/plain' });
     res.end(body);
   });
@@ -89,6 +93,38 @@ function get(port, path) {
     });
     req.on('timeout', () => req.destroy(new Error('timeout')));
     req.on('error', (e) => resolve({ status: 0, body: e.message }));
+  });
+}
+
+// One GET per URL with urllib's default opener, which takes its proxies from the environment
+// (http_proxy/HTTP_PROXY, no_proxy/NO_PROXY) as an application's would: [{ status, body }].
+const APP_CLIENT = `
+import json, sys, urllib.error, urllib.request
+out = []
+for url in json.loads(sys.argv[1]):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            out.append({"status": r.status, "body": r.read().decode(errors="replace").strip()})
+    except urllib.error.HTTPError as e:
+        out.append({"status": e.code, "body": e.read().decode(errors="replace").strip()})
+    except OSError as e:
+        out.append({"status": 0, "body": str(e)})
+print(json.dumps(out))
+`;
+
+// Runs <cmd> without blocking the event loop: { status, stdout, stderr }.
+function run(cmd, args, env, timeoutMs) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8');
+    child.stderr.setEncoding('utf8');
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (e) => { clearTimeout(timer); resolve({ status: -1, stdout, stderr: String(e) }); });
+    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ status: code === null ? signal : code, stdout, stderr }); });
   });
 }
 
@@ -114,11 +150,13 @@ async function main() {
   }
 
   const servers = [];
-  const answers = new Map(spec.dnsNames.map((n) => [n, spec.replicas]));
+  const answers = new Map(spec.cluster.map((c) => [c.dnsName, c.replicas]));
   servers.push(await dnsServer(answers));
-  for (const [i, addr] of spec.replicas.entries()) {
-    servers.push(await backend(addr, spec.upstreamPort, i === 0 ? 503 : 200,
-      i === 0 ? 'replica 1 is failing\n' : `replica ${i + 1}\n`));
+  for (const c of spec.cluster) {
+    for (const [i, addr] of c.replicas.entries()) {
+      servers.push(await backend(addr, c.port, i === 0 ? 503 : 200,
+        i === 0 ? `${c.name} replica 1 is failing\n` : `${c.name} replica ${i + 1}\n`, c.name, i + 1));
+    }
   }
 
   const child = spawn('setpriv', [...privArgs(), '--', spec.bin], { env: spec.env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -141,10 +179,12 @@ async function main() {
     result.probes[p.name] = { path: p.path, port: p.port, status: r.status, body: r.body.trim().slice(0, 200) };
   }
 
-  // The application's calls, through the proxy port.
-  for (let i = 0; i < spec.calls && !exitInfo; i++) {
-    const r = await get(spec.listenPort, `/call/${i}`);
-    result.calls.push({ status: r.status, body: r.body.trim() });
+  // The application's calls, by an HTTP client that reads HTTP_PROXY / NO_PROXY itself.
+  // (Not spawnSync: the DNS server and the replicas answer from this process's event loop.)
+  if (!exitInfo) {
+    const r = await run(spec.python, ['-c', APP_CLIENT, JSON.stringify(spec.calls.map((c) => c.url))], spec.appEnv, 30000);
+    if (r.status !== 0) result.errors.push(`the application's client (python3 urllib) failed (${r.status}): ${r.stderr}`);
+    else result.calls = JSON.parse(r.stdout);
   }
 
   if (spec.pinDir && !exitInfo) {
