@@ -19,7 +19,10 @@
  * asks for. EV_WRITE is armed only while something waits for it. Callbacks come
  * only from the loop, never from inside a verb: on_drained only when an armed
  * write emptied the output (a flush that writes everything at once reports
- * through its return value instead). A callback may free its conn. */
+ * through its return value instead). A callback may free its conn.
+ *
+ * conn.c holds what both share, the events and the plain path; conn_tls.c the
+ * TLS path; conn_impl.h, internal to those two, the struct between them. */
 #ifndef SIDECAR_CONN_H
 #define SIDECAR_CONN_H
 
