@@ -1,9 +1,10 @@
-/* conn: what plain and TLS share -- events, interest, timeouts, the read limit,
- * callbacks and the deferred free, constructors and the public verbs -- and the
- * plain path (readv / writev). The TLS path is conn_tls.c, reached only through
- * the conn_tls_* functions of conn_impl.h; every libevent callback is here. */
+/* conn: the libevent callbacks and the deferred free, constructors and the
+ * public verbs, and the plain path (readv / writev). Interest, reports to the
+ * owner and the read limit are conn_events.c; the TLS path is conn_tls.c. Both
+ * are reached through conn_events.h; every libevent callback is here. */
 #include "conn.h"
-#include "conn_impl.h"
+#include "conn_events.h"
+#include "conn_tls.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -17,25 +18,6 @@
 #include <openssl/ssl.h>
 
 static void conn_destroy(struct conn *c);
-
-/* A conn whose owner let go (callbacks NULL) reports nothing. */
-void conn_emit_event(struct conn *c, int what, int err, void *arg)
-{
-    if (c->on_event)
-        c->on_event(c, what, err, arg);
-}
-
-void conn_emit_read(struct conn *c)
-{
-    if (c->on_read)
-        c->on_read(c, c->arg);
-}
-
-void conn_emit_drained(struct conn *c)
-{
-    if (c->on_drained)
-        c->on_drained(c, c->arg);
-}
 
 /* An owner may free its conn from inside a callback (the upstream pool does);
  * a TLS event can report twice (on_drained, then on_read), so every callback of
@@ -60,112 +42,6 @@ static struct timeval ms_tv(int ms)
 static int tv_set(const struct timeval *tv)
 {
     return tv->tv_sec || tv->tv_usec;
-}
-
-static void event_add_tv(struct event *ev, const struct timeval *tv)
-{
-    if (tv_set(tv))
-        event_add(ev, tv);
-    else {
-        event_add(ev, NULL);
-        event_remove_timer(ev);
-    }
-}
-
-/* ---- interest ------------------------------------------------------------ */
-
-/* The owner's reads can run now (TLS: the handshake is over, no write blocks them). */
-int conn_owner_reads(const struct conn *c)
-{
-    return c->reading && !c->resume_cb && !c->connecting && !c->read_eof && !c->handshaking &&
-           !c->rd_want_wr && !c->failed;
-}
-
-static int want_rd(const struct conn *c)
-{
-    if (c->failed)
-        return 0;
-    return conn_owner_reads(c) || (c->handshaking && c->hs_want_rd) || c->wr_want_rd;
-}
-
-static int want_wr(const struct conn *c)
-{
-    if (!c->ssl)
-        return c->wr_added;         /* plain: armed and disarmed where it happens */
-    if (c->failed)
-        return 0;
-    return c->connecting || (c->handshaking && c->hs_want_wr) || c->rd_want_wr ||
-           (c->out_waiting && !c->wr_want_rd && !c->handshaking);
-}
-
-/* Adds or removes the read event to match what the owner (and TLS) wants. Only
- * a change touches epoll. */
-void conn_rd_update(struct conn *c)
-{
-    int want = want_rd(c);
-
-    if (want && !c->rd_added) {
-        event_add_tv(&c->rd, &c->read_tv);
-        c->rd_added = 1;
-    } else if (!want && c->rd_added) {
-        event_del(&c->rd);
-        c->rd_added = 0;
-    }
-}
-
-static void wr_arm(struct conn *c)
-{
-    if (!c->wr_added) {
-        event_add_tv(&c->wr, &c->write_tv);
-        c->wr_added = 1;
-    }
-}
-
-static void wr_disarm(struct conn *c)
-{
-    if (c->wr_added) {
-        event_del(&c->wr);
-        c->wr_added = 0;
-    }
-}
-
-void conn_wr_update(struct conn *c)
-{
-    if (want_wr(c))
-        wr_arm(c);
-    else
-        wr_disarm(c);
-}
-
-/* The owner's reads became possible again: what OpenSSL holds is read from the
- * loop (never from inside the verb), as is an end of the stream not yet reported. */
-static void rd_kick(struct conn *c)
-{
-    if (conn_owner_reads(c) && conn_tls_has_pending(c))
-        event_active(&c->rd, EV_READ, 1);
-    else if (c->reading && c->end_what)
-        event_active(&c->rd, EV_READ, 1);
-}
-
-static void resume_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-    struct conn *c = arg;
-
-    (void)info;
-    if (evbuffer_get_length(buf) >= c->read_high)
-        return;
-    evbuffer_remove_cb_entry(buf, c->resume_cb);
-    c->resume_cb = NULL;
-    conn_rd_update(c);
-    rd_kick(c);
-}
-
-void conn_pause_for_limit(struct conn *c)
-{
-    if (c->resume_cb || !c->read_high || evbuffer_get_length(c->in) < c->read_high)
-        return;
-    c->resume_cb = evbuffer_add_cb(c->in, resume_cb, c);
-    conn_rd_update(c);
 }
 
 /* ---- plain ------------------------------------------------------------ */
@@ -254,7 +130,7 @@ static void connect_done(struct conn *c)
         return;
     c->connecting = 0;
     if (err) {
-        wr_disarm(c);
+        conn_wr_disarm(c);
         if (c->ssl)
             c->failed = 1;
         conn_emit_event(c, CONN_ERROR | CONN_WRITING, err, c->arg);
@@ -270,7 +146,7 @@ static void connect_done(struct conn *c)
     if (evbuffer_get_length(c->out) > 0)
         evbuffer_write(c->out, c->fd);
     if (evbuffer_get_length(c->out) == 0)
-        wr_disarm(c);
+        conn_wr_disarm(c);
     conn_rd_update(c);
     conn_emit_event(c, CONN_CONNECTED, 0, c->arg);
 }
@@ -283,14 +159,14 @@ static void plain_write(struct conn *c)
         n = evbuffer_write(c->out, c->fd);
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             int err = errno;
-            wr_disarm(c);
+            conn_wr_disarm(c);
             conn_emit_event(c, CONN_ERROR | CONN_WRITING, err, c->arg);
             return;
         }
     }
     if (evbuffer_get_length(c->out) > 0)
         return;
-    wr_disarm(c);
+    conn_wr_disarm(c);
     conn_emit_drained(c);
 }
 
@@ -305,7 +181,7 @@ static void wr_cb(evutil_socket_t fd, short what, void *arg)
         c->wr_err = 0;
         c->failed = c->ssl ? 1 : 0;
         c->out_waiting = 0;
-        wr_disarm(c);
+        conn_wr_disarm(c);
         conn_emit_event(c, CONN_ERROR | CONN_WRITING, err, c->arg);
     } else if (what & EV_TIMEOUT) {
         /* A write event armed only for a read (TLS sending its own record) times out that read. */
@@ -316,7 +192,7 @@ static void wr_cb(evutil_socket_t fd, short what, void *arg)
     } else if (!c->ssl) {
         plain_write(c);
     } else if (c->failed) {
-        wr_disarm(c);
+        conn_wr_disarm(c);
     } else if (c->handshaking) {
         conn_tls_handshake(c, CONN_WRITING);
     } else {
@@ -406,7 +282,7 @@ struct conn *conn_plain_connect(struct event_base *base, const struct sockaddr *
     c->connecting = 1;
     c->write_tv = ms_tv(timeout_ms);
     /* Whether it finished at once or not, CONNECTED comes from the loop. */
-    wr_arm(c);
+    conn_wr_arm(c);
     return c;
 }
 
@@ -540,12 +416,12 @@ size_t conn_flush(struct conn *c)
         return left;
     if (evbuffer_write(c->out, c->fd) < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         /* The write callback meets the error again and reports it from the loop. */
-        wr_arm(c);
+        conn_wr_arm(c);
         return left;
     }
     left = evbuffer_get_length(c->out);
     if (left > 0)
-        wr_arm(c);
+        conn_wr_arm(c);
     return left;
 }
 
@@ -556,7 +432,7 @@ void conn_read(struct conn *c, int on)
     c->reading = on ? 1 : 0;
     conn_rd_update(c);
     if (on && !was)
-        rd_kick(c);
+        conn_rd_kick(c);
 }
 
 void conn_set_read_limit(struct conn *c, size_t high)
@@ -566,7 +442,7 @@ void conn_set_read_limit(struct conn *c, size_t high)
         evbuffer_remove_cb_entry(c->in, c->resume_cb);
         c->resume_cb = NULL;
         conn_rd_update(c);
-        rd_kick(c);
+        conn_rd_kick(c);
     } else {
         conn_pause_for_limit(c);
     }
@@ -577,9 +453,9 @@ void conn_set_timeouts(struct conn *c, int read_ms, int write_ms)
     c->read_tv = ms_tv(read_ms);
     c->write_tv = ms_tv(write_ms);
     if (c->rd_added)
-        event_add_tv(&c->rd, &c->read_tv);
+        conn_event_add_tv(&c->rd, &c->read_tv);
     if (c->wr_added)
-        event_add_tv(&c->wr, &c->write_tv);
+        conn_event_add_tv(&c->wr, &c->write_tv);
 }
 
 void conn_set_priority(struct conn *c, int prio)

@@ -21,8 +21,9 @@
  * write emptied the output (a flush that writes everything at once reports
  * through its return value instead). A callback may free its conn.
  *
- * conn.c holds what both share, the events and the plain path; conn_tls.c the
- * TLS path; conn_impl.h, internal to those two, the struct between them. */
+ * conn.c holds the libevent callbacks, the verbs and the plain path; conn_tls.c
+ * the TLS path; conn_events.{c,h}, internal, the struct, its interest and its
+ * reports to the owner. */
 #ifndef SIDECAR_CONN_H
 #define SIDECAR_CONN_H
 

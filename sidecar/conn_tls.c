@@ -1,8 +1,9 @@
 /* conn_tls: the TLS path of a conn -- the non-blocking handshake, the SSL_read and
  * SSL_write loops with their WANT_READ / WANT_WRITE, OpenSSL's error mapping, the
- * read burst and the flood guard. Called only from conn.c (see conn_impl.h); it
+ * read burst and the flood guard. Called only from conn.c (see conn_events.h); it
  * reports to the owner through conn.c's emit helpers and frees nothing. */
-#include "conn_impl.h"
+#include "conn_events.h"
+#include "conn_tls.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -27,11 +28,6 @@
 
 /* Bytes OpenSSL holds that no readable event will announce: decrypted ones, or
  * whole records it read ahead. */
-int conn_tls_has_pending(const struct conn *c)
-{
-    return c->ssl && !c->failed && SSL_has_pending(c->ssl);
-}
-
 /* Takes what the thread's error queue says about a failure: the last code is
  * kept for conn_tls_error(), the queue is left empty for the next connection. */
 static void tls_take_errors(struct conn *c)

@@ -1,31 +1,24 @@
-/* conn_impl: internal to conn.c and conn_tls.c -- included by nobody else; other
- * modules see only conn.h.
- *
- * What both halves of one conn share:
+/* conn_events (internal to conn): what conn.c, conn_events.c and conn_tls.c
+ * share -- included by nobody else; other modules see only conn.h.
  *   struct conn                      the layout: fd, SSL, buffers, events, state bits
  *   READ_SPACE                       how much space one read reserves (plain and TLS)
- * conn.c -> conn_tls.c, the whole way into the TLS path (all called from conn.c's
- * event callbacks or verbs, between enter() and leave() when from a callback):
- *   conn_tls_attach()                a new SSL on the conn's fd, modes set (constructors)
- *   conn_tls_handshake()             one step of the handshake (rd_cb, wr_cb, connect_done)
- *   conn_tls_read_and_report()       SSL_read into the input, then on_read / the end
- *   conn_tls_write_and_report()      SSL_write of a waiting output, then on_drained
- *   conn_tls_flush()                 conn_flush() of a TLS conn
- *   conn_tls_has_pending()           OpenSSL holds bytes no readable event announces
- * conn_tls.c -> conn.c, helpers it calls back (never the callbacks or the free path):
  *   conn_emit_event() / conn_emit_read() / conn_emit_drained()   to the owner, if any
  *   conn_owner_reads()               the owner's reads can run now
- *   conn_rd_update() / conn_wr_update()   the events to match the state bits
- *   conn_pause_for_limit()           reading pauses above the read limit
- * conn_tls.c runs no libevent callback of its own and never frees a conn. */
-#ifndef SIDECAR_CONN_IMPL_H
-#define SIDECAR_CONN_IMPL_H
+ *   conn_rd_update() / conn_wr_update() / conn_wr_arm() / conn_wr_disarm()   events to match the state
+ *   conn_pause_for_limit() / conn_rd_kick()   the read limit, and reads resumed from the loop
+ *   conn_tls_has_pending()           OpenSSL holds bytes no readable event announces
+ * Control goes one way: conn.c calls conn_tls.c (conn_tls.h) and conn_events.c;
+ * conn_tls.c calls conn_events.c; conn_events.c calls neither. conn_tls.c runs
+ * no libevent callback of its own and never frees a conn. */
+#ifndef SIDECAR_CONN_EVENTS_H
+#define SIDECAR_CONN_EVENTS_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/time.h>
 
 #include <event2/event_struct.h>
+#include <openssl/ssl.h>
 
 #include "conn.h"
 
@@ -69,7 +62,7 @@ struct conn {
     unsigned failed : 1;            /* TLS: a fatal error; OpenSSL is not called again */
 };
 
-/* ---- conn.c, for conn_tls.c --------------------------------------------- */
+/* ---- conn_events.c, for conn.c and conn_tls.c ------------------------------ */
 
 /* To the owner's callbacks; a conn whose owner let go (callbacks NULL) reports nothing. */
 void conn_emit_event(struct conn *c, int what, int err, void *arg);
@@ -82,25 +75,19 @@ void conn_rd_update(struct conn *c);
 void conn_wr_update(struct conn *c);
 /* Pauses reading once the input holds the read limit; resumes by itself below it. */
 void conn_pause_for_limit(struct conn *c);
+/* The write event armed / disarmed now (plain: where a write leaves output / empties it). */
+void conn_wr_arm(struct conn *c);
+void conn_wr_disarm(struct conn *c);
+/* The owner's reads became possible again: what OpenSSL holds, or an end not yet
+ * reported, is read from the loop (never from inside the verb). */
+void conn_rd_kick(struct conn *c);
+/* event_add() with <tv>, or with no timeout when <tv> is zero. */
+void conn_event_add_tv(struct event *ev, const struct timeval *tv);
 
-/* ---- conn_tls.c, for conn.c --------------------------------------------- */
-
-/* Gives <c> <ssl> on <c->fd>, each side's modes set. 0, or -ENOMEM (<ssl> untouched
- * but for its modes; still the caller's). */
-int conn_tls_attach(struct conn *c, struct ssl_st *ssl, int accepting);
-/* One step of the handshake; <dir> (CONN_READING / CONN_WRITING) is the direction
- * of the event that drove it, and of the ERROR reported if it fails. */
-void conn_tls_handshake(struct conn *c, int dir);
-/* A readable (or, for SSL_read's WANT_WRITE, writable) event's reads: the bytes,
- * then the end of the stream if any. May report; c->dead may be set on return. */
-void conn_tls_read_and_report(struct conn *c);
-/* A waiting output's turn: on_drained once it is written, ERROR on a failure.
- * May report; c->dead may be set on return. */
-void conn_tls_write_and_report(struct conn *c);
-/* conn_flush() for TLS: the bytes still queued; reports nothing (an error goes
- * to the loop through wr_err). */
-size_t conn_tls_flush(struct conn *c);
 /* 1 when OpenSSL holds bytes that no readable event will announce. */
-int conn_tls_has_pending(const struct conn *c);
+static inline int conn_tls_has_pending(const struct conn *c)
+{
+    return c->ssl && !c->failed && SSL_has_pending(c->ssl);
+}
 
 #endif
