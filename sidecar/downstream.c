@@ -569,7 +569,7 @@ int downstream_request_complete(const struct downstream *ds)
 
 /* ---- the loop's connections ------------------------------------------- */
 
-static void settings_init(void)
+void downstream_init(void)
 {
     llhttp_settings_t s;
 
@@ -582,7 +582,6 @@ static void settings_init(void)
     s.on_headers_complete = on_req_headers_complete;
     s.on_body = on_req_body;
     s.on_message_complete = on_req_complete;
-    /* Written with the same values by whichever worker comes first. */
     req_settings = s;
 }
 
@@ -596,8 +595,6 @@ int downstream_new(struct loop_ctx *lc, const struct downstream_cbs *cbs, int fd
     (void)peer_len;
     if (!ds)
         return -ENOMEM;
-    if (!req_settings.on_message_begin)
-        settings_init();
     ds->lc = lc;
     ds->cbs = cbs;
     evtimer_assign(&ds->timer, lc->base, timer_cb, ds);

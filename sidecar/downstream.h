@@ -44,6 +44,9 @@ struct downstream_cbs {
     void (*on_gone)(struct downstream *ds);
 };
 
+/* Once at startup, before any worker runs: the request parser's settings. */
+void downstream_init(void);
+
 /* Serves the accepted socket <fd> on <lc>'s loop. Takes <fd> on success; on
  * failure (-ENOMEM) the caller still owns it. */
 int downstream_new(struct loop_ctx *lc, const struct downstream_cbs *cbs, int fd, const struct sockaddr *peer_addr,

@@ -386,6 +386,19 @@ static void event_cb(struct conn *conn, int what, int err, void *arg)
 
 /* ---- API --------------------------------------------------------------- */
 
+void exchange_init(void)
+{
+    llhttp_settings_init(&settings);
+    settings.on_message_begin = on_begin;
+    settings.on_status = on_status;
+    settings.on_header_field = on_field;
+    settings.on_header_value = on_value;
+    settings.on_header_value_complete = on_value_complete;
+    settings.on_headers_complete = on_headers_complete;
+    settings.on_body = on_body;
+    settings.on_message_complete = on_complete;
+}
+
 struct exchange *exchange_new(const struct config *cfg, const struct exchange_cbs *cbs, void *arg,
                               struct evbuffer *pending)
 {
@@ -393,20 +406,6 @@ struct exchange *exchange_new(const struct config *cfg, const struct exchange_cb
 
     if (!ex)
         return NULL;
-    if (!settings.on_message_begin) {
-        /* Written once with the same values by whichever worker comes first. */
-        llhttp_settings_t s;
-        llhttp_settings_init(&s);
-        s.on_message_begin = on_begin;
-        s.on_status = on_status;
-        s.on_header_field = on_field;
-        s.on_header_value = on_value;
-        s.on_header_value_complete = on_value_complete;
-        s.on_headers_complete = on_headers_complete;
-        s.on_body = on_body;
-        s.on_message_complete = on_complete;
-        settings = s;
-    }
     ex->body = evbuffer_new();
     if (!ex->body) {
         free(ex);

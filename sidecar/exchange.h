@@ -54,6 +54,9 @@ struct exchange_cbs {
 #define EXCHANGE_REQ_HEAD    1   /* the request is a HEAD: the response has no body */
 #define EXCHANGE_REQ_UPGRADE 2   /* the request asks for an upgrade: a 101 may answer it */
 
+/* Once at startup, before any worker runs: the response parser's settings. */
+void exchange_init(void);
+
 /* NULL on allocation failure. <cfg> gives the head limit and the idle timeout.
  * <pending> (the owner's, lent for the exchange's life) holds request bytes
  * while no connection is up: they move to the connection once it is. */

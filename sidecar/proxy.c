@@ -643,6 +643,8 @@ static const struct downstream_cbs client_cbs = {
 void proxy_init(void)
 {
     retry_budget_init(&budget);
+    downstream_init();
+    exchange_init();
 }
 
 int proxy_accept(struct loop_ctx *lc, int fd, const struct sockaddr *peer_addr, socklen_t peer_len)
