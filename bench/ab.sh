@@ -25,9 +25,9 @@
 #
 # Printed: per target the median req/s and its range over the rounds, median p99, median CPU us/req and its
 # range, syscalls/req, errors; then for each worker count new and svc3 against base, and svc3 against new:
-# the ratio of the medians, and the same ratio taken per round (the two runs of one round are seconds apart,
-# so they share the machine's state): its median and its range over the rounds. A difference inside that
-# range is not measurable on this machine.
+# the ratio of the medians, and the same ratio taken per round (the two runs of one round are under a minute apart,
+# so they share the machine's state): its median, its middle half (quartiles) and its range over the rounds.
+# A difference inside the middle half is not measurable on this machine.
 #
 # Environment (defaults in brackets):
 #   BENCH_DURATION     seconds per wrk run                      [5]
@@ -319,6 +319,10 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 fmt_range() {              # fmt_range FORMAT VALUE...: "lo-hi" with each end in FORMAT
   printf '%s\n' "${@:2}" | sort -g | awk -v f="$1" 'NR == 1 { lo = $1 } { hi = $1 } END { printf f "-" f, lo, hi }'
 }
+fmt_quartiles() {          # fmt_quartiles FORMAT VALUE...: "q1-q3" (nearest rank): the middle half of the values
+  printf '%s\n' "${@:2}" | sort -g | awk -v f="$1" '{ v[NR] = $1 }
+    END { a = int((NR + 3) / 4); b = int((3 * NR + 3) / 4); printf f "-" f, v[a], v[b] }'
+}
 {
   printf 'target\treq/s (median)\treq/s range\tp99 ms (median)\tCPU us/req (median)\tCPU range\tsyscalls/req\terrors\n'
   for t in $TARGETS; do
@@ -336,16 +340,16 @@ per_round() {
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b / a }'; }
 {
-  printf 'comparison\treq/s: ratio of medians\tper round: median\tper round: range\tCPU/req: ratio of medians\tper round: median\tper round: range\tsyscalls/req ratio\n'
+  printf 'comparison\treq/s: ratio of medians\tper round: median\tmiddle half\trange\tCPU/req: ratio of medians\tper round: median\tmiddle half\trange\tsyscalls/req ratio\n'
   for w in $WORKERS; do
     for pair in "base new" "base svc3" "new svc3"; do
       a="${pair% *}/$w"; b="${pair#* }/$w"
       # shellcheck disable=SC2046,SC2086
-      printf '%s vs %s\t%s\t%.3f\t%s\t%s\t%.3f\t%s\t%s\n' "$b" "$a" \
-        "$(ratio "$(median ${RPS[$a]})" "$(median ${RPS[$b]})")" \
-        "$(median $(per_round "$a" "$b" RPS))" "$(fmt_range %.3f $(per_round "$a" "$b" RPS))" \
-        "$(ratio "$(median ${CPU[$a]})" "$(median ${CPU[$b]})")" \
-        "$(median $(per_round "$a" "$b" CPU))" "$(fmt_range %.3f $(per_round "$a" "$b" CPU))" \
+      printf '%s vs %s\t%s\t%.3f\t%s\t%s\t%s\t%.3f\t%s\t%s\t%s\n' "$b" "$a" \
+        "$(ratio "$(median ${RPS[$a]})" "$(median ${RPS[$b]})")" "$(median $(per_round "$a" "$b" RPS))" \
+        "$(fmt_quartiles %.3f $(per_round "$a" "$b" RPS))" "$(fmt_range %.3f $(per_round "$a" "$b" RPS))" \
+        "$(ratio "$(median ${CPU[$a]})" "$(median ${CPU[$b]})")" "$(median $(per_round "$a" "$b" CPU))" \
+        "$(fmt_quartiles %.3f $(per_round "$a" "$b" CPU))" "$(fmt_range %.3f $(per_round "$a" "$b" CPU))" \
         "$(if [ "${SYS[$a]}" = - ]; then echo -; else ratio "${SYS[$a]}" "${SYS[$b]}"; fi)"
     done
   done
@@ -364,6 +368,7 @@ echo
 print_table "$WORK/compare.tsv"
 echo
 echo "   ratios are B/A (\"new/1 vs base/1\": new over base; req/s above 1 and CPU below 1 favour new);"
-echo "   per round: the ratio of the two runs of the same round, whose range is what this machine's noise"
-echo "   allows; a difference inside it is not measurable here"
+echo "   per round: the ratio of the two runs of the same round; its middle half (quartiles) and range are what"
+echo "   this machine's noise allows (a round disturbed by other work widens the range); a difference inside"
+echo "   the middle half is not measurable here"
 say "done"
