@@ -43,6 +43,10 @@ int request_route(struct request *r, const char **reason)
         /* In origin-form the authority travels as the Host (RFC 9112 3.2.2). */
         r->st.rewrite.host = authority;
         r->st.rewrite.host_len = len;
+    } else if (!svcs->slots) {
+        /* NEXTUP_UPSTREAMS alone: its one service takes every authority. */
+        authority = NULL;
+        r->svc = svcs->default_service;
     } else {
         authority = http_head_get(req, "host", &len);
         r->svc = services_route(svcs, authority ? authority : "", authority ? len : 0);
