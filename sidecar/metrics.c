@@ -19,9 +19,13 @@ _Atomic uint64_t metrics[M_COUNT];
 
 static void write_histograms(struct evbuffer *out);
 
+static uint64_t service_total(enum metric_id id);
+
+/* A counter's value: for one kept per service, the services' counts plus what
+ * no service took (metrics_service_inc counts each event once, in one place). */
 static uint64_t get(enum metric_id id)
 {
-    return atomic_load_explicit(&metrics[id], memory_order_relaxed);
+    return atomic_load_explicit(&metrics[id], memory_order_relaxed) + service_total(id);
 }
 
 static void counter(struct evbuffer *out, const char *name, const char *help, enum metric_id id)
@@ -315,9 +319,25 @@ void metrics_service_inc(int svc, enum metric_id id)
 
     if ((unsigned)id >= M_COUNT)
         return;
-    metrics_inc(id);
+    /* One atomic add per event: the process-wide value is summed when scraped. */
     if (svc_slot[id] && (ss = series_of(svc)))
         atomic_fetch_add_explicit(&ss->counters[svc_slot[id] - 1], 1, memory_order_relaxed);
+    else
+        metrics_inc(id);
+}
+
+static uint64_t service_total(enum metric_id id)
+{
+    uint64_t sum = 0;
+
+    if (!svc_slot[id])
+        return 0;
+    for (int s = 0; s < n_services; s++) {
+        const struct service_series *ss = series_of(s);
+        if (ss)
+            sum += atomic_load_explicit(&ss->counters[svc_slot[id] - 1], memory_order_relaxed);
+    }
+    return sum;
 }
 
 void metrics_service_request(int svc)
