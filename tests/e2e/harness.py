@@ -56,14 +56,25 @@ def is_sanitized(path):
         return False
 
 
+_recent_ports = []
+
+
 def free_port():
-    """A port on 127.0.0.1 nothing listens on right now (bind to 0, close)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A port on 127.0.0.1 nothing listens on right now (bind to 0, close), and not one of the
+    last ports handed out: the kernel may give a port just closed again, and two of one
+    nextup's ports (listener, admin) must differ."""
+    for _ in range(64):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            del _recent_ports[:-64]
+            return port
+    return port
 
 
 # The node-wide BPF program set (NEXTUP_BPF_NODE_DIR) of this test process: never the node's real one
