@@ -437,58 +437,68 @@ static uint64_t load(_Atomic uint64_t *v)
     return atomic_load_explicit(v, memory_order_relaxed);
 }
 
+/* The series of <set>'s service and, in <label>, its ",service=..." (empty unless <labelled>). */
+static struct service_series *set_series(const struct peers *set, int labelled, char *label, size_t len)
+{
+    snprintf(label, len, labelled && service_names ? ",service=\"%s\"" : "",
+             labelled && service_names ? service_names[set->service] : "");
+    return series_of(set->service);
+}
+
+/* One per-peer family over <n_sets> sets: <n_values> series a peer, value k of a peer's series read by
+ * <value_of>, its label "<label_name>=<values[k]>" (no label when <label_name> is NULL). */
+static void write_peer_family(struct evbuffer *out, struct peers *const *sets, int n_sets, int labelled,
+                              const char *family, const char *label_name, const char *const *values, int n_values,
+                              uint64_t (*value_of)(struct peer_series *ps, int k))
+{
+    char svc_label[96];
+
+    for (int s = 0; s < n_sets; s++) {
+        int n = atomic_load_explicit(&sets[s]->n, memory_order_acquire);
+        struct service_series *ss = set_series(sets[s], labelled, svc_label, sizeof(svc_label));
+        if (!ss)
+            continue;
+        for (int i = 0; i < n; i++)
+            if (peer_is_active(sets[s]->peer[i]))
+                for (int k = 0; k < n_values; k++)
+                    evbuffer_add_printf(out, "%s{%s%s%s%speer=\"%s\"%s} %" PRIu64 "\n", family,
+                                        label_name ? label_name : "", label_name ? "=\"" : "",
+                                        label_name ? values[k] : "", label_name ? "\"," : "",
+                                        sets[s]->peer[i]->addr_text, svc_label, value_of(&ss->peers[i], k));
+    }
+}
+
+static uint64_t peer_attempts(struct peer_series *ps, int k)
+{
+    (void)k;
+    return load(&ps->attempts);
+}
+
+static uint64_t peer_responses(struct peer_series *ps, int k)
+{
+    return load(&ps->responses[k]);
+}
+
+static uint64_t peer_failures(struct peer_series *ps, int k)
+{
+    return load(&ps->failures[k]);
+}
+
 /* The per-peer families over <n> sets; <labelled>: with service="<name>" (the services' view). */
 static void write_peer_families(struct evbuffer *out, struct peers *const *sets, int n_sets, int labelled)
 {
     static const char *const classes[5] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
-    char svc_label[96];
 
     evbuffer_add_printf(out, "# HELP nextup_peer_attempts_total Attempts sent to the peer (first tries and retries).\n"
                              "# TYPE nextup_peer_attempts_total counter\n");
-    for (int s = 0; s < n_sets; s++) {
-        int n = atomic_load_explicit(&sets[s]->n, memory_order_acquire);
-        struct service_series *ss = series_of(sets[s]->service);
-        if (!ss)
-            continue;
-        snprintf(svc_label, sizeof(svc_label), labelled && service_names ? ",service=\"%s\"" : "",
-                 labelled && service_names ? service_names[sets[s]->service] : "");
-        for (int i = 0; i < n; i++)
-            if (peer_is_active(sets[s]->peer[i]))
-                evbuffer_add_printf(out, "nextup_peer_attempts_total{peer=\"%s\"%s} %" PRIu64 "\n",
-                                    sets[s]->peer[i]->addr_text, svc_label, load(&ss->peers[i].attempts));
-    }
+    write_peer_family(out, sets, n_sets, labelled, "nextup_peer_attempts_total", NULL, NULL, 1, peer_attempts);
     evbuffer_add_printf(out, "# HELP nextup_peer_responses_total Response heads from the peer, by status class "
                              "(retried ones included).\n# TYPE nextup_peer_responses_total counter\n");
-    for (int s = 0; s < n_sets; s++) {
-        int n = atomic_load_explicit(&sets[s]->n, memory_order_acquire);
-        struct service_series *ss = series_of(sets[s]->service);
-        if (!ss)
-            continue;
-        snprintf(svc_label, sizeof(svc_label), labelled && service_names ? ",service=\"%s\"" : "",
-                 labelled && service_names ? service_names[sets[s]->service] : "");
-        for (int i = 0; i < n; i++)
-            if (peer_is_active(sets[s]->peer[i]))
-                for (int c = 0; c < 5; c++)
-                    evbuffer_add_printf(out, "nextup_peer_responses_total{code=\"%s\",peer=\"%s\"%s} %" PRIu64 "\n",
-                                        classes[c], sets[s]->peer[i]->addr_text, svc_label,
-                                        load(&ss->peers[i].responses[c]));
-    }
+    write_peer_family(out, sets, n_sets, labelled, "nextup_peer_responses_total", "code", classes, 5, peer_responses);
     evbuffer_add_printf(out, "# HELP nextup_peer_failures_total Attempts to the peer that failed without a response "
                              "head, by class.\n# TYPE nextup_peer_failures_total counter\n");
-    for (int s = 0; s < n_sets; s++) {
-        int n = atomic_load_explicit(&sets[s]->n, memory_order_acquire);
-        struct service_series *ss = series_of(sets[s]->service);
-        if (!ss)
-            continue;
-        snprintf(svc_label, sizeof(svc_label), labelled && service_names ? ",service=\"%s\"" : "",
-                 labelled && service_names ? service_names[sets[s]->service] : "");
-        for (int i = 0; i < n; i++)
-            if (peer_is_active(sets[s]->peer[i]))
-                for (int c = 0; c < METRICS_FAIL_COUNT; c++)
-                    evbuffer_add_printf(out, "nextup_peer_failures_total{class=\"%s\",peer=\"%s\"%s} %" PRIu64 "\n",
-                                        fail_names[c], sets[s]->peer[i]->addr_text, svc_label,
-                                        load(&ss->peers[i].failures[c]));
-    }
+    write_peer_family(out, sets, n_sets, labelled, "nextup_peer_failures_total", "class", fail_names,
+                      METRICS_FAIL_COUNT, peer_failures);
 }
 
 void metrics_write_peers(struct evbuffer *out, const struct peers *set)

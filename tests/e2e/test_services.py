@@ -137,8 +137,11 @@ class ServicesTest(H.NextupCase):
                                           "NEXTUP_SERVICE_ORDERS_UPSTREAMS": a.addr,
                                           "NEXTUP_SERVICE_PAYMENTS_UPSTREAMS": b.addr})
         self.assertEqual(nx.admin_get("/readyz/upstreams")[0], 200)
-        keep = H.RawConn(nx.listen_port)    # holds the drain open
+        # Holds the drain open: a request begun (an idle connection would be closed at once).
+        keep = H.RawConn(nx.listen_port)
         self.addCleanup(keep.close)
+        keep.send(b"GET / HTTP/1.1\r\nHost: orders\r\n")
+        time.sleep(0.2)
         nx.proc.send_signal(15)
         deadline = time.monotonic() + 3
         while nx.admin_get("/readyz")[0] != 503 and time.monotonic() < deadline:
