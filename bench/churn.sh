@@ -149,42 +149,7 @@ say "estimated total run time: ~${est}s"
 # ---------------------------------------------------------------- backend
 BODY=$(printf 'nextup-churn-%087d' 0)    # 13 + 87 = 100 bytes
 [ ${#BODY} -eq 100 ] || die "internal: body is ${#BODY} bytes"
-mkdir -p "$WORK/backend"
-cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/backend/client_body;
-    proxy_temp_path $WORK/backend/proxy;
-    fastcgi_temp_path $WORK/backend/fastcgi;
-    uwsgi_temp_path $WORK/backend/uwsgi;
-    scgi_temp_path $WORK/backend/scgi;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
-    server {
-        listen $BACKEND reuseport backlog=4096;
-        default_type text/plain;
-        location / { return 200 "$BODY"; }
-    }
-}
-EOF
-"$NGINX" -t -q -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf" \
-  || die "backend nginx config rejected (see above)"
-"$NGINX" -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf" \
-  </dev/null >"$WORK/backend/stdout.log" 2>&1 &
-BACKEND_PID=$!
-for _ in $(seq 100); do
-  kill -0 "$BACKEND_PID" 2>/dev/null || { show_logs "$WORK/backend/error.log"; die "backend exited during startup"; }
-  port_free "$BACKEND_PORT" || break
-  sleep 0.1
-done
-port_free "$BACKEND_PORT" && die "backend is not listening on $BACKEND after 10 s"
+start_backend "$WORK/backend" "$BACKEND" "$BODY" 8192
 say "backend: nginx (1 worker) on $BACKEND"
 
 # ---------------------------------------------------------------- one run

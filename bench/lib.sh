@@ -99,3 +99,46 @@ cpu_ns() {
   done
   echo "$sum"
 }
+
+# start_backend DIR LISTEN BODY CONNS: the benchmarks' backend, nginx with one worker serving BODY on
+# LISTEN (host:port) with keep-alive, CONNS connections, its config and logs in DIR; needs $NGINX.
+# Sets BACKEND_PID (the caller stops it); dies when it does not come up within 10 s.
+start_backend() {
+  local dir=$1 listen=$2 body=$3 conns=$4 port=${2##*:}
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile $((conns * 2));
+events { worker_connections $conns; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    server {
+        listen $listen reuseport backlog=4096;
+        default_type text/plain;
+        location / { return 200 "$body"; }
+    }
+}
+EOF
+  "$NGINX" -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
+    || die "backend nginx config rejected (see above)"
+  "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
+    </dev/null >"$dir/stdout.log" 2>&1 &
+  BACKEND_PID=$!
+  for _ in $(seq 100); do
+    kill -0 "$BACKEND_PID" 2>/dev/null || { show_logs "$dir/stdout.log" "$dir/error.log"; die "backend exited during startup"; }
+    port_free "$port" || break
+    sleep 0.1
+  done
+  if port_free "$port"; then die "backend is not listening on $listen after 10 s"; fi
+}
