@@ -78,6 +78,11 @@ static struct peers *set_of(const struct health *h, const struct peer *p)
  * stands out against it. */
 #define DRAIN_CLOSES_MIN 5
 #define DRAIN_HABIT_MIN 20
+/* A replica that answered with keep-alive and then closed this many responses
+ * in a row is leaving, whatever a window says: the habit's first window may
+ * already hold the change (a drain that starts before the first health interval
+ * is over would otherwise be learned as the habit). */
+#define DRAIN_CLOSES_IN_A_ROW 20
 #define DRAIN_CLOSES_ABOVE_HABIT 0.4
 
 static void judge_closes(struct health *h, struct peer *p, struct peer_view *v, int64_t now)
@@ -104,6 +109,15 @@ static void judge_closes(struct health *h, struct peer *p, struct peer_view *v, 
         v->relearn = 0;
         v->habit_responses = 0;
         v->close_habit = 0;
+        atomic_store(&p->kept_alive, 0);
+    }
+    if (atomic_load(&p->kept_alive) && atomic_load(&p->closes_in_a_row) >= DRAIN_CLOSES_IN_A_ROW) {
+        snprintf(detail, sizeof(detail), "(kept connections alive, then closed %u responses in a row)",
+                 (unsigned)atomic_load(&p->closes_in_a_row));
+        peers_observe(set_of(h, p), p, EVIDENCE_DRAINING, REASON_DRAIN_CLOSES, detail, now);
+        atomic_store(&p->closes_in_a_row, 0);
+        v->window_responses = v->window_closes = 0;
+        return;
     }
     n = v->window_responses;
     c = v->window_closes;

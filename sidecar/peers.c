@@ -42,6 +42,8 @@ static void peer_init_state(struct peer *p)
     atomic_store(&p->no_reuse_until_ms, 0);
     atomic_store(&p->ejections_total, 0);
     atomic_store(&p->closing_responses, 0);
+    atomic_store(&p->closes_in_a_row, 0);
+    atomic_store(&p->kept_alive, 0);
     atomic_store(&p->responses, 0);
     atomic_store(&p->gateway_errors, 0);
     atomic_store(&p->connect_failures, 0);
@@ -384,9 +386,17 @@ void peers_report_response(struct peers *set, struct peer *p, int status, int cl
 {
     enum peer_outcome outcome = PEER_OK;
 
-    /* Counted for the health view, which compares a replica's closes with its habit. */
-    if (closes)
+    /* Counted for the health view, which compares a replica's closes with its habit
+     * and with what it did just before (a keep-alive replica that starts closing). */
+    if (closes) {
         atomic_fetch_add_explicit(&p->closing_responses, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->closes_in_a_row, 1, memory_order_relaxed);
+    } else {
+        if (atomic_load_explicit(&p->closes_in_a_row, memory_order_relaxed))
+            atomic_store_explicit(&p->closes_in_a_row, 0, memory_order_relaxed);
+        if (!atomic_load_explicit(&p->kept_alive, memory_order_relaxed))
+            atomic_store_explicit(&p->kept_alive, 1, memory_order_relaxed);
+    }
     if (status == 503 && closes)
         outcome = PEER_SAID_LEAVING;
     else if (status >= 502 && status <= 504)

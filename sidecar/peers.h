@@ -50,6 +50,8 @@ struct peer {
     _Atomic uint64_t ejections_total; /* times taken out of rotation (down, draining or ejected) */
     _Atomic uint64_t responses, gateway_errors, connect_failures;
     _Atomic uint64_t closing_responses; /* final responses that closed their connection (Connection: close) */
+    _Atomic uint32_t closes_in_a_row;    /* ... the latest of them one after another */
+    _Atomic int kept_alive;              /* it answered with keep-alive since its close habit was last learned */
 };
 
 /* Ejection thresholds (NEXTUP_EJECT_*, NEXTUP_MAX_EJECTION_PERCENT). */
