@@ -626,6 +626,14 @@ class NextupCase(unittest.TestCase):
         self.addCleanup(self._nextup_cleanup, nx)
         return nx
 
+    def _replicas_cleanup(self, rs):
+        """Cleanup for a ReplicaSet: stops it, showing its stderr when the test failed."""
+        if not self._ok():
+            text = rs.stderr_text()
+            if text:
+                sys.stderr.write("\n----- replica stderr -----\n%s\n" % text)
+        rs.cleanup()
+
     def _ok(self):
         # _outcome.success is reset to True while each cleanup runs (Python 3.11+):
         # the result's failures and errors, recorded as they happen, tell the truth.
@@ -1085,24 +1093,36 @@ class MixedLoad:
     def _run(self, tid):
         import random
         rng = random.Random(self.seed * 1000 + tid)
-        conn = None
         interval = 1.0 / self.rate
-        next_t = time.monotonic() + rng.random() * interval
-        i = 0
+        state = {"conn": None}
+
+        def step(i):
+            state["conn"] = self._one(state["conn"], tid, i, rng)
         try:
-            while not self._stop.is_set() and i < self.max_per_thread and time.monotonic() < self.deadline:
-                delay = next_t - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    break
-                conn = self._one(conn, tid, i, rng)
-                i += 1
-                next_t += interval
-                now = time.monotonic()
-                if next_t < now - 0.5:  # fell behind: do not burst to catch up
-                    next_t = now
+            paced_loop(step, interval, time.monotonic() + rng.random() * interval, self._stop, self.deadline,
+                       self.max_per_thread)
         finally:
-            if conn is not None:
-                conn.close()
+            if state["conn"] is not None:
+                state["conn"].close()
+
+
+def paced_loop(step, interval, first_at, stop, deadline, max_calls):
+    """Calls step(i) every <interval> s from <first_at> until <stop> (a threading.Event) is set, the
+    monotonic <deadline> passes or <max_calls> were made. A loop that fell behind does not burst to
+    catch up. Returns the number of calls."""
+    next_t = first_at
+    i = 0
+    while not stop.is_set() and i < max_calls and time.monotonic() < deadline:
+        delay = next_t - time.monotonic()
+        if delay > 0 and stop.wait(delay):
+            break
+        step(i)
+        i += 1
+        next_t += interval
+        now = time.monotonic()
+        if next_t < now - 0.5:
+            next_t = now
+    return i
 
 
 def analyze_load(records, entries, ignore_ids=()):

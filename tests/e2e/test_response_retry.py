@@ -53,13 +53,6 @@ class RetryCase(H.NextupCase):
                 rs.set_mode(i, m)
         return rs
 
-    def _replicas_cleanup(self, rs):
-        if not self._ok():
-            text = rs.stderr_text()
-            if text:
-                sys.stderr.write("\n----- replica stderr -----\n%s\n" % text)
-        rs.cleanup()
-
     def send(self, nx, method, target, body=None, key=None, conn=None, tag="req"):
         """One request with a fresh X-Request-Id (and Idempotency-Key <key>), on <conn>
         or a new connection. (id, Response)."""

@@ -132,24 +132,17 @@ class ServiceLoad:
     def _run(self, svc, tid):
         interval = 1.0 / self.rate
         # Threads start spread over one interval, not in step.
-        next_t = time.monotonic() + interval * (tid + self.services.index(svc) * self.threads) / (
+        first_at = time.monotonic() + interval * (tid + self.services.index(svc) * self.threads) / (
             self.threads * len(self.services))
-        conn = None
-        i = 0
+        state = {"conn": None}
+
+        def step(i):
+            state["conn"] = self._one(state["conn"], svc, tid, i)
         try:
-            while not self._stop.is_set() and i < self.max_per_thread and time.monotonic() < self.deadline:
-                delay = next_t - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    break
-                conn = self._one(conn, svc, tid, i)
-                i += 1
-                next_t += interval
-                now = time.monotonic()
-                if next_t < now - 0.5:  # fell behind: do not burst to catch up
-                    next_t = now
+            H.paced_loop(step, interval, first_at, self._stop, self.deadline, self.max_per_thread)
         finally:
-            if conn is not None:
-                conn.close()
+            if state["conn"] is not None:
+                state["conn"].close()
 
 
 class RollingRestartOfOneServiceTest(H.NextupCase):
@@ -158,13 +151,6 @@ class RollingRestartOfOneServiceTest(H.NextupCase):
         rs = H.ReplicaSet(REPLICAS[svc], prefix=svc + "-")
         self.addCleanup(self._replicas_cleanup, rs)
         return rs
-
-    def _replicas_cleanup(self, rs):
-        if not self._ok():
-            text = rs.stderr_text()
-            if text:
-                sys.stderr.write("\n----- replica stderr -----\n%s\n" % text)
-        rs.cleanup()
 
     def peer_states(self, nx, svc):
         st, body = nx.admin_get("/debug/peers")
