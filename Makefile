@@ -118,14 +118,14 @@ unit: $(UNIT_BINS) examples
 e2e: $(BUILD)/nextup $(BPF_VARIANT)/nextup examples
 	NEXTUP_BIN=$(abspath $(BUILD)/nextup) NEXTUP_EXAMPLES=$(abspath $(BUILD)/examples) python3 -m unittest discover -s tests/e2e -p 'test_*.py' -v
 
-# libFuzzer on sidecar/http1.c (tests/fuzz/fuzz_http1.c), with ASan and UBSan, in build-fuzz/.
+# libFuzzer on sidecar/http1.c and http1_check.c (tests/fuzz/fuzz_http1.c), with ASan and UBSan, in build-fuzz/.
 # fuzz-smoke (part of make test): a fixed seed and a fixed number of runs over the seeds, so
 # that it is the same run every time; fuzz: FUZZ_SECONDS (60) of new inputs, kept in build-fuzz/corpus.
 FUZZ_BUILD   := build-fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 60
 FUZZ_LLHTTP  := $(FUZZ_BUILD)/llhttp.o $(FUZZ_BUILD)/api.o $(FUZZ_BUILD)/http.o
-FUZZ_OBJS    := $(FUZZ_BUILD)/obj/fuzz_http1.o $(FUZZ_BUILD)/obj/http1.o
+FUZZ_OBJS    := $(FUZZ_BUILD)/obj/fuzz_http1.o $(FUZZ_BUILD)/obj/http1.o $(FUZZ_BUILD)/obj/http1_check.o
 
 $(FUZZ_BUILD)/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/.deps-build
 	@mkdir -p $(dir $@)
@@ -135,6 +135,7 @@ $(FUZZ_BUILD)/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/.deps-build
 # Compiled one source per command: a compile of two sources writes one .d, the last one's.
 $(FUZZ_BUILD)/obj/fuzz_http1.o: tests/fuzz/fuzz_http1.c
 $(FUZZ_BUILD)/obj/http1.o: sidecar/http1.c
+$(FUZZ_BUILD)/obj/http1_check.o: sidecar/http1_check.c
 $(FUZZ_OBJS): | $(BUILD)/.deps-build
 	@mkdir -p $(dir $@)
 	@echo "  CC      $< (fuzz)"

@@ -72,11 +72,11 @@ void request_log(struct request *r, int status)
         const char *v;
         e.request_id = r->st.request_id;
         e.request_id_len = strlen(r->st.request_id);
-        if ((v = http_head_get(req, "traceparent", &len))) {
+        if ((v = http_head_field(req, HF_TRACEPARENT, &len))) {
             e.traceparent = v;
             e.traceparent_len = len;
         }
-        if ((v = http_head_get(req, "host", &len))) {
+        if ((v = http_head_field(req, HF_HOST, &len))) {
             e.host = v;
             e.host_len = len;
         }

@@ -1,8 +1,9 @@
+/* http1: heads collected from llhttp's callbacks, their index of the fields
+ * nextup looks at, lookups, and the heads written on each side (http1.h).
+ * The request checks are http1_check.c. */
 #include "http1.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stddef.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -24,20 +25,6 @@ void http_head_reset(struct http_head *h)
     h->cap = cap;
     h->chunk_start = chunk_start;
     h->chunk_offset = chunk_offset;
-}
-
-void http_head_take_parser_facts(struct http_head *h, const llhttp_t *p)
-{
-    /* The fields llhttp's getters return (they take a non-const parser). */
-    h->method = p->method;
-    h->status = p->status_code;
-    h->major = p->http_major;
-    h->minor = p->http_minor;
-    h->upgrade = p->upgrade;
-    h->chunked = (p->flags & F_CHUNKED) != 0;
-    h->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
-    h->content_length = p->content_length;
-    h->keep_alive = llhttp_should_keep_alive(p);
 }
 
 void http_head_free(struct http_head *h)
@@ -168,24 +155,30 @@ static void trimmed(const struct http_head *h, const struct http_header *hd, con
     *vlen = n;
 }
 
-static int name_is(const struct http_head *h, const struct http_header *hd, const char *name)
+static int name_is(const struct http_head *h, const struct http_header *hd, const char *name, size_t n)
 {
-    size_t n = strlen(name);
     return hd->name_len == n && strncasecmp(h->buf + hd->name_off, name, n) == 0;
 }
 
-const char *http_head_get(const struct http_head *h, const char *name, size_t *len)
+/* The position of the first field named <name> at or after <from>, or -1; <f> is field_of(name). */
+static int find_field(const struct http_head *h, const char *name, size_t n, enum http_field f, int from)
 {
     int i;
 
-    for (i = 0; i < h->n_hdr; i++) {
-        if (name_is(h, &h->hdr[i], name)) {
-            const char *v;
-            trimmed(h, &h->hdr[i], &v, len);
-            return v;
-        }
+    if (h->indexed && f != HF_OTHER) {
+        if (h->field_count[f] == 0)
+            return -1;
+        if (from <= h->field_first[f])
+            return h->field_first[f];
+        for (i = from; i < h->n_hdr; i++)
+            if (h->hdr[i].id == f)
+                return i;
+        return -1;
     }
-    return NULL;
+    for (i = from; i < h->n_hdr; i++)
+        if (name_is(h, &h->hdr[i], name, n))
+            return i;
+    return -1;
 }
 
 /* Calls <fn> for each comma-separated, trimmed token of <v>; stops at a non-zero return. */
@@ -219,20 +212,192 @@ static int token_equals(const char *tok, size_t n, const void *arg)
     return strlen(want) == n && strncasecmp(tok, want, n) == 0;
 }
 
-int http_head_has_token(const struct http_head *h, const char *name, const char *token)
+/* <name> (<len> bytes) equals the lowercase <lit> of the same length, ignoring
+ * the case of letters only (so that no other byte can pass for a letter). */
+static int lower_equals(const char *name, const char *lit, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c != (unsigned char)lit[i] && !(c >= 'A' && c <= 'Z' && (c | 0x20) == (unsigned char)lit[i]))
+            return 0;
+    }
+    return 1;
+}
+
+/* The field <name> names, by its length first: at most two comparisons. */
+static enum http_field field_of(const char *name, size_t len)
+{
+#define IS(lit) lower_equals(name, lit, len)
+    switch (len) {
+    case 2: return IS("te") ? HF_TE : HF_OTHER;
+    case 4: return IS("host") ? HF_HOST : HF_OTHER;
+    case 6: return IS("expect") ? HF_EXPECT : HF_OTHER;
+    case 7: return IS("upgrade") ? HF_UPGRADE : IS("trailer") ? HF_TRAILER : HF_OTHER;
+    case 10: return IS("connection") ? HF_CONNECTION : IS("keep-alive") ? HF_KEEP_ALIVE : HF_OTHER;
+    case 11: return IS("traceparent") ? HF_TRACEPARENT : HF_OTHER;
+    case 12: return IS("x-request-id") ? HF_X_REQUEST_ID : HF_OTHER;
+    case 14: return IS("content-length") ? HF_CONTENT_LENGTH : HF_OTHER;
+    case 15: return IS("x-forwarded-for") ? HF_X_FORWARDED_FOR : IS("idempotency-key") ? HF_IDEMPOTENCY_KEY : HF_OTHER;
+    case 16: return IS("proxy-connection") ? HF_PROXY_CONNECTION : HF_OTHER;
+    case 17:
+        return IS("transfer-encoding") ? HF_TRANSFER_ENCODING : IS("x-forwarded-proto") ? HF_X_FORWARDED_PROTO : HF_OTHER;
+    case 18: return IS("proxy-authenticate") ? HF_PROXY_AUTHENTICATE : HF_OTHER;
+    case 19: return IS("proxy-authorization") ? HF_PROXY_AUTHORIZATION : HF_OTHER;
+    default: return HF_OTHER;
+    }
+#undef IS
+}
+
+static int field_is_hop(enum http_field f)
+{
+    return f >= HF_CONNECTION && f <= HF_LAST_HOP;
+}
+
+/* The field <hd> names (an empty name: buf may still be NULL). */
+static enum http_field field_of_header(const struct http_head *h, const struct http_header *hd)
+{
+    return hd->name_len ? field_of(h->buf + hd->name_off, hd->name_len) : HF_OTHER;
+}
+
+/* The field of <hd>: from the index, or by its name in a head without one. */
+static enum http_field field_id(const struct http_head *h, const struct http_header *hd)
+{
+    return h->indexed ? (enum http_field)hd->id : field_of_header(h, hd);
+}
+
+/* Each field's name, as http_head_field() searches a head without an index. */
+static const struct {
+    const char *name;
+    size_t len;
+} field_names[HF_COUNT] = {
+#define F(id, lit) [id] = { lit, sizeof(lit) - 1 }
+    F(HF_OTHER, ""), F(HF_CONNECTION, "connection"), F(HF_KEEP_ALIVE, "keep-alive"), F(HF_TE, "te"),
+    F(HF_TRAILER, "trailer"), F(HF_TRANSFER_ENCODING, "transfer-encoding"), F(HF_UPGRADE, "upgrade"),
+    F(HF_PROXY_CONNECTION, "proxy-connection"), F(HF_PROXY_AUTHENTICATE, "proxy-authenticate"),
+    F(HF_PROXY_AUTHORIZATION, "proxy-authorization"), F(HF_HOST, "host"), F(HF_CONTENT_LENGTH, "content-length"),
+    F(HF_X_FORWARDED_FOR, "x-forwarded-for"), F(HF_X_FORWARDED_PROTO, "x-forwarded-proto"), F(HF_EXPECT, "expect"),
+    F(HF_X_REQUEST_ID, "x-request-id"), F(HF_TRACEPARENT, "traceparent"), F(HF_IDEMPOTENCY_KEY, "idempotency-key"),
+#undef F
+};
+
+static int token_not_fixed_hop(const char *tok, size_t n, const void *arg)
+{
+    (void)arg;
+    return !field_is_hop(field_of(tok, n));
+}
+
+static void head_index(struct http_head *h)
 {
     int i;
 
+    memset(h->field_count, 0, sizeof(h->field_count));
+    h->connection_names_other = 0;
     for (i = 0; i < h->n_hdr; i++) {
+        struct http_header *hd = &h->hdr[i];
+        enum http_field f = field_of_header(h, hd);
+        hd->id = (uint8_t)f;
+        if (h->field_count[f]++ == 0)
+            h->field_first[f] = (uint8_t)i;
+        if (f == HF_CONNECTION) {
+            const char *v;
+            size_t vlen;
+            trimmed(h, hd, &v, &vlen);
+            if (each_token(v, vlen, token_not_fixed_hop, NULL))
+                h->connection_names_other = 1;
+        }
+    }
+    h->indexed = 1;
+}
+
+_Static_assert(HTTP_MAX_HEADERS <= 255, "the index counts fields in a byte");
+
+void http_head_take_parser_facts(struct http_head *h, const llhttp_t *p)
+{
+    /* The fields llhttp's getters return (they take a non-const parser). */
+    h->method = p->method;
+    h->status = p->status_code;
+    h->major = p->http_major;
+    h->minor = p->http_minor;
+    h->upgrade = p->upgrade;
+    h->chunked = (p->flags & F_CHUNKED) != 0;
+    h->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    h->content_length = p->content_length;
+    h->keep_alive = llhttp_should_keep_alive(p);
+    head_index(h);
+}
+
+
+/* Lookups by name and by field share these: <f> is field_of(name). */
+static const char *get_named(const struct http_head *h, const char *name, size_t n, enum http_field f, size_t *len)
+{
+    int i = find_field(h, name, n, f, 0);
+    const char *v;
+
+    if (i < 0)
+        return NULL;
+    trimmed(h, &h->hdr[i], &v, len);
+    return v;
+}
+
+static int has_token_named(const struct http_head *h, const char *name, size_t n, enum http_field f,
+                           const char *token)
+{
+    int i;
+
+    for (i = find_field(h, name, n, f, 0); i >= 0; i = find_field(h, name, n, f, i + 1)) {
         const char *v;
         size_t vlen;
-        if (!name_is(h, &h->hdr[i], name))
-            continue;
         trimmed(h, &h->hdr[i], &v, &vlen);
         if (each_token(v, vlen, token_equals, token))
             return 1;
     }
     return 0;
+}
+
+static int count_named(const struct http_head *h, const char *name, size_t n, enum http_field f)
+{
+    int i, count = 0;
+
+    if (h->indexed && f != HF_OTHER)
+        return h->field_count[f];
+    for (i = 0; i < h->n_hdr; i++)
+        count += name_is(h, &h->hdr[i], name, n);
+    return count;
+}
+
+const char *http_head_get(const struct http_head *h, const char *name, size_t *len)
+{
+    size_t n = strlen(name);
+    return get_named(h, name, n, field_of(name, n), len);
+}
+
+int http_head_has_token(const struct http_head *h, const char *name, const char *token)
+{
+    size_t n = strlen(name);
+    return has_token_named(h, name, n, field_of(name, n), token);
+}
+
+int http_head_count(const struct http_head *h, const char *name)
+{
+    size_t n = strlen(name);
+    return count_named(h, name, n, field_of(name, n));
+}
+
+const char *http_head_field(const struct http_head *h, enum http_field f, size_t *len)
+{
+    return get_named(h, field_names[f].name, field_names[f].len, f, len);
+}
+
+int http_head_field_has_token(const struct http_head *h, enum http_field f, const char *token)
+{
+    return has_token_named(h, field_names[f].name, field_names[f].len, f, token);
+}
+
+int http_head_field_count(const struct http_head *h, enum http_field f)
+{
+    return count_named(h, field_names[f].name, field_names[f].len, f);
 }
 
 struct span {
@@ -246,32 +411,45 @@ static int token_matches_span(const char *tok, size_t n, const void *arg)
     return n == s->n && strncasecmp(tok, s->p, n) == 0;
 }
 
-int http1_is_hop_by_hop(const struct http_head *h, const char *name, size_t len)
+/* 1 if a Connection header of <h> lists <name>. */
+static int named_in_connection(const struct http_head *h, const char *name, size_t len)
 {
-    static const char *const fixed[] = {
-        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-        "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    };
     struct span s = { name, len };
-    size_t i;
     int k;
 
-    for (i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
-        if (strlen(fixed[i]) == len && strncasecmp(fixed[i], name, len) == 0)
-            return 1;
-    /* Connection may not take Host away: a request without Host is not HTTP/1.1. */
-    if (len == 4 && strncasecmp(name, "host", 4) == 0)
-        return 0;
-    for (k = 0; k < h->n_hdr; k++) {
+    for (k = find_field(h, "connection", 10, HF_CONNECTION, 0); k >= 0;
+         k = find_field(h, "connection", 10, HF_CONNECTION, k + 1)) {
         const char *v;
         size_t vlen;
-        if (!name_is(h, &h->hdr[k], "connection"))
-            continue;
         trimmed(h, &h->hdr[k], &v, &vlen);
         if (each_token(v, vlen, token_matches_span, &s))
             return 1;
     }
     return 0;
+}
+
+/* http1_is_hop_by_hop() for a field of <h> whose kind is <f>. */
+static int hop_by_hop(const struct http_head *h, const char *name, size_t len, enum http_field f)
+{
+    if (field_is_hop(f))
+        return 1;
+    /* Connection may not take Host away: a request without Host is not HTTP/1.1. */
+    if (f == HF_HOST)
+        return 0;
+    /* An indexed head whose Connection headers list only fixed names has nothing more to drop. */
+    if (h->indexed && (h->field_count[HF_CONNECTION] == 0 || !h->connection_names_other))
+        return 0;
+    return named_in_connection(h, name, len);
+}
+
+int http1_is_hop_by_hop(const struct http_head *h, const char *name, size_t len)
+{
+    return hop_by_hop(h, name, len, field_of(name, len));
+}
+
+static int field_is_hop_by_hop(const struct http_head *h, const struct http_header *hd)
+{
+    return hop_by_hop(h, h->buf + hd->name_off, hd->name_len, field_id(h, hd));
 }
 
 static int token_not_chunked(const char *tok, size_t n, const void *arg)
@@ -284,11 +462,10 @@ int http1_only_chunked(const struct http_head *h)
 {
     int i;
 
-    for (i = 0; i < h->n_hdr; i++) {
+    for (i = find_field(h, "transfer-encoding", 17, HF_TRANSFER_ENCODING, 0); i >= 0;
+         i = find_field(h, "transfer-encoding", 17, HF_TRANSFER_ENCODING, i + 1)) {
         const char *v;
         size_t vlen;
-        if (!name_is(h, &h->hdr[i], "transfer-encoding"))
-            continue;
         trimmed(h, &h->hdr[i], &v, &vlen);
         if (each_token(v, vlen, token_not_chunked, NULL))
             return 0;
@@ -296,212 +473,6 @@ int http1_only_chunked(const struct http_head *h)
     return 1;
 }
 
-int http_head_count(const struct http_head *h, const char *name)
-{
-    int i, n = 0;
-
-    for (i = 0; i < h->n_hdr; i++)
-        n += name_is(h, &h->hdr[i], name);
-    return n;
-}
-
-static int is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-int http1_check_fields(const struct http_head *h, const char **reason)
-{
-    int i;
-    uint32_t k;
-
-    for (i = 0; i < h->n_hdr; i++) {
-        const struct http_header *hd = &h->hdr[i];
-        if (hd->name_len == 0) {
-            *reason = "empty header name";
-            return -EINVAL;
-        }
-        /* A space before the colon, for one, makes a name that is not a token (RFC 9112 5.1). */
-        for (k = 0; k < hd->name_len; k++)
-            if (!is_tchar((unsigned char)h->buf[hd->name_off + k])) {
-                *reason = "invalid character in a header name";
-                return -EINVAL;
-            }
-        /* CR or LF left in a value means obs-fold or a bare line break; NUL is never valid. */
-        for (k = 0; k < hd->value_len; k++) {
-            unsigned char c = (unsigned char)h->buf[hd->value_off + k];
-            if (c == '\r' || c == '\n' || c == 0) {
-                *reason = "invalid character in a header value (obs-fold, bare CR/LF or NUL)";
-                return -EINVAL;
-            }
-        }
-    }
-    return 0;
-}
-
-static int is_hex(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
-/* RFC 3986 unreserved / sub-delims. */
-static int is_uri_plain(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);
-}
-
-/* RFC 3986 reg-name, which covers IPv4address; empty is refused: it names no host. */
-static int reg_name_valid(const char *s, size_t n)
-{
-    size_t i;
-
-    if (n == 0)
-        return 0;
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '%') {
-            if (i + 2 >= n || !is_hex((unsigned char)s[i + 1]) || !is_hex((unsigned char)s[i + 2]))
-                return 0;
-            i += 2;
-        } else if (!is_uri_plain(c)) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* What RFC 3986 allows between the brackets of an IP-literal: IPv6address or IPvFuture. */
-static int ip_literal_valid(const char *s, size_t n)
-{
-    char buf[INET6_ADDRSTRLEN];
-    struct in6_addr addr;
-    size_t i;
-
-    if (n > 1 && (s[0] == 'v' || s[0] == 'V')) {
-        /* IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ) */
-        for (i = 1; i < n && is_hex((unsigned char)s[i]); i++)
-            ;
-        if (i == 1 || i + 1 >= n || s[i] != '.')
-            return 0;
-        for (i++; i < n; i++)
-            if (!is_uri_plain((unsigned char)s[i]) && s[i] != ':')
-                return 0;
-        return 1;
-    }
-    if (n == 0 || n >= sizeof(buf))
-        return 0;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    return inet_pton(AF_INET6, buf, &addr) == 1;
-}
-
-/* RFC 9110 7.2: Host = uri-host [ ":" port ], port = *DIGIT. */
-static int host_valid(const char *v, size_t n)
-{
-    size_t host_len, i;
-
-    if (n == 0)
-        return 0;
-    if (v[0] == '[') {
-        const char *end = memchr(v, ']', n);
-        if (!end || !ip_literal_valid(v + 1, (size_t)(end - v) - 1))
-            return 0;
-        host_len = (size_t)(end - v) + 1;
-    } else {
-        const char *colon = memchr(v, ':', n);
-        host_len = colon ? (size_t)(colon - v) : n;
-        if (!reg_name_valid(v, host_len))
-            return 0;
-    }
-    if (host_len < n && v[host_len] != ':')
-        return 0;
-    for (i = host_len + 1; i < n; i++)
-        if (v[i] < '0' || v[i] > '9')
-            return 0;
-    return 1;
-}
-
-int http1_is_absolute_form(const char *target, size_t len)
-{
-    size_t i = 0;
-
-    /* scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then "://" */
-    if (len == 0 || !((target[0] | 0x20) >= 'a' && (target[0] | 0x20) <= 'z'))
-        return 0;
-    while (i < len && (((target[i] | 0x20) >= 'a' && (target[i] | 0x20) <= 'z') || (target[i] >= '0' && target[i] <= '9') ||
-                       target[i] == '+' || target[i] == '-' || target[i] == '.'))
-        i++;
-    return len - i >= 3 && memcmp(target + i, "://", 3) == 0;
-}
-
-int http1_check_request(const struct http_head *req, const char **reason)
-{
-    const char *target = req->buf + req->first_off;
-    size_t tlen = req->first_len;
-    const char *expect, *host;
-    size_t elen, hlen;
-
-    if (req->major != 1) {
-        *reason = "only HTTP/1.0 and HTTP/1.1 are accepted";
-        return 400;
-    }
-    if (http1_check_fields(req, reason) < 0)
-        return 400;
-    if (req->method == HTTP_CONNECT) {
-        *reason = "CONNECT is not allowed: nextup only forwards to its configured peers";
-        return 405;
-    }
-    if (tlen == 1 && target[0] == '*') {
-        if (req->method != HTTP_OPTIONS) {
-            *reason = "asterisk-form target is only valid with OPTIONS";
-            return 400;
-        }
-    } else if (tlen == 0 || (target[0] != '/' && !http1_is_absolute_form(target, tlen))) {
-        *reason = "request target must be a path or an absolute URL";
-        return 400;
-    }
-    if (req->major == 1 && req->minor >= 1 && http_head_count(req, "host") != 1) {
-        *reason = "HTTP/1.1 request needs exactly one Host header";
-        return 400;
-    }
-    if (http_head_count(req, "host") > 1) {
-        *reason = "more than one Host header";
-        return 400;
-    }
-    /* A peer (or the service choice) would read an authority out of whatever is here. */
-    host = http_head_get(req, "host", &hlen);
-    if (host && !host_valid(host, hlen)) {
-        *reason = hlen ? "invalid Host header (host[:port] expected)" : "empty Host header";
-        return 400;
-    }
-    if (http_head_count(req, "transfer-encoding") > 0) {
-        if (req->has_content_length) {
-            *reason = "both Content-Length and Transfer-Encoding";
-            return 400;
-        }
-        if (!req->chunked) {
-            *reason = "Transfer-Encoding must end with chunked";
-            return 400;
-        }
-        /* nextup re-chunks bodies; another coding under chunked would be lost on the way. */
-        if (!http1_only_chunked(req)) {
-            *reason = "only the chunked transfer coding is supported";
-            return 501;
-        }
-    }
-    if (http_head_count(req, "content-length") > 1) {
-        *reason = "repeated Content-Length";
-        return 400;
-    }
-    expect = http_head_get(req, "expect", &elen);
-    if (expect && !(elen == 12 && strncasecmp(expect, "100-continue", 12) == 0)) {
-        *reason = "unsupported Expect";
-        return 417;
-    }
-    return 0;
-}
 
 /* A head is built here and handed to the output in one evbuffer_add: every add to
  * a bufferevent's output runs its callbacks, and printf per header showed in
@@ -521,22 +492,30 @@ static void ho_init(struct head_out *o)
     o->oom = 0;
 }
 
-static void ho_add(struct head_out *o, const char *s, size_t n)
+/* Room for <n> more bytes: the inline buffer is outgrown only by unusual heads. 0 or -1 (out of memory). */
+static int ho_grow(struct head_out *o, size_t n)
 {
+    size_t cap = o->cap * 2 > o->len + n ? o->cap * 2 : o->len + n;
+    char *p;
+
     if (o->oom)
-        return;
-    if (o->len + n > o->cap) {
-        size_t cap = o->cap * 2 > o->len + n ? o->cap * 2 : o->len + n;
-        char *p = o->p == o->inline_buf ? malloc(cap) : realloc(o->p, cap);
-        if (!p) {
-            o->oom = 1;
-            return;
-        }
-        if (o->p == o->inline_buf)
-            memcpy(p, o->inline_buf, o->len);
-        o->p = p;
-        o->cap = cap;
+        return -1;
+    p = o->p == o->inline_buf ? malloc(cap) : realloc(o->p, cap);
+    if (!p) {
+        o->oom = 1;
+        return -1;
     }
+    if (o->p == o->inline_buf)
+        memcpy(p, o->inline_buf, o->len);
+    o->p = p;
+    o->cap = cap;
+    return 0;
+}
+
+static inline void ho_add(struct head_out *o, const char *s, size_t n)
+{
+    if (o->len + n > o->cap && ho_grow(o, n) < 0)
+        return;
     memcpy(o->p + o->len, s, n);
     o->len += n;
 }
@@ -568,23 +547,33 @@ static int ho_finish(struct head_out *o, struct evbuffer *out)
     return r;
 }
 
+/* "name: value\r\n", the value trimmed: one room check for the line. */
 static void write_header(struct head_out *o, const struct http_head *h, const struct http_header *hd)
 {
+    size_t vlen, line;
     const char *v;
-    size_t vlen;
+    char *p;
 
     trimmed(h, hd, &v, &vlen);
-    ho_add(o, h->buf + hd->name_off, hd->name_len);
-    ho_add(o, ": ", 2);
-    ho_add(o, v, vlen);
-    ho_add(o, "\r\n", 2);
+    line = hd->name_len + 2 + vlen + 2;
+    if (o->len + line > o->cap && ho_grow(o, line) < 0)
+        return;
+    p = o->p + o->len;
+    memcpy(p, h->buf + hd->name_off, hd->name_len);
+    p += hd->name_len;
+    *p++ = ':';
+    *p++ = ' ';
+    memcpy(p, v, vlen);
+    p += vlen;
+    *p++ = '\r';
+    *p++ = '\n';
+    o->len += line;
 }
 
 /* Headers nextup writes itself on the way to a peer, never copied. */
-static int request_header_is_rewritten(const struct http_head *h, const struct http_header *hd)
+static int request_header_is_rewritten(enum http_field f)
 {
-    return name_is(h, hd, "content-length") || name_is(h, hd, "x-forwarded-for") ||
-           name_is(h, hd, "x-forwarded-proto") || name_is(h, hd, "expect");
+    return f == HF_CONTENT_LENGTH || f == HF_X_FORWARDED_FOR || f == HF_X_FORWARDED_PROTO || f == HF_EXPECT;
 }
 
 int http1_write_request_head(struct evbuffer *out, const struct http_head *req, const char *client_ip,
@@ -618,8 +607,9 @@ int http1_write_request_head_rw(struct evbuffer *out, const struct http_head *re
     }
     for (i = 0; i < req->n_hdr; i++) {
         const struct http_header *hd = &req->hdr[i];
-        if (http1_is_hop_by_hop(req, req->buf + hd->name_off, hd->name_len) || request_header_is_rewritten(req, hd) ||
-            (request_id && name_is(req, hd, "x-request-id")) || (rw && rw->host && name_is(req, hd, "host")))
+        enum http_field f = field_id(req, hd);
+        if (field_is_hop_by_hop(req, hd) || request_header_is_rewritten(f) || (request_id && f == HF_X_REQUEST_ID) ||
+            (rw && rw->host && f == HF_HOST))
             continue;
         write_header(&o, req, hd);
     }
@@ -628,7 +618,7 @@ int http1_write_request_head_rw(struct evbuffer *out, const struct http_head *re
         ho_str(&o, request_id);
         ho_add(&o, "\r\n", 2);
     }
-    if (http_head_count(req, "host") == 0 && host_fallback && !(rw && rw->host)) {
+    if (http_head_field_count(req, HF_HOST) == 0 && host_fallback && !(rw && rw->host)) {
         ho_add(&o, "Host: ", 6);
         ho_str(&o, host_fallback);
         ho_add(&o, "\r\n", 2);
@@ -638,7 +628,7 @@ int http1_write_request_head_rw(struct evbuffer *out, const struct http_head *re
     for (i = 0; i < req->n_hdr; i++) {
         const char *v;
         size_t vlen;
-        if (!name_is(req, &req->hdr[i], "x-forwarded-for"))
+        if (field_id(req, &req->hdr[i]) != HF_X_FORWARDED_FOR)
             continue;
         trimmed(req, &req->hdr[i], &v, &vlen);
         if (vlen == 0)
@@ -656,7 +646,7 @@ int http1_write_request_head_rw(struct evbuffer *out, const struct http_head *re
     ho_add(&o, "\r\n", 2);
     if (req->upgrade) {
         size_t ulen;
-        const char *up = http_head_get(req, "upgrade", &ulen);
+        const char *up = http_head_field(req, HF_UPGRADE, &ulen);
         if (up) {
             ho_add(&o, "Upgrade: ", 9);
             ho_add(&o, up, ulen);
@@ -707,7 +697,7 @@ int http1_write_response_head(struct evbuffer *out, const struct http_head *resp
     ho_add(&o, "\r\n", 2);
     for (i = 0; i < resp->n_hdr; i++) {
         const struct http_header *hd = &resp->hdr[i];
-        if (http1_is_hop_by_hop(resp, resp->buf + hd->name_off, hd->name_len) || name_is(resp, hd, "content-length"))
+        if (field_is_hop_by_hop(resp, hd) || field_id(resp, hd) == HF_CONTENT_LENGTH)
             continue;
         write_header(&o, resp, hd);
     }
@@ -732,7 +722,7 @@ int http1_write_response_head(struct evbuffer *out, const struct http_head *resp
     }
     if (resp->status == 101) {
         size_t ulen;
-        const char *up = http_head_get(resp, "upgrade", &ulen);
+        const char *up = http_head_field(resp, HF_UPGRADE, &ulen);
         if (up) {
             ho_add(&o, "Upgrade: ", 9);
             ho_add(&o, up, ulen);

@@ -5,8 +5,9 @@
  * API:
  *   http_head_reset() / http_head_free()         one head, reused message after message
  *   http_head_add_*()                             feeders for llhttp data callbacks
+ *   http_head_take_parser_facts()                 headers-complete: llhttp's facts, and the field index
  *   http_head_get() / http_head_has_token()       lookups (case-insensitive names)
- *   http1_check_request()                         smuggling, Host and open-proxy checks -> status
+ *   http1_check_request()                         smuggling, Host and open-proxy checks -> status (http1_check.c)
  *   http1_write_request_head()                    the head sent to a peer
  *   http1_write_response_head()                   the head sent to the client
  *   http1_write_error()                           a short plain-text response made by nextup
@@ -26,6 +27,33 @@ struct evbuffer;
 struct http_header {
     uint32_t name_off, name_len;
     uint32_t value_off, value_len;
+    uint8_t id;                       /* enum http_field, once the head is indexed */
+};
+
+/* The fields nextup itself looks at, recognised once per head at headers-complete
+ * (http_head_take_parser_facts), so that lookups and the writers compare a byte,
+ * not names. The hop-by-hop ones (RFC 9110 7.6.1, Proxy-*) come first. */
+enum http_field {
+    HF_OTHER,
+    HF_CONNECTION,
+    HF_KEEP_ALIVE,
+    HF_TE,
+    HF_TRAILER,
+    HF_TRANSFER_ENCODING,
+    HF_UPGRADE,
+    HF_PROXY_CONNECTION,
+    HF_PROXY_AUTHENTICATE,
+    HF_PROXY_AUTHORIZATION,
+    HF_LAST_HOP = HF_PROXY_AUTHORIZATION,
+    HF_HOST,
+    HF_CONTENT_LENGTH,
+    HF_X_FORWARDED_FOR,
+    HF_X_FORWARDED_PROTO,
+    HF_EXPECT,
+    HF_X_REQUEST_ID,
+    HF_TRACEPARENT,
+    HF_IDEMPOTENCY_KEY,
+    HF_COUNT
 };
 
 struct http_head {
@@ -50,6 +78,14 @@ struct http_head {
     int has_content_length;
     uint64_t content_length;
     int keep_alive;                   /* llhttp_should_keep_alive() */
+    /* The index (set by http_head_take_parser_facts; a head fed by hand has none
+     * and is searched by name): per enum http_field, how many fields and the
+     * first one's position; and whether a Connection header names a field other
+     * than the fixed hop-by-hop ones (only then is every field checked against it). */
+    int indexed;
+    int connection_names_other;
+    uint8_t field_count[HF_COUNT];
+    uint8_t field_first[HF_COUNT];
     /* Last: a reset clears only what comes before (entries past n_hdr are never read). */
     struct http_header *hdr;          /* owned: hdr_cap entries, grown as headers come (up to HTTP_MAX_HEADERS) */
     int hdr_cap;
@@ -89,6 +125,10 @@ const char *http_head_get(const struct http_head *h, const char *name, size_t *l
 int http_head_count(const struct http_head *h, const char *name);
 /* 1 if any header named <name> holds the comma-separated token <token> (case-insensitive). */
 int http_head_has_token(const struct http_head *h, const char *name, const char *token);
+/* The same three for a field nextup knows (not HF_OTHER): no name to compare. */
+const char *http_head_field(const struct http_head *h, enum http_field f, size_t *len);
+int http_head_field_count(const struct http_head *h, enum http_field f);
+int http_head_field_has_token(const struct http_head *h, enum http_field f, const char *token);
 
 /* 1 if <name> must not be forwarded: RFC 9110 7.6.1 hop-by-hop fields and
  * Proxy-* plus any field named in a Connection header of <h>. */

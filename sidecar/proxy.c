@@ -416,7 +416,7 @@ static int up_head(void *arg, const struct http_head *resp)
     r->st.sent_any = 1;
     r->st.upstream_us = exchange_head_us(r->ex);
     peers_report_response(r->svc->peers, r->st.peer, resp->status,
-                          resp->major == 1 && resp->minor >= 1 && http_head_has_token(resp, "connection", "close"),
+                          resp->major == 1 && resp->minor >= 1 && http_head_field_has_token(resp, HF_CONNECTION, "close"),
                           clock_mono_ms());
     if (resp->status != 101) {
         const struct nextup_error *e = hook_active()->upstream_response_decision(
@@ -545,9 +545,9 @@ static void take_request_id(struct request *r)
 {
     const struct http_head *req = downstream_head(r->ds);
     size_t len = 0;
-    const char *v = http_head_get(req, "x-request-id", &len);
+    const char *v = http_head_field(req, HF_X_REQUEST_ID, &len);
 
-    if (request_id_decide(v, len, http_head_count(req, "x-request-id")) == REQUEST_ID_KEEP && len <= REQUEST_ID_MAX) {
+    if (request_id_decide(v, len, http_head_field_count(req, HF_X_REQUEST_ID)) == REQUEST_ID_KEEP && len <= REQUEST_ID_MAX) {
         memcpy(r->st.request_id, v, len);
         r->st.request_id[len] = 0;
         r->st.request_id_made = 0;
@@ -577,13 +577,13 @@ static void client_head(struct downstream *ds)
     r->st.start_mono_ms = clock_mono_ms();
     r->st.start_unix_ms = clock_unix_ms();
     retry_budget_note_request(&budget, r->st.start_mono_ms / 1000);
-    r->st.has_idempotency_key = http_head_get(req, "idempotency-key", &(size_t){ 0 }) != NULL;
+    r->st.has_idempotency_key = http_head_field(req, HF_IDEMPOTENCY_KEY, &(size_t){ 0 }) != NULL;
     if (request_write_head(r, r->tosend) < 0) {
         reply_error(r, 503, "out of memory");
         return;
     }
     /* 100 Continue only to a client that waits for it: no body byte has come yet. */
-    if (req->method != HTTP_HEAD && !downstream_has_unread(ds) && http_head_has_token(req, "expect", "100-continue") &&
+    if (req->method != HTTP_HEAD && !downstream_has_unread(ds) && http_head_field_has_token(req, HF_EXPECT, "100-continue") &&
         req->major == 1 && req->minor >= 1)
         evbuffer_add(downstream_output(ds), "HTTP/1.1 100 Continue\r\n\r\n", 25);
     evtimer_add(&r->req_timer, &tv);

@@ -48,7 +48,7 @@ int request_route(struct request *r, const char **reason)
         authority = NULL;
         r->svc = svcs->default_service;
     } else {
-        authority = http_head_get(req, "host", &len);
+        authority = http_head_field(req, HF_HOST, &len);
         r->svc = services_route(svcs, authority ? authority : "", authority ? len : 0);
     }
     metrics_service_inc(r->svc ? r->svc->index : -1, M_REQUESTS);

@@ -13,6 +13,7 @@
  *   - carry no hop-by-hop field but those nextup writes itself (Transfer-Encoding:
  *     chunked, Connection: close/keep-alive/upgrade, Upgrade on an upgrade);
  *   - have exactly one Host (requests), and this client last in X-Forwarded-For.
+ * And the field index of the received head must answer as a search by name does.
  * A broken property aborts, which libFuzzer reports with the input. */
 #include <stdint.h>
 #include <stdio.h>
@@ -130,6 +131,39 @@ static int value_is(const struct http_head *h, const char *name, const char *wan
     const char *v = http_head_get(h, name, &len);
 
     return v && len == strlen(want) && strncasecmp(v, want, len) == 0;
+}
+
+/* The index http_head_take_parser_facts() built answers as a search by name. */
+static void check_index(const struct msg *in)
+{
+    static const char *const names[] = { "host", "connection", "keep-alive", "te", "trailer", "transfer-encoding",
+                                         "upgrade", "proxy-connection", "content-length", "x-forwarded-for",
+                                         "x-forwarded-proto", "expect", "x-request-id", "traceparent",
+                                         "idempotency-key", "proxy-authorization", "proxy-authenticate" };
+    size_t i;
+    int k;
+
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        size_t len = 0, n = strlen(names[i]);
+        const char *v = http_head_get(&in->head, names[i], &len);
+        const char *first = NULL;
+
+        if ((size_t)http_head_count(&in->head, names[i]) != count(&in->head, names[i]))
+            fail("the index counts a field differently", in);
+        for (k = 0; k < in->head.n_hdr && !first; k++) {
+            const struct http_header *hd = &in->head.hdr[k];
+            uint32_t skip = 0;
+            if (hd->name_len != n || strncasecmp(in->head.buf + hd->name_off, names[i], n) != 0)
+                continue;
+            /* http_head_get() trims the value's leading blanks. */
+            while (skip < hd->value_len && (in->head.buf[hd->value_off + skip] == ' ' ||
+                                            in->head.buf[hd->value_off + skip] == '\t'))
+                skip++;
+            first = in->head.buf + hd->value_off + skip;
+        }
+        if (v != first)
+            fail("the index finds another field", in);
+    }
 }
 
 /* Parses what nextup wrote: one head, nothing after it (no second message smuggled in). */
@@ -262,6 +296,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (r == 1)
         r = feed(&in, data, cut, len - cut);
     /* nextup adds up to 4 fields; the re-parse has the same HTTP_MAX_HEADERS table. */
+    if (r == 0)
+        check_index(&in);
     if (r == 0 && http_head_size(&in.head) <= HEAD_LIMIT && in.head.n_hdr <= HTTP_MAX_HEADERS - 4) {
         if (opts & 1)
             check_response(&in, opts);

@@ -622,6 +622,94 @@ static void test_hop_by_hop_named_in_connection(void **state)
     assert_int_equal(http1_is_hop_by_hop(h, "X-Drop", 6), 0);
 }
 
+/* The field index (built at headers-complete) answers every lookup as the
+ * search by name does (a head fed by hand has no index). */
+static void test_index_answers_like_names(void **state)
+{
+    static const char *const names[] = {
+        "host", "HOST", "Connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+        "proxy-connection", "proxy-authenticate", "proxy-authorization", "content-length", "x-forwarded-for",
+        "X-Forwarded-Proto", "expect", "x-request-id", "traceparent", "idempotency-key", "x-other", "absent",
+        "hos", "hostx", "x-forwarded-fo",
+    };
+    struct http_head *h;
+    size_t i;
+    (void)state;
+
+    h = request("POST /p HTTP/1.1\r\nHOST: a\r\nX-Forwarded-For: 1.1.1.1\r\nx-request-ID: one\r\n"
+                "X-Request-Id: two\r\nConnection: keep-alive, Upgrade\r\nUpgrade: ws\r\nTE: trailers\r\n"
+                "Content-Length: 0\r\nx-forwarded-for: 2.2.2.2\r\nTraceparent: 00-ab\r\n"
+                "Idempotency-Key: k\r\nX-Other: o\r\nExpect: 100-continue\r\n\r\n");
+    assert_int_equal(h->indexed, 1);
+    for (i = 0; i < N(names); i++) {
+        int count, token;
+        const char *v, *v_plain;
+        size_t len = 0, len_plain = 0;
+
+        h->indexed = 1;
+        count = http_head_count(h, names[i]);
+        v = http_head_get(h, names[i], &len);
+        token = http_head_has_token(h, names[i], "upgrade");
+        h->indexed = 0;
+        v_plain = http_head_get(h, names[i], &len_plain);
+        if (count != http_head_count(h, names[i]) || v != v_plain || len != len_plain)
+            print_error("the index and the names disagree on %s\n", names[i]);
+        assert_int_equal(count, http_head_count(h, names[i]));
+        assert_ptr_equal(v, v_plain);
+        assert_int_equal(len, len_plain);
+        assert_int_equal(token, http_head_has_token(h, names[i], "upgrade"));
+    }
+    h->indexed = 1;
+    assert_int_equal(http_head_count(h, "x-request-id"), 2);
+    assert_int_equal(http_head_count(h, "X-FORWARDED-FOR"), 2);
+    assert_int_equal(http_head_has_token(h, "connection", "UPGRADE"), 1);
+}
+
+/* Connection may name any field, one nextup knows included, and "close" names
+ * a field called Close: each is dropped from what is forwarded, indexed or not. */
+static void test_fields_named_in_connection_not_forwarded(void **state)
+{
+    const char *text;
+    struct http_head *h;
+    (void)state;
+
+    h = response("HTTP/1.1 200 OK\r\nConnection: close\r\nClose: x\r\nX-Keep: 1\r\nContent-Length: 0\r\n\r\n");
+    assert_int_equal(http1_write_response_head(out, h, RESP_CONTENT_LENGTH, 1, 0), 0);
+    text = out_text();
+    assert_no_header(text, "Close");
+    assert_header(text, "X-Keep", "1");
+    evbuffer_drain(out, evbuffer_get_length(out));
+
+    /* Only fixed hop-by-hop names listed: every other field goes on. */
+    h = response("HTTP/1.1 200 OK\r\nConnection: keep-alive, TE\r\nX-Drop: 1\r\nContent-Length: 0\r\n\r\n");
+    assert_int_equal(h->connection_names_other, 0);
+    assert_int_equal(http1_write_response_head(out, h, RESP_CONTENT_LENGTH, 0, 0), 0);
+    text = out_text();
+    assert_header(text, "X-Drop", "1");
+    assert_no_header(text, "Keep-Alive");
+    evbuffer_drain(out, evbuffer_get_length(out));
+
+    h = request("GET / HTTP/1.1\r\nHost: a\r\nConnection: Traceparent, Idempotency-Key, Host\r\n"
+                "Traceparent: 00-ab\r\nIdempotency-Key: k\r\nX-Keep: 1\r\n\r\n");
+    assert_int_equal(h->connection_names_other, 1);
+    assert_int_equal(http1_write_request_head(out, h, "10.0.0.1", NULL, "http", NULL), 0);
+    text = out_text();
+    assert_no_header(text, "Traceparent");
+    assert_no_header(text, "Idempotency-Key");
+    assert_header(text, "Host", "a");
+    assert_header(text, "X-Keep", "1");
+    evbuffer_drain(out, evbuffer_get_length(out));
+
+    /* The same head without its index is written the same way. */
+    h->indexed = 0;
+    assert_int_equal(http1_write_request_head(out, h, "10.0.0.1", NULL, "http", NULL), 0);
+    text = out_text();
+    assert_no_header(text, "Traceparent");
+    assert_no_header(text, "Idempotency-Key");
+    assert_header(text, "Host", "a");
+    assert_header(text, "X-Keep", "1");
+}
+
 /* ---- request checks ---- */
 
 static void test_check_normal_get(void **state)
@@ -1425,6 +1513,78 @@ static void head_with(struct http_head *h, const char *name, size_t nlen, const 
     h->minor = 1;
 }
 
+/* Every byte, one at a time in a name and in a value: a name takes exactly
+ * RFC 9110's tchar, a value everything but CR, LF and NUL. */
+static void test_check_fields_every_byte(void **state)
+{
+    static const char tchar_other[] = "!#$%&'*+-.^_`|~";
+    struct http_head *h = &req.head;
+    const char *reason;
+    int c;
+    (void)state;
+
+    for (c = 0; c < 256; c++) {
+        char name[3] = { 'X', (char)c, 'Y' }, value[3] = { 'a', (char)c, 'b' };
+        int tchar = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    (c != 0 && strchr(tchar_other, c) != NULL);
+        int value_ok = c != '\r' && c != '\n' && c != 0;
+
+        head_with(h, name, 3, "v", 1);
+        if ((http1_check_fields(h, &reason) == 0) != tchar)
+            print_error("byte 0x%02x in a name: %s\n", c, tchar ? "refused" : "accepted");
+        assert_int_equal(http1_check_fields(h, &reason) == 0, tchar);
+        head_with(h, "X-V", 3, value, 3);
+        if ((http1_check_fields(h, &reason) == 0) != value_ok)
+            print_error("byte 0x%02x in a value: %s\n", c, value_ok ? "refused" : "accepted");
+        assert_int_equal(http1_check_fields(h, &reason) == 0, value_ok);
+    }
+    /* Longer values are checked eight bytes a step: every position, and bytes
+     * next to the stop bytes (high bit set, or one off) that must pass. */
+    for (c = 0; c < 256; c++) {
+        int value_ok = c != '\r' && c != '\n' && c != 0;
+        size_t pos;
+        for (pos = 0; pos < 17; pos++) {
+            char value[17];
+            memset(value, c == 'x' ? 'y' : 'x', sizeof(value));
+            value[pos] = (char)c;
+            if (c == 0xff)
+                value[(pos + 1) % 17] = (char)0x81;
+            head_with(h, "X-V", 3, value, sizeof(value));
+            if ((http1_check_fields(h, &reason) == 0) != value_ok)
+                print_error("byte 0x%02x at %zu of a long value: %s\n", c, pos, value_ok ? "refused" : "accepted");
+            assert_int_equal(http1_check_fields(h, &reason) == 0, value_ok);
+        }
+    }
+}
+
+/* Every byte inside a Host name: it is valid exactly when RFC 3986 allows it
+ * unescaped in a reg-name (unreserved or sub-delims). */
+static void test_check_host_every_byte(void **state)
+{
+    static const char plain_other[] = "-._~!$&'()*+,;=";
+    struct http_head *h = &req.head;
+    int c;
+    (void)state;
+
+    for (c = 0; c < 256; c++) {
+        char host[3] = { 'a', (char)c, 'b' };
+        int plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    (c != 0 && strchr(plain_other, c) != NULL);
+        const char *reason = NULL;
+
+        http_head_reset(h);
+        assert_int_equal(http_head_add_first(h, "/", 1, NO_LIMIT), 0);
+        assert_int_equal(http_head_add_field(h, "Host", 4, NO_LIMIT), 0);
+        assert_int_equal(add_value_direct(h, host, 3, NO_LIMIT), 0);
+        h->method = HTTP_GET;
+        h->major = 1;
+        h->minor = 1;
+        if ((http1_check_request(h, &reason) == 0) != plain)
+            print_error("Host byte 0x%02x: %s\n", c, plain ? "refused" : "accepted");
+        assert_int_equal(http1_check_request(h, &reason) == 0, plain);
+    }
+}
+
 static void test_check_fields(void **state)
 {
     static const char *const bad_names[] = { "X Foo", "X-Foo ", " X-Foo", "X-Foo\t", "X:Foo", "X\"Foo", "X(Foo)",
@@ -1560,6 +1720,8 @@ int main(void)
         T(test_byte_limit),
         T(test_hop_by_hop_fixed),
         T(test_hop_by_hop_named_in_connection),
+        T(test_index_answers_like_names),
+        T(test_fields_named_in_connection_not_forwarded),
         T(test_check_normal_get),
         T(test_check_connect),
         T(test_check_target_forms),
@@ -1597,6 +1759,8 @@ int main(void)
         T(test_resp_head_204_no_length),
         T(test_resp_head_field_name_whitespace_not_forwarded),
         T(test_check_fields),
+        T(test_check_fields_every_byte),
+        T(test_check_host_every_byte),
         T(test_check_version),
         T(test_write_error),
 #undef T
