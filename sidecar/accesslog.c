@@ -97,6 +97,11 @@ static void json_opt(struct evbuffer *out, const char *key, const char *s, size_
     json_field(out, s, n);
 }
 
+int access_log_enabled(const struct access_log *l)
+{
+    return l && l->enabled;
+}
+
 void access_log_write(struct access_log *l, const struct access_entry *e)
 {
     time_t secs;

@@ -6,7 +6,7 @@
  * (ACCESS_LOG_CAP_*; a longer value ends in "...[+N bytes]"), so a line is never longer than
  * ACCESS_LOG_MAX_LINE.
  *
- * API: access_log_new() / access_log_free() (flushes), access_log_write(),
+ * API: access_log_new() / access_log_free() (flushes), access_log_write(), access_log_enabled(),
  *      access_status_source_name(). */
 #ifndef SIDECAR_ACCESSLOG_H
 #define SIDECAR_ACCESSLOG_H
@@ -77,6 +77,8 @@ struct access_entry {
 struct access_log *access_log_new(struct event_base *base, int enabled);
 /* Appends <e> as one line (see the top of this file for what is escaped and capped). */
 void access_log_write(struct access_log *l, const struct access_entry *e);
+/* 0 when <l> writes nothing (NEXTUP_ACCESS_LOG=off): the caller need not fill an entry. */
+int access_log_enabled(const struct access_log *l);
 void access_log_free(struct access_log *l);
 /* "upstream", "nextup:timeout", ...; NULL for ACCESS_SOURCE_UNSET or out of range. */
 const char *access_status_source_name(enum access_status_source s);

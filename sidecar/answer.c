@@ -28,7 +28,7 @@ void request_log_retry(struct request *r, int cause, int status)
     }
 }
 
-/* The request's access log line, once: at its end, however it ended. */
+/* The request's duration metric and access log line, once: at its end, however it ended. */
 void request_log(struct request *r, int status)
 {
     static const char *const cause_names[] = {
@@ -39,11 +39,16 @@ void request_log(struct request *r, int status)
     char texts[RETRY_LOG_MAX][24];
     const char *reasons[RETRY_LOG_MAX];
     struct access_entry e = ACCESS_ENTRY_INIT;
+    int64_t now_us;
     int i;
 
     if (r->st.logged)
         return;
     r->st.logged = 1;
+    now_us = clock_mono_us();
+    metrics_observe_request(status == 499 ? 0 : status, r->st.start_us ? now_us - r->st.start_us : 0);
+    if (!access_log_enabled(r->lc->alog))
+        return;
     for (i = 0; i < r->st.n_retry_log; i++) {
         int c = r->st.retry_log[i].cause;
         if (c == RETRY_LOG_KEEPALIVE_RACE)
@@ -55,7 +60,7 @@ void request_log(struct request *r, int status)
         reasons[i] = texts[i];
     }
     e.start_unix_ms = r->st.start_unix_ms ? r->st.start_unix_ms : clock_unix_ms();
-    e.duration_ms = r->st.start_mono_ms ? clock_mono_ms() - r->st.start_mono_ms : 0;
+    e.duration_ms = r->st.start_mono_ms ? now_us / 1000 - r->st.start_mono_ms : 0;
     e.client = downstream_client_ip(r->ds);
     e.method = downstream_method_name(r->ds);
     e.path = req->first_len ? req->buf + req->first_off : "-";
@@ -88,7 +93,6 @@ void request_log(struct request *r, int status)
                       : r->st.status_source ? r->st.status_source
                       : status < 500 && !r->st.attempts ? ACCESS_SOURCE_BAD_REQUEST
                                                         : ACCESS_SOURCE_UPSTREAM;
-    metrics_observe_request(status == 499 ? 0 : status, r->st.start_us ? clock_mono_us() - r->st.start_us : 0);
     access_log_write(r->lc->alog, &e);
 }
 

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "tls.h"
 #include "discovery.h"
+#include "evmem.h"
 #include "health.h"
 #include "health_bpf.h"
 #include "hook.h"
@@ -221,6 +222,8 @@ int nextup_main(int argc, char **argv, const struct nextup_hooks *hooks)
     struct discovery *discovery = NULL;
     int workers_up = 0, rc = 0;
 
+    /* Before libevent allocates anything (a block must be freed by the functions that made it). */
+    evmem_install();
     if (argc > 1) {
         if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
             config_print_help(stdout);

@@ -27,10 +27,44 @@ void http_head_reset(struct http_head *h)
     h->chunk_offset = chunk_offset;
 }
 
+/* The first blocks of a head (HEAD_FIRST_BUF bytes, HEAD_FIRST_HDR entries),
+ * kept per thread when a head is freed, for the next head to start with: a
+ * keep-alive connection frees its request head between requests (an idle one
+ * holds none) and takes these back at the next, without malloc. At most
+ * HEAD_SPARE_MAX of each per thread. Not kept in sanitizer builds, where every
+ * head should be an allocation of its own. */
+#define HEAD_FIRST_BUF 1024
+#define HEAD_FIRST_HDR 16
+#define HEAD_SPARE_MAX 64
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define HEAD_SPARES 1
+#else
+#define HEAD_SPARES 0
+#endif
+
+struct head_spares {
+    void *block[HEAD_SPARE_MAX];
+    int n;
+};
+static _Thread_local struct head_spares spare_bufs, spare_hdrs;
+
+static void *spare_take(struct head_spares *s)
+{
+    return HEAD_SPARES && s->n > 0 ? s->block[--s->n] : NULL;
+}
+
+static void spare_give(struct head_spares *s, void *p, int first_size)
+{
+    if (HEAD_SPARES && p && first_size && s->n < HEAD_SPARE_MAX)
+        s->block[s->n++] = p;
+    else
+        free(p);
+}
+
 void http_head_free(struct http_head *h)
 {
-    free(h->buf);
-    free(h->hdr);
+    spare_give(&spare_bufs, h->buf, h->cap == HEAD_FIRST_BUF);
+    spare_give(&spare_hdrs, h->hdr, h->hdr_cap == HEAD_FIRST_HDR);
     memset(h, 0, sizeof(*h));
 }
 
@@ -38,12 +72,14 @@ void http_head_free(struct http_head *h)
  * starts small and doubles, rather than every connection holding 128. */
 static int head_grow_hdr(struct http_head *h)
 {
-    int cap = h->hdr_cap ? h->hdr_cap * 2 : 16;
+    int cap = h->hdr_cap ? h->hdr_cap * 2 : HEAD_FIRST_HDR;
     struct http_header *nh;
 
     if (cap > HTTP_MAX_HEADERS)
         cap = HTTP_MAX_HEADERS;
-    nh = realloc(h->hdr, (size_t)cap * sizeof(*nh));
+    nh = h->hdr_cap == 0 ? spare_take(&spare_hdrs) : NULL;
+    if (!nh)
+        nh = realloc(h->hdr, (size_t)cap * sizeof(*nh));
     if (!nh)
         return -ENOMEM;
     h->hdr = nh;
@@ -58,11 +94,14 @@ static int head_append(struct http_head *h, const char *at, size_t len, size_t l
     if (len == 0)
         return 0;   /* llhttp may call with nothing; buf may still be NULL */
     if (h->len + len > h->cap) {
-        size_t cap = h->cap ? h->cap : 1024;
-        char *nb;
+        size_t cap = h->cap ? h->cap : HEAD_FIRST_BUF;
+        char *nb = NULL;
         while (cap < h->len + len)
             cap *= 2;
-        nb = realloc(h->buf, cap);
+        if (h->cap == 0 && cap == HEAD_FIRST_BUF)
+            nb = spare_take(&spare_bufs);
+        if (!nb)
+            nb = realloc(h->buf, cap);
         if (!nb)
             return -ENOMEM;
         h->buf = nb;

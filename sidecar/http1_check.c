@@ -17,7 +17,6 @@
  * c - 64 of hi above): one shift and mask per byte.
  * tchar (RFC 9110 5.6.2): ALPHA DIGIT ! # $ % & ' * + - . ^ _ ` | ~
  * uri_plain (RFC 3986 unreserved / sub-delims): ALPHA DIGIT - . _ ~ ! $ & ' ( ) * + , ; = */
-static const uint64_t TCHAR_LO = 0x03ff6cfa00000000ull, TCHAR_HI = 0x57ffffffc7fffffeull;
 static const uint64_t URI_PLAIN_LO = 0x2bff7fd200000000ull, URI_PLAIN_HI = 0x47fffffe87fffffeull;
 
 static int in_class(unsigned char c, uint64_t lo, uint64_t hi)
@@ -29,9 +28,22 @@ static int in_class(unsigned char c, uint64_t lo, uint64_t hi)
     return 0;
 }
 
+/* Names are checked byte by byte on every head: tchar also as a 256-byte table,
+ * made at compile time from the same bitmap. */
+#define TCHAR_BIT(c) ((c) < 64 ? (TCHAR_LO_V >> ((c) & 63)) & 1 : (c) < 128 ? (TCHAR_HI_V >> ((c) & 63)) & 1 : 0)
+#define TCHAR_LO_V UINT64_C(0x03ff6cfa00000000)
+#define TCHAR_HI_V UINT64_C(0x57ffffffc7fffffe)
+#define T4(c) TCHAR_BIT(c), TCHAR_BIT((c) + 1), TCHAR_BIT((c) + 2), TCHAR_BIT((c) + 3)
+#define T16(c) T4(c), T4((c) + 4), T4((c) + 8), T4((c) + 12)
+#define T64(c) T16(c), T16((c) + 16), T16((c) + 32), T16((c) + 48)
+static const uint8_t tchar_table[256] = { T64(0), T64(64), T64(128), T64(192) };
+#undef T64
+#undef T16
+#undef T4
+
 static int is_tchar(unsigned char c)
 {
-    return in_class(c, TCHAR_LO, TCHAR_HI);
+    return tchar_table[c];
 }
 
 /* CR, LF and NUL: never in a value. */

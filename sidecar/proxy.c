@@ -574,7 +574,7 @@ static void client_head(struct downstream *ds)
     }
     tv = ms_tv(retry_of(r)->request_timeout_ms);
     take_request_id(r);
-    r->st.start_mono_ms = clock_mono_ms();
+    r->st.start_mono_ms = r->st.start_us / 1000;
     r->st.start_unix_ms = clock_unix_ms();
     retry_budget_note_request(&budget, r->st.start_mono_ms / 1000);
     r->st.has_idempotency_key = http_head_field(req, HF_IDEMPOTENCY_KEY, &(size_t){ 0 }) != NULL;
