@@ -14,7 +14,11 @@ struct event_base;
 struct peers;
 struct request;
 struct services;
+struct timeval;
 struct upstream_pool;
+
+/* Distinct timer durations a loop keeps as libevent common timeouts (timeouts.c). */
+#define LOOP_TIMEOUTS 16
 
 struct loop_ctx {
     struct event_base *base;
@@ -29,6 +33,11 @@ struct loop_ctx {
     struct downstream *conns;             /* owned by downstream.c: live client connections */
     struct request *requests_free;        /* owned by proxy.c: request states kept for reuse */
     int n_requests_free;
+    struct {                              /* owned by timeouts.c */
+        int ms;
+        const struct timeval *tv;
+    } timeouts[LOOP_TIMEOUTS];
+    int n_timeouts;
     /* A client connection was freed (its descriptor closed). */
     void (*on_conn_closed)(void *arg);
     void *on_conn_closed_arg;

@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "parse.h"
 #include "peers.h"
+#include "timeouts.h"
 #include "tls.h"
 #include "tunnel.h"
 #include "upstream.h"
@@ -80,12 +81,6 @@ struct downstream {
 static llhttp_settings_t req_settings;
 
 static void parse_input(struct downstream *ds);
-
-static struct timeval ms_tv(int ms)
-{
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    return tv;
-}
 
 static void free_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -153,10 +148,10 @@ void downstream_close_after_write(struct downstream *ds)
         return;
     }
     if (ds->lingering) {
-        struct timeval tv = ms_tv(LINGER_MS);
+        struct timeval tv;
         conn_set_read_limit(ds->conn, 0);
         conn_read(ds->conn, 1);
-        evtimer_add(&ds->timer, &tv);
+        evtimer_add(&ds->timer, loop_timeout(ds->lc, LINGER_MS, &tv));
         linger_half_close(ds);
     }
     /* on_drained frees once the output is empty; the idle timeout bounds a client that never reads. */
@@ -208,11 +203,11 @@ static int parser_fail(struct downstream *ds, int status, const char *reason)
 static int on_req_begin(llhttp_t *p)
 {
     struct downstream *ds = p->data;
-    struct timeval tv = ms_tv(ds->lc->cfg->header_timeout_ms);
-
     http_head_reset(&ds->req);
     ds->state = DS_HEAD;
-    evtimer_add(&ds->timer, &tv);
+    /* The idle timer ends; the header timer starts only if the head is not all
+     * here (arm_header_timer), which in the common case it is. */
+    event_del(&ds->timer);
     if (!ds->owner && ds->cbs->on_begin(ds) < 0)
         return parser_fail(ds, 503, "out of memory");
     return 0;
@@ -342,6 +337,16 @@ void downstream_after_io(struct downstream *ds)
         ds->cbs->on_progress(ds);
 }
 
+/* After parsing: a head begun and not complete waits for its bytes under
+ * NEXTUP_HEADER_TIMEOUT_MS, counted from here, where the first wait begins. */
+static void arm_header_timer(struct downstream *ds)
+{
+    struct timeval tv;
+
+    if (ds->state == DS_HEAD && !ds->aborted && !evtimer_pending(&ds->timer, NULL))
+        evtimer_add(&ds->timer, loop_timeout(ds->lc, ds->lc->cfg->header_timeout_ms, &tv));
+}
+
 static void read_cb(struct conn *conn, void *arg)
 {
     struct downstream *ds = arg;
@@ -352,6 +357,7 @@ static void read_cb(struct conn *conn, void *arg)
         return;
     }
     parse_input(ds);
+    arm_header_timer(ds);
     downstream_after_io(ds);
 }
 
@@ -471,15 +477,17 @@ void downstream_request_done(struct downstream *ds)
     ds->response_begun = 0;
     http_head_free(&ds->req);
     {
-        struct timeval idle = ms_tv(ds->lc->cfg->idle_timeout_ms);
-        evtimer_add(&ds->timer, &idle);
+        struct timeval idle;
+        evtimer_add(&ds->timer, loop_timeout(ds->lc, ds->lc->cfg->idle_timeout_ms, &idle));
         conn_set_timeouts(ds->conn, 0, ds->lc->cfg->idle_timeout_ms);
     }
     ds->paused = 0;
     conn_read(ds->conn, 1);
     llhttp_resume(&ds->parser);
-    if (evbuffer_get_length(conn_input(ds->conn)) > 0)
+    if (evbuffer_get_length(conn_input(ds->conn)) > 0) {
         parse_input(ds);
+        arm_header_timer(ds);
+    }
 }
 
 void downstream_set_owner(struct downstream *ds, void *owner)
@@ -589,7 +597,7 @@ int downstream_new(struct loop_ctx *lc, const struct downstream_cbs *cbs, int fd
                    socklen_t peer_len)
 {
     struct downstream *ds = calloc(1, sizeof(*ds));
-    struct timeval header_tv = ms_tv(lc->cfg->header_timeout_ms);
+    struct timeval header_tv;
     int one = 1;
 
     (void)peer_len;
@@ -632,7 +640,7 @@ int downstream_new(struct loop_ctx *lc, const struct downstream_cbs *cbs, int fd
     conn_set_timeouts(ds->conn, 0, lc->cfg->idle_timeout_ms);
     conn_read(ds->conn, 1);
     /* A new connection must send its first head within the header timeout. */
-    evtimer_add(&ds->timer, &header_tv);
+    evtimer_add(&ds->timer, loop_timeout(lc, lc->cfg->header_timeout_ms, &header_tv));
     return 0;
 }
 

@@ -61,6 +61,14 @@ static void spare_give(struct head_spares *s, void *p, int first_size)
         free(p);
 }
 
+void http_head_free_spares(void)
+{
+    while (spare_bufs.n > 0)
+        free(spare_bufs.block[--spare_bufs.n]);
+    while (spare_hdrs.n > 0)
+        free(spare_hdrs.block[--spare_hdrs.n]);
+}
+
 void http_head_free(struct http_head *h)
 {
     spare_give(&spare_bufs, h->buf, h->cap == HEAD_FIRST_BUF);

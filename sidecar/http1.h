@@ -96,6 +96,9 @@ void http_head_reset(struct http_head *h);
  * keep-alive, as <p> parsed them, into <h>. */
 void http_head_take_parser_facts(struct http_head *h, const llhttp_t *p);
 void http_head_free(struct http_head *h);
+/* Heads freed on this thread keep their first blocks for the next heads; this
+ * gives them back to malloc (the worker's sweep, before malloc_trim()). */
+void http_head_free_spares(void);
 
 /* Feeders; each returns 0 or -ENOMEM / -E2BIG (more than <limit> bytes held) / -EPROTO (obs-fold). */
 int http_head_add_first(struct http_head *h, const char *at, size_t len, size_t limit);

@@ -27,6 +27,7 @@
 #include "request.h"
 #include "retry.h"
 #include "service.h"
+#include "timeouts.h"
 
 /* Above this many request bytes waiting for the upstream, the client is not
  * read; above this many response bytes waiting for the client, the upstream is
@@ -333,8 +334,8 @@ static void attempt(struct request *r, int fresh_same_peer)
     metrics_service_inc(svc_index(r), M_UPSTREAM_ATTEMPTS);
     metrics_service_peer_attempt(p->service, p->index);
     if (retry_of(r)->per_try_timeout_ms > 0) {
-        struct timeval tv = ms_tv(retry_of(r)->per_try_timeout_ms);
-        evtimer_add(&r->try_timer, &tv);
+        struct timeval tv;
+        evtimer_add(&r->try_timer, loop_timeout(r->lc, retry_of(r)->per_try_timeout_ms, &tv));
     }
     rc = exchange_start(r->ex, r->lc->pools[r->svc->index], p, fresh_same_peer, flags, downstream_client_ip(r->ds));
     if (rc < 0) {
@@ -572,7 +573,6 @@ static void client_head(struct downstream *ds)
         reply_error(r, status, reason);
         return;
     }
-    tv = ms_tv(retry_of(r)->request_timeout_ms);
     take_request_id(r);
     r->st.start_mono_ms = r->st.start_us / 1000;
     r->st.start_unix_ms = clock_unix_ms();
@@ -586,7 +586,7 @@ static void client_head(struct downstream *ds)
     if (req->method != HTTP_HEAD && !downstream_has_unread(ds) && http_head_field_has_token(req, HF_EXPECT, "100-continue") &&
         req->major == 1 && req->minor >= 1)
         evbuffer_add(downstream_output(ds), "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    evtimer_add(&r->req_timer, &tv);
+    evtimer_add(&r->req_timer, loop_timeout(r->lc, retry_of(r)->request_timeout_ms, &tv));
     attempt(r, 0);
 }
 

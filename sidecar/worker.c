@@ -19,6 +19,8 @@
 #include "accesslog.h"
 #include "config.h"
 #include "downstream.h"
+#include "evmem.h"
+#include "http1.h"
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
@@ -173,6 +175,8 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         upstream_pool_close_inactive(w->ctx.pools[i]);
     if (w->n_conns_peak - w->n_conns >= TRIM_AFTER_CLOSES) {
         w->n_conns_peak = w->n_conns;
+        evmem_trim();
+        http_head_free_spares();
         malloc_trim(0);
     }
 }
