@@ -86,6 +86,32 @@ static void run_for(struct event_base *base, long usec)
     event_free(t);
 }
 
+/* How much earlier than its value a timeout may fire, in ms: libevent's own
+ * timeouts run on its cached coarse clock (up to a tick, 4 ms, behind). */
+#define EARLY_MS 5
+
+/* The precise monotonic clock, the tests' own measure of when things happen. */
+static long long now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static long long now_ms(void)
+{
+    return now_us() / 1000;
+}
+
+/* Runs the loop until <s> saw an event or <limit_ms> passed since <t0_us>; the
+ * ms from <t0_us> to the event (or to the limit). */
+static long long wait_event_since(struct event_base *base, const struct seen *s, long long t0_us, long long limit_ms)
+{
+    while (s->events == 0 && now_us() - t0_us < limit_ms * 1000)
+        run_for(base, 1000);
+    return (now_us() - t0_us) / 1000;
+}
+
 /* A loop and a conn on one end of a socketpair (the other end: peer), its
  * callbacks counting into s. */
 struct fx {
@@ -242,6 +268,332 @@ static void test_read_timeout(void **state)
     run(base);
     assert_int_equal(s->events, 1);
     assert_int_equal(s->last_what, CONN_TIMEOUT | CONN_READING);
+}
+
+/* ---- timeouts: when each one runs, restarts and stops ---- */
+
+/* A read timeout runs from where reading went on: not before it has passed. */
+static void test_read_timeout_when_no_data(void **state)
+{
+    struct fx *f = *state;
+    long long t0 = now_us(), took;
+
+    conn_set_timeouts(f->c, 60, 0);
+    conn_read(f->c, 1);
+    took = wait_event_since(f->base, &f->s, t0, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(took, 60 - EARLY_MS, 149);
+}
+
+/* Data every 30 ms keeps a 60 ms read timeout from firing for 300 ms; it fires
+ * 60 ms after the last byte, not earlier (a lazy timer armed at the first
+ * deadline must look again and wait for the one the reads pushed later). */
+static void test_read_timeout_restarted_by_reads(void **state)
+{
+    struct fx *f = *state;
+    long long last = 0, took;
+
+    conn_set_timeouts(f->c, 60, 0);
+    conn_read(f->c, 1);
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(write(f->peer, "x", 1), 1);
+        last = now_us();
+        run_for(f->base, 30000);
+    }
+    assert_int_equal(f->s.events, 0);
+    assert_int_equal(f->s.reads, 10);
+    took = wait_event_since(f->base, &f->s, last, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(took, 60 - EARLY_MS, 149);
+}
+
+/* conn_set_timeouts() on a running read timeout restarts it at the new value:
+ * shorter fires at the new, earlier time. */
+static void test_set_timeouts_shortens_read_timeout(void **state)
+{
+    struct fx *f = *state;
+    long long t0, took;
+
+    conn_set_timeouts(f->c, 1000, 0);
+    conn_read(f->c, 1);
+    run_for(f->base, 20000);
+    conn_set_timeouts(f->c, 60, 0);
+    t0 = now_us();
+    took = wait_event_since(f->base, &f->s, t0, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(took, 60 - EARLY_MS, 399);
+}
+
+/* ... longer does not fire at the old time, and does at the new one. */
+static void test_set_timeouts_lengthens_read_timeout(void **state)
+{
+    struct fx *f = *state;
+    long long t0, took;
+
+    conn_set_timeouts(f->c, 60, 0);
+    conn_read(f->c, 1);
+    run_for(f->base, 20000);
+    conn_set_timeouts(f->c, 300, 0);
+    t0 = now_us();
+    run_for(f->base, 200000);
+    assert_int_equal(f->s.events, 0);
+    took = wait_event_since(f->base, &f->s, t0, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(took, 300 - EARLY_MS, 599);
+}
+
+/* ... and 0 stops it. */
+static void test_set_timeouts_zero_stops_read_timeout(void **state)
+{
+    struct fx *f = *state;
+
+    conn_set_timeouts(f->c, 60, 0);
+    conn_read(f->c, 1);
+    run_for(f->base, 20000);
+    conn_set_timeouts(f->c, 0, 0);
+    run_for(f->base, 300000);
+    assert_int_equal(f->s.events, 0);
+}
+
+/* A timeout that is left running after it fired fires again a period later,
+ * as libevent's persistent timeouts do, until the owner stops it. */
+static void test_read_timeout_repeats_until_stopped(void **state)
+{
+    struct fx *f = *state;
+    long long t0 = now_us(), first, second;
+
+    conn_set_timeouts(f->c, 60, 0);
+    conn_read(f->c, 1);
+    first = wait_event_since(f->base, &f->s, t0, 2000);
+    assert_int_equal(f->s.events, 1);
+    f->s.events = 0;
+    second = wait_event_since(f->base, &f->s, t0, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(second - first, 60 - EARLY_MS, 149);
+    f->s.events = 0;
+    conn_set_timeouts(f->c, 0, 0);
+    run_for(f->base, 200000);
+    assert_int_equal(f->s.events, 0);
+}
+
+/* Reading off: no read timeout runs (the old deadline passes unseen); reading
+ * on again starts it at its full value. */
+static void test_read_off_stops_timeout_and_on_restarts_it(void **state)
+{
+    struct fx *f = *state;
+    long long t0, took;
+
+    conn_set_timeouts(f->c, 60, 0);
+    conn_read(f->c, 1);
+    run_for(f->base, 40000);
+    conn_read(f->c, 0);
+    run_for(f->base, 150000);
+    assert_int_equal(f->s.events, 0);
+    conn_read(f->c, 1);
+    t0 = now_us();
+    took = wait_event_since(f->base, &f->s, t0, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(took, 60 - EARLY_MS, 149);
+}
+
+/* Reading paused by the read limit: no read timeout; resumed, the full one. */
+static void test_read_limit_pause_stops_read_timeout(void **state)
+{
+    struct fx *f = *state;
+    char chunk[1000];
+    long long t0, took;
+
+    memset(chunk, 'a', sizeof(chunk));
+    conn_set_read_limit(f->c, 500);
+    conn_set_timeouts(f->c, 60, 0);
+    conn_read(f->c, 1);
+    assert_int_equal(write(f->peer, chunk, sizeof(chunk)), (ssize_t)sizeof(chunk));
+    run(f->base);
+    assert_int_equal(f->s.reads, 1);
+    run_for(f->base, 200000);
+    assert_int_equal(f->s.events, 0);
+    evbuffer_drain(conn_input(f->c), evbuffer_get_length(conn_input(f->c)));
+    t0 = now_us();
+    took = wait_event_since(f->base, &f->s, t0, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(took, 60 - EARLY_MS, 149);
+}
+
+/* Everything the peer end holds, read without blocking: the byte count. */
+static size_t drain_peer(int fd)
+{
+    static char sink[65536];
+    size_t got = 0;
+    ssize_t n;
+
+    while ((n = read(fd, sink, sizeof(sink))) > 0)
+        got += (size_t)n;
+    return got;
+}
+
+/* More output than the (small) socket buffer takes: the rest waits on EV_WRITE. */
+static void queue_big_output(struct fx *f, size_t len)
+{
+    int small = 4096;
+    char *big = calloc(1, len);
+
+    assert_non_null(big);
+    assert_int_equal(setsockopt(conn_fd(f->c), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    assert_int_equal(setsockopt(f->peer, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    evbuffer_add(conn_output(f->c), big, len);
+    free(big);
+    assert_true(conn_flush(f->c) > 0);
+}
+
+/* The peer reads nothing: the write timeout ends the wait, not before its time. */
+static void test_write_timeout_when_peer_reads_nothing(void **state)
+{
+    struct fx *f = *state;
+    long long t0 = now_us(), took;
+
+    conn_set_timeouts(f->c, 0, 60);
+    queue_big_output(f, 1 << 20);
+    took = wait_event_since(f->base, &f->s, t0, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_WRITING);
+    assert_int_equal(f->s.drained, 0);
+    assert_in_range(took, 60 - EARLY_MS, 149);
+}
+
+/* A peer that reads every 30 ms keeps a 60 ms write timeout from firing: each
+ * write restarts it. Once the peer stops, it fires 60 ms after the last write. */
+static void test_write_timeout_restarted_by_progress(void **state)
+{
+    struct fx *f = *state;
+    size_t got = 0;
+    long long last = 0, took;
+
+    conn_set_timeouts(f->c, 0, 60);
+    queue_big_output(f, 1 << 20);
+    for (int i = 0; i < 10; i++) {
+        run_for(f->base, 30000);
+        got += drain_peer(f->peer);
+        last = now_us();
+    }
+    assert_int_equal(f->s.events, 0);
+    assert_true(got > 0);
+    assert_true(evbuffer_get_length(conn_output(f->c)) > 0);
+    took = wait_event_since(f->base, &f->s, last, 2000);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_WRITING);
+    assert_in_range(took, 60 - EARLY_MS, 149);
+}
+
+/* Once the output drained, the write timeout does not run (nor after its time). */
+static void test_no_write_timeout_once_drained(void **state)
+{
+    struct fx *f = *state;
+    size_t got = 0;
+
+    conn_set_timeouts(f->c, 0, 60);
+    queue_big_output(f, 256 << 10);
+    for (int i = 0; i < 5000 && f->s.drained == 0; i++) {
+        got += drain_peer(f->peer);
+        run_for(f->base, 1000);
+    }
+    got += drain_peer(f->peer);
+    assert_int_equal(got, 256 << 10);
+    assert_int_equal(f->s.drained, 1);
+    run_for(f->base, 200000);
+    assert_int_equal(f->s.events, 0);
+}
+
+static void on_event_free(struct conn *c, int what, int err, void *arg)
+{
+    struct fx *f = arg;
+
+    (void)err;
+    f->s.events++;
+    f->s.last_what = what;
+    conn_free(c);
+    f->c = NULL;
+}
+
+/* Both directions time out at once and the first report frees the conn: the
+ * second is not reported, and nothing touches the freed conn (ASan). */
+static void test_timeout_callback_frees_conn(void **state)
+{
+    struct fx *f = *state;
+
+    conn_set_cbs(f->c, NULL, NULL, on_event_free, f);
+    conn_set_timeouts(f->c, 50, 50);
+    conn_read(f->c, 1);
+    queue_big_output(f, 1 << 20);
+    run_for(f->base, 300000);
+    assert_int_equal(f->s.events, 1);
+    assert_true(f->s.last_what & CONN_TIMEOUT);
+    assert_null(f->c);
+}
+
+static int loopback_listener(struct sockaddr_in *sa, int do_listen);
+
+/* A listener whose accept queue is full drops the SYN: the connect timeout
+ * ends the connect, reported as a write timeout. */
+static void test_plain_connect_timeout(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct seen s = { .base = base };
+    struct sockaddr_in sa;
+    int lfd = loopback_listener(&sa, 0), fill[2];
+    long long t0, took;
+    struct conn *c;
+
+    (void)state;
+    assert_int_equal(listen(lfd, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&sa, sizeof(sa));
+        run_for(base, 20000);
+    }
+    t0 = now_us();
+    c = conn_plain_connect(base, (struct sockaddr *)&sa, sizeof(sa), 100);
+    assert_non_null(c);
+    conn_set_cbs(c, on_read, on_drained, on_event, &s);
+    took = wait_event_since(base, &s, t0, 2000);
+    assert_int_equal(s.events, 1);
+    assert_int_equal(s.last_what, CONN_TIMEOUT | CONN_WRITING);
+    assert_in_range(took, 100 - EARLY_MS, 899);
+    conn_free(c);
+    close(fill[0]);
+    close(fill[1]);
+    close(lfd);
+    event_base_free(base);
+}
+
+/* The connect timeout bounds the connect only: connected, with nothing to
+ * write, nothing times out afterwards. */
+static void test_plain_connect_timeout_ends_with_connect(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct seen s = { .base = base };
+    struct sockaddr_in sa;
+    int lfd = loopback_listener(&sa, 1);
+    struct conn *c;
+
+    (void)state;
+    c = conn_plain_connect(base, (struct sockaddr *)&sa, sizeof(sa), 100);
+    assert_non_null(c);
+    conn_set_cbs(c, on_read, on_drained, on_event, &s);
+    run(base);
+    assert_int_equal(s.last_what, CONN_CONNECTED);
+    s.events = 0;
+    run_for(base, 300000);
+    assert_int_equal(s.events, 0);
+    conn_free(c);
+    close(lfd);
+    event_base_free(base);
 }
 
 static void test_connect_refused_and_connected(void **state)
@@ -828,15 +1180,73 @@ static void test_tls_write_timeout(void **state)
 {
     struct tfx *f = *state;
     static char big[8 << 20];
+    long long t0 = now_us(), took;
 
     conn_read(f->cli, 0);
     conn_set_timeouts(f->srv, 0, 100);
     evbuffer_add(conn_output(f->srv), big, sizeof(big));
     assert_true(conn_flush(f->srv) > 0);
-    RUN_UNTIL(f->base, f->ss.events > 0);
+    took = wait_event_since(f->base, &f->ss, t0, 2000);
     assert_int_equal(f->ss.events, 1);
     assert_int_equal(f->ss.last_what, CONN_TIMEOUT | CONN_WRITING);
     assert_int_equal(f->ss.drained, 0);
+    assert_in_range(took, 100 - EARLY_MS, 999);
+}
+
+/* The client takes a little every 30 ms: each record the server writes restarts
+ * its 60 ms write timeout; once the client stops, it fires 60 ms after the last. */
+static void test_tls_write_timeout_restarted_by_progress(void **state)
+{
+    struct tfx *f = *state;
+    static char big[8 << 20];
+    int small = 4096;
+    long long last = 0, took;
+    size_t got = 0;
+
+    assert_int_equal(setsockopt(conn_fd(f->srv), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    assert_int_equal(setsockopt(conn_fd(f->cli), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    conn_read(f->cli, 0);
+    conn_set_timeouts(f->srv, 0, 60);
+    evbuffer_add(conn_output(f->srv), big, sizeof(big));
+    assert_true(conn_flush(f->srv) > 0);
+    for (int i = 0; i < 10; i++) {
+        run_for(f->base, 30000);
+        conn_read(f->cli, 1);
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+        conn_read(f->cli, 0);
+        got += evbuffer_get_length(conn_input(f->cli));
+        evbuffer_drain(conn_input(f->cli), evbuffer_get_length(conn_input(f->cli)));
+        last = now_us();
+    }
+    assert_int_equal(f->ss.events + f->cs.events, 0);
+    assert_true(got > 0);
+    assert_true(evbuffer_get_length(conn_output(f->srv)) > 0);
+    took = wait_event_since(f->base, &f->ss, last, 2000);
+    assert_int_equal(f->ss.events, 1);
+    assert_int_equal(f->ss.last_what, CONN_TIMEOUT | CONN_WRITING);
+    assert_in_range(took, 60 - EARLY_MS, 149);
+}
+
+/* Records every 30 ms keep the server's 60 ms read timeout from firing; it
+ * fires 60 ms after the last. */
+static void test_tls_read_timeout_restarted_by_records(void **state)
+{
+    struct tfx *f = *state;
+    long long last = 0, took;
+
+    conn_set_timeouts(f->srv, 60, 0);
+    for (int i = 0; i < 10; i++) {
+        evbuffer_add(conn_output(f->cli), "x", 1);
+        assert_int_equal(conn_flush(f->cli), 0);
+        last = now_us();
+        run_for(f->base, 30000);
+    }
+    assert_int_equal(f->ss.events + f->cs.events, 0);
+    assert_int_equal(evbuffer_get_length(conn_input(f->srv)), 10);
+    took = wait_event_since(f->base, &f->ss, last, 2000);
+    assert_int_equal(f->ss.events, 1);
+    assert_int_equal(f->ss.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(took, 60 - EARLY_MS, 149);
 }
 
 /* A flush written whole reports through its return value; one that waits on
@@ -918,13 +1328,6 @@ static void test_tls_connect_then_request(void **state)
     tls_teardown((void **)&f);
 }
 
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A listener that never answers the ClientHello (the kernel accepts the TCP
  * connection): the connect timeout ends the handshake too. */
 static void test_tls_connect_timeout_bounds_handshake(void **state)
@@ -943,7 +1346,34 @@ static void test_tls_connect_timeout_bounds_handshake(void **state)
     took = now_ms() - t0;
     assert_int_equal(f->cs.events, 1);
     assert_true(f->cs.last_what & CONN_TIMEOUT);
-    assert_true(took >= 140 && took < 1500);
+    assert_in_range(took, 140, 1499);
+    close(lfd);
+    tls_teardown((void **)&f);
+}
+
+/* The connect deadline bounds the connect and the handshake only: once both
+ * are done it does not fire, however long the connection then stays quiet. */
+static void test_tls_connect_deadline_ends_with_handshake(void **state)
+{
+    struct tfx *f = tfx_new();
+    struct sockaddr_in sa;
+    int lfd = loopback_listener(&sa, 1), afd;
+
+    (void)state;
+    f->cli = conn_tls_connect(f->base, (struct sockaddr *)&sa, sizeof(sa), SSL_new(f->cctx), 150);
+    assert_non_null(f->cli);
+    conn_set_cbs(f->cli, on_read, on_drained, on_event, &f->cs);
+    conn_read(f->cli, 1);
+    afd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
+    assert_true(afd >= 0);
+    f->srv = conn_tls_new(f->base, afd, SSL_new(f->sctx), 1);
+    conn_set_cbs(f->srv, on_read, on_drained, on_event, &f->ss);
+    conn_read(f->srv, 1);
+    RUN_UNTIL(f->base, f->cs.events > 0 && f->ss.events > 0);
+    assert_int_equal(f->cs.last_what, CONN_CONNECTED);
+    f->cs.events = f->ss.events = 0;
+    run_for(f->base, 400000);
+    assert_int_equal(f->cs.events + f->ss.events, 0);
     close(lfd);
     tls_teardown((void **)&f);
 }
@@ -1035,6 +1465,20 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_flush_rest_then_drained, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_read_limit_pauses_and_resumes, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_read_timeout, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_read_timeout_when_no_data, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_read_timeout_restarted_by_reads, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_set_timeouts_shortens_read_timeout, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_set_timeouts_lengthens_read_timeout, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_set_timeouts_zero_stops_read_timeout, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_read_timeout_repeats_until_stopped, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_read_off_stops_timeout_and_on_restarts_it, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_read_limit_pause_stops_read_timeout, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_write_timeout_when_peer_reads_nothing, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_write_timeout_restarted_by_progress, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_no_write_timeout_once_drained, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_timeout_callback_frees_conn, pair_setup, pair_teardown),
+        cmocka_unit_test(test_plain_connect_timeout),
+        cmocka_unit_test(test_plain_connect_timeout_ends_with_connect),
         cmocka_unit_test(test_connect_refused_and_connected),
         cmocka_unit_test_setup_teardown(test_no_callbacks_after_letting_go, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_tls_handshake_both_sides, tls_pair_setup, tls_teardown),
@@ -1049,9 +1493,12 @@ int main(void)
         cmocka_unit_test(test_tls_handshake_failure_verify),
         cmocka_unit_test(test_tls_plain_http_on_tls_side),
         cmocka_unit_test_setup_teardown(test_tls_write_timeout, tls_pair_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_write_timeout_restarted_by_progress, tls_pair_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_read_timeout_restarted_by_records, tls_pair_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_drained_only_after_armed_write, tls_pair_setup, tls_teardown),
         cmocka_unit_test(test_tls_connect_then_request),
         cmocka_unit_test(test_tls_connect_timeout_bounds_handshake),
+        cmocka_unit_test(test_tls_connect_deadline_ends_with_handshake),
         cmocka_unit_test(test_tls_connect_refused),
         cmocka_unit_test(test_tls_ticket_flood_ends_first_priority_conn),
     };
