@@ -309,6 +309,26 @@ static void test_read_timeout_restarted_by_reads(void **state)
     assert_in_range(took, 60 - EARLY_MS, 149);
 }
 
+/* One byte halfway through a 100 ms read timeout pushes it 100 ms past that
+ * byte: the timer, set for the first deadline, rings before the new one and
+ * must be set again for it (not report, and not give up). */
+static void test_read_timeout_pushed_later_by_one_read(void **state)
+{
+    struct fx *f = *state;
+    long long t1, took;
+
+    conn_set_timeouts(f->c, 100, 0);
+    conn_read(f->c, 1);
+    run_for(f->base, 50000);
+    assert_int_equal(write(f->peer, "x", 1), 1);
+    t1 = now_us();
+    took = wait_event_since(f->base, &f->s, t1, 2000);
+    assert_int_equal(f->s.reads, 1);
+    assert_int_equal(f->s.events, 1);
+    assert_int_equal(f->s.last_what, CONN_TIMEOUT | CONN_READING);
+    assert_in_range(took, 100 - EARLY_MS, 199);
+}
+
 /* conn_set_timeouts() on a running read timeout restarts it at the new value:
  * shorter fires at the new, earlier time. */
 static void test_set_timeouts_shortens_read_timeout(void **state)
@@ -1467,6 +1487,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_read_timeout, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_read_timeout_when_no_data, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_read_timeout_restarted_by_reads, pair_setup, pair_teardown),
+        cmocka_unit_test_setup_teardown(test_read_timeout_pushed_later_by_one_read, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_set_timeouts_shortens_read_timeout, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_set_timeouts_lengthens_read_timeout, pair_setup, pair_teardown),
         cmocka_unit_test_setup_teardown(test_set_timeouts_zero_stops_read_timeout, pair_setup, pair_teardown),
