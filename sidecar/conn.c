@@ -1,7 +1,8 @@
-/* conn: the libevent callbacks and the deferred free, constructors and the
- * public verbs, and the plain path (readv / writev). Interest, reports to the
- * owner and the read limit are conn_events.c; the TLS path is conn_tls.c. Both
- * are reached through conn_events.h; every libevent callback is here. */
+/* conn: the libevent callbacks (the timer's included) and the deferred free,
+ * constructors and the public verbs, and the plain path (readv / writev).
+ * Interest, reports to the owner, the read limit and the deadlines are
+ * conn_events.c; the TLS path is conn_tls.c. Both are reached through
+ * conn_events.h; every libevent callback is here. */
 #include "conn.h"
 #include "conn_events.h"
 #include "conn_tls.h"
@@ -31,17 +32,6 @@ static void leave(struct conn *c)
 {
     if (--c->busy == 0 && c->dead)
         conn_destroy(c);
-}
-
-static struct timeval ms_tv(int ms)
-{
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-    return tv;
-}
-
-static int tv_set(const struct timeval *tv)
-{
-    return tv->tv_sec || tv->tv_usec;
 }
 
 /* ---- plain ------------------------------------------------------------ */
@@ -89,16 +79,17 @@ static void plain_read(struct conn *c)
 
 /* ---- events ------------------------------------------------------------- */
 
+/* Every activation of the rd or wr event (readable / writable, or made active)
+ * restarts that event's timeout, as libevent's persistent timeouts did. */
 static void rd_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
 
     (void)fd;
+    (void)what;
     enter(c);
-    if (what & EV_TIMEOUT) {
-        /* A read event armed only for a write (TLS waiting for the peer) times out that write. */
-        conn_emit_event(c, CONN_TIMEOUT | (c->reading || !c->wr_want_rd ? CONN_READING : CONN_WRITING), 0, c->arg);
-    } else if (!c->ssl) {
+    conn_deadline_restart(c, &c->rd_deadline, c->read_ms);
+    if (!c->ssl) {
         plain_read(c);
     } else if (c->failed) {
         if (c->end_what && c->reading) {
@@ -175,7 +166,9 @@ static void wr_cb(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
 
     (void)fd;
+    (void)what;
     enter(c);
+    conn_deadline_restart(c, &c->wr_deadline, c->write_ms);
     if (c->wr_err) {
         int err = c->wr_err;
         c->wr_err = 0;
@@ -183,10 +176,6 @@ static void wr_cb(evutil_socket_t fd, short what, void *arg)
         c->out_waiting = 0;
         conn_wr_disarm(c);
         conn_emit_event(c, CONN_ERROR | CONN_WRITING, err, c->arg);
-    } else if (what & EV_TIMEOUT) {
-        /* A write event armed only for a read (TLS sending its own record) times out that read. */
-        int dir = c->ssl && c->rd_want_wr && !c->out_waiting ? CONN_READING : CONN_WRITING;
-        conn_emit_event(c, CONN_TIMEOUT | dir, 0, c->arg);
     } else if (c->connecting) {
         connect_done(c);
     } else if (!c->ssl) {
@@ -208,14 +197,56 @@ static void wr_cb(evutil_socket_t fd, short what, void *arg)
     leave(c);
 }
 
-static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+/* The deadline that passed first by <now>, or NULL. */
+static int64_t *first_passed(struct conn *c, int64_t now)
+{
+    int64_t *each[] = { &c->connect_deadline, &c->rd_deadline, &c->wr_deadline }, *first = NULL;
+
+    for (size_t i = 0; i < sizeof(each) / sizeof(each[0]); i++)
+        if (*each[i] && *each[i] <= now && (!first || *each[i] < *first))
+            first = each[i];
+    return first;
+}
+
+/* What passed deadline <d> reports, as each event's own timeout did: the
+ * connect deadline once; a read or write timeout again a period later while it
+ * keeps running (a persistent event's timeout restarted when it fired). */
+static void report_passed(struct conn *c, int64_t *d, int64_t now)
+{
+    if (d == &c->connect_deadline) {
+        *d = 0;
+        conn_emit_event(c, CONN_TIMEOUT | ((c->connecting || c->hs_want_wr) ? CONN_WRITING : CONN_READING), 0,
+                        c->arg);
+    } else if (d == &c->rd_deadline) {
+        *d = conn_deadline_after(now, c->read_ms);
+        /* A read event armed only for a write (TLS waiting for the peer) times out that write. */
+        conn_emit_event(c, CONN_TIMEOUT | (c->reading || !c->wr_want_rd ? CONN_READING : CONN_WRITING), 0, c->arg);
+    } else {
+        /* A write event armed only for a read (TLS sending its own record) times out that read. */
+        int dir = c->ssl && c->rd_want_wr && !c->out_waiting ? CONN_READING : CONN_WRITING;
+        *d = conn_deadline_after(now, c->write_ms);
+        /* A failed write already queued on the wr event is reported there instead, as before. */
+        if (!c->wr_err)
+            conn_emit_event(c, CONN_TIMEOUT | dir, 0, c->arg);
+    }
+}
+
+/* The timer rang: reports each deadline that passed (the earliest first; the
+ * owner may stop the others, or free the conn), then sets the timer for what is
+ * left. A deadline pushed later since the timer was set has not passed. */
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
+    int64_t now = conn_clock_us(), *d;
 
     (void)fd;
     (void)what;
+    c->timer_at = 0;
     enter(c);
-    conn_emit_event(c, CONN_TIMEOUT | ((c->connecting || c->hs_want_wr) ? CONN_WRITING : CONN_READING), 0, c->arg);
+    for (int i = 0; i < 3 && !c->dead && (d = first_passed(c, now)) != NULL; i++)
+        report_passed(c, d, now);
+    if (!c->dead)
+        conn_timer_rearm(c, now);
     leave(c);
 }
 
@@ -241,6 +272,7 @@ static struct conn *conn_alloc(struct event_base *base, int fd)
     c->fd = fd;
     event_assign(&c->rd, base, fd, EV_READ | EV_PERSIST, rd_cb, c);
     event_assign(&c->wr, base, fd, EV_WRITE | EV_PERSIST, wr_cb, c);
+    evtimer_assign(&c->timer, base, timer_cb, c);
     return c;
 }
 
@@ -280,7 +312,7 @@ struct conn *conn_plain_connect(struct event_base *base, const struct sockaddr *
         return NULL;
     }
     c->connecting = 1;
-    c->write_tv = ms_tv(timeout_ms);
+    c->write_ms = timeout_ms > 0 ? timeout_ms : 0;
     /* Whether it finished at once or not, CONNECTED comes from the loop. */
     conn_wr_arm(c);
     return c;
@@ -310,7 +342,6 @@ struct conn *conn_tls_new(struct event_base *base, int fd, SSL *ssl, int accepti
 struct conn *conn_tls_connect(struct event_base *base, const struct sockaddr *sa, socklen_t salen, SSL *ssl,
                               int timeout_ms)
 {
-    struct timeval tv = ms_tv(timeout_ms);
     int fd = connect_start(sa, salen);
     struct conn *c;
 
@@ -334,11 +365,7 @@ struct conn *conn_tls_connect(struct event_base *base, const struct sockaddr *sa
     }
     c->connecting = 1;
     /* One deadline for the connect and the handshake together. */
-    if (tv_set(&tv)) {
-        evtimer_assign(&c->deadline, base, deadline_cb, c);
-        evtimer_add(&c->deadline, &tv);
-        c->deadline_set = 1;
-    }
+    conn_deadline_start(c, &c->connect_deadline, timeout_ms);
     conn_wr_update(c);
     return c;
 }
@@ -349,8 +376,7 @@ static void conn_destroy(struct conn *c)
 {
     event_del(&c->rd);
     event_del(&c->wr);
-    if (c->deadline_set)
-        event_del(&c->deadline);
+    event_del(&c->timer);
     if (c->resume_cb)
         evbuffer_remove_cb_entry(c->in, c->resume_cb);
     evbuffer_free(c->in);
@@ -378,6 +404,7 @@ void conn_free(struct conn *c)
         event_del(&c->rd);
         event_del(&c->wr);
         c->rd_added = c->wr_added = 0;
+        c->rd_deadline = c->wr_deadline = c->connect_deadline = 0;
         return;
     }
     conn_destroy(c);
@@ -448,14 +475,16 @@ void conn_set_read_limit(struct conn *c, size_t high)
     }
 }
 
+/* A running direction restarts at its new value (or stops); one whose event is
+ * not added starts when it is. Usually only stores: see conn_deadline_start(). */
 void conn_set_timeouts(struct conn *c, int read_ms, int write_ms)
 {
-    c->read_tv = ms_tv(read_ms);
-    c->write_tv = ms_tv(write_ms);
+    c->read_ms = read_ms > 0 ? read_ms : 0;
+    c->write_ms = write_ms > 0 ? write_ms : 0;
     if (c->rd_added)
-        conn_event_add_tv(&c->rd, &c->read_tv);
+        conn_deadline_start(c, &c->rd_deadline, c->read_ms);
     if (c->wr_added)
-        conn_event_add_tv(&c->wr, &c->write_tv);
+        conn_deadline_start(c, &c->wr_deadline, c->write_ms);
 }
 
 void conn_set_priority(struct conn *c, int prio)
@@ -467,6 +496,10 @@ void conn_set_priority(struct conn *c, int prio)
      * keeps a read event busy without sending data. */
     event_priority_set(&c->rd, prio);
     event_priority_set(&c->wr, prio);
+    /* The timer stays at the normal priority: a pooled connection's idle timeout
+     * gains nothing by running first (upstream_acquire checks the idle time
+     * itself, and a connection handed out stops its deadlines before the timer
+     * could report them). */
 }
 
 void conn_shutdown_write(struct conn *c)

@@ -16,14 +16,17 @@
  * the output; TLS does a non-blocking SSL_do_handshake, then SSL_read into
  * reserved space (again while OpenSSL holds bytes, read ahead) and SSL_write of
  * the output's first 16 KiB, each direction waiting on whichever event OpenSSL
- * asks for. EV_WRITE is armed only while something waits for it. Callbacks come
- * only from the loop, never from inside a verb: on_drained only when an armed
- * write emptied the output (a flush that writes everything at once reports
- * through its return value instead). A callback may free its conn.
+ * asks for. EV_WRITE is armed only while something waits for it. The events
+ * carry no timeout: each direction's is a deadline that a restart only stores,
+ * and one timer per conn, set at or before the earliest, checks them (so most
+ * restarts cost no libevent call). Callbacks come only from the loop, never
+ * from inside a verb: on_drained only when an armed write emptied the output (a
+ * flush that writes everything at once reports through its return value
+ * instead). A callback may free its conn.
  *
  * conn.c holds the libevent callbacks, the verbs and the plain path; conn_tls.c
- * the TLS path; conn_events.{c,h}, internal, the struct, its interest and its
- * reports to the owner. */
+ * the TLS path; conn_events.{c,h}, internal, the struct, its interest, its
+ * deadlines and its reports to the owner. */
 #ifndef SIDECAR_CONN_H
 #define SIDECAR_CONN_H
 
@@ -90,7 +93,9 @@ void conn_read(struct conn *c, int on);
 void conn_set_read_limit(struct conn *c, size_t high);
 
 /* Read timeout (restarted by every read, while reading is on) and write timeout
- * (while output is waiting), ms; 0 = none. */
+ * (while output is waiting), ms; 0 = none. A call restarts a running one at its
+ * new value. A timeout is reported no earlier than its value after its last
+ * restart, and a few ms (about two clock ticks) later at most, the loop willing. */
 void conn_set_timeouts(struct conn *c, int read_ms, int write_ms);
 
 /* Pooled connections' events (plain or TLS) run before others of the same loop

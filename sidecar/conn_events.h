@@ -6,6 +6,8 @@
  *   conn_owner_reads()               the owner's reads can run now
  *   conn_rd_update() / conn_wr_update() / conn_wr_arm() / conn_wr_disarm()   events to match the state
  *   conn_pause_for_limit() / conn_rd_kick()   the read limit, and reads resumed from the loop
+ *   conn_clock_us() / conn_deadline_after() / conn_deadline_start() / conn_deadline_restart() /
+ *   conn_timer_rearm()               the timeouts: deadlines, and the one timer that checks them
  *   conn_tls_has_pending()           OpenSSL holds bytes no readable event announces
  * Control goes one way: conn.c calls conn_tls.c (conn_tls.h) and conn_events.c;
  * conn_tls.c calls conn_events.c; conn_events.c calls neither. conn_tls.c runs
@@ -15,7 +17,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/time.h>
 
 #include <event2/event_struct.h>
 #include <openssl/ssl.h>
@@ -32,14 +33,19 @@ struct conn {
     int fd;                         /* owned */
     struct ssl_st *ssl;             /* owned: TLS only */
     struct evbuffer *in, *out;      /* owned */
-    struct event rd, wr;
-    struct event deadline;          /* TLS connect: bounds the connect and the handshake */
+    struct event rd, wr;            /* no timeout of their own: see timer */
+    struct event timer;             /* rings at or before the earliest deadline below */
     struct evbuffer_cb_entry *resume_cb; /* set while reading is paused by the read limit */
     conn_read_cb on_read;
     conn_drained_cb on_drained;
     conn_event_cb on_event;
     void *arg;
-    struct timeval read_tv, write_tv;
+    int read_ms, write_ms;          /* conn_set_timeouts(); the write one also bounds a plain connect */
+    /* Deadlines on conn_clock_us()'s scale, 0: none. rd_ / wr_deadline run while
+     * the rd / wr event is added and its timeout is set, restarted by each of its
+     * activations; connect_deadline (TLS connect) bounds the connect and the handshake. */
+    int64_t rd_deadline, wr_deadline, connect_deadline;
+    int64_t timer_at;               /* the deadline timer is set for; 0: not set */
     size_t read_high;
     unsigned long tls_err;          /* the last OpenSSL error code of a failure */
     int end_what, end_err;          /* TLS: the read side's EOF / ERROR, until reported */
@@ -52,7 +58,6 @@ struct conn {
     unsigned connecting : 1;        /* TCP connect in progress (EV_WRITE belongs to it) */
     unsigned read_eof : 1;          /* no more reads: EOF or a read error was met */
     unsigned dead : 1;              /* conn_free() ran inside a callback: freed on the way out */
-    unsigned deadline_set : 1;
     unsigned handshaking : 1;       /* TLS: SSL_do_handshake() has not returned 1 yet */
     unsigned hs_want_rd : 1;        /* ... and waits for the socket to be readable */
     unsigned hs_want_wr : 1;        /* ... or writable */
@@ -81,8 +86,28 @@ void conn_wr_disarm(struct conn *c);
 /* The owner's reads became possible again: what OpenSSL holds, or an end not yet
  * reported, is read from the loop (never from inside the verb). */
 void conn_rd_kick(struct conn *c);
-/* event_add() with <tv>, or with no timeout when <tv> is zero. */
-void conn_event_add_tv(struct event *ev, const struct timeval *tv);
+
+/* Timeouts are deadlines, checked by one timer per conn (nginx's and HAProxy's
+ * way): restarting one stores a time and touches libevent only when the timer
+ * is set for later than that (or not set); the timer, once it rings, reports
+ * what passed and is set again for what is left (conn.c's timer_cb).
+ * The clock: CLOCK_MONOTONIC_COARSE in us (a vDSO read, no system call). */
+int64_t conn_clock_us(void);
+/* The deadline of a timeout of <ms> started at <now>: late enough that it never
+ * passes early on the coarse clock; 0 when <ms> is 0 (none). */
+int64_t conn_deadline_after(int64_t now, int ms);
+/* *<deadline> (one of c's) starts now for <ms> (0: stops); the timer moves only
+ * if it would ring too late. */
+void conn_deadline_start(struct conn *c, int64_t *deadline, int ms);
+/* The timer set for c's earliest deadline if it is not set for that or earlier. */
+void conn_timer_rearm(struct conn *c, int64_t now);
+
+/* A running deadline restarts (an activation of its event); a stopped one stays stopped. */
+static inline void conn_deadline_restart(struct conn *c, int64_t *deadline, int ms)
+{
+    if (*deadline)
+        conn_deadline_start(c, deadline, ms);
+}
 
 /* 1 when OpenSSL holds bytes that no readable event will announce. */
 static inline int conn_tls_has_pending(const struct conn *c)

@@ -264,8 +264,7 @@ static void tls_established(struct conn *c)
     c->handshaking = 0;
     c->hs_want_rd = c->hs_want_wr = 0;
     c->raw_mark = BIO_number_read(SSL_get_rbio(c->ssl));
-    if (c->deadline_set)
-        event_del(&c->deadline);
+    c->connect_deadline = 0;    /* the timer, if set for it, rings and finds nothing */
     if (evbuffer_get_length(c->out) > 0) {
         int r = tls_write(c, &err);
         if (r < 0) {

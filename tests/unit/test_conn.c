@@ -86,9 +86,10 @@ static void run_for(struct event_base *base, long usec)
     event_free(t);
 }
 
-/* How much earlier than its value a timeout may fire, in ms: libevent's own
- * timeouts run on its cached coarse clock (up to a tick, 4 ms, behind). */
-#define EARLY_MS 5
+/* How much earlier than its value a timeout may fire, in ms: none. (libevent's
+ * own timeouts, used before the deadlines, ran on its cached coarse clock and
+ * fired up to a tick early: this was 5.) */
+#define EARLY_MS 0
 
 /* The precise monotonic clock, the tests' own measure of when things happen. */
 static long long now_us(void)
