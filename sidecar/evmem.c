@@ -27,6 +27,17 @@
 
 #include <event2/event.h>
 
+/* Sanitizer builds: nothing installed, nothing kept (see above). */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+void evmem_trim(void)
+{
+}
+
+void evmem_install(void)
+{
+}
+#else
+
 #define EVMEM_MIN_SHIFT 11                  /* 2 KiB: the smallest class kept (EVMEM_KEEP_MIN) */
 #define EVMEM_KEEP_MIN ((size_t)1 << EVMEM_MIN_SHIFT)
 #define EVMEM_CLASSES 6                     /* ... up to 64 KiB */
@@ -139,7 +150,6 @@ void evmem_trim(void)
 
 void evmem_install(void)
 {
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
     event_set_mem_functions(evmem_malloc, evmem_realloc, evmem_free_block);
-#endif
 }
+#endif
