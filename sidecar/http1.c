@@ -388,8 +388,9 @@ static const char *get_named(const struct http_head *h, const char *name, size_t
     return v;
 }
 
-static int has_token_named(const struct http_head *h, const char *name, size_t n, enum http_field f,
-                           const char *token)
+/* 1 as soon as <fn> says 1 for a comma-separated token of a field named <name> (<f> is field_of(name)). */
+static int any_token(const struct http_head *h, const char *name, size_t n, enum http_field f,
+                     int (*fn)(const char *tok, size_t n, const void *arg), const void *arg)
 {
     int i;
 
@@ -397,10 +398,16 @@ static int has_token_named(const struct http_head *h, const char *name, size_t n
         const char *v;
         size_t vlen;
         trimmed(h, &h->hdr[i], &v, &vlen);
-        if (each_token(v, vlen, token_equals, token))
+        if (each_token(v, vlen, fn, arg))
             return 1;
     }
     return 0;
+}
+
+static int has_token_named(const struct http_head *h, const char *name, size_t n, enum http_field f,
+                           const char *token)
+{
+    return any_token(h, name, n, f, token_equals, token);
 }
 
 static int count_named(const struct http_head *h, const char *name, size_t n, enum http_field f)
@@ -462,17 +469,8 @@ static int token_matches_span(const char *tok, size_t n, const void *arg)
 static int named_in_connection(const struct http_head *h, const char *name, size_t len)
 {
     struct span s = { name, len };
-    int k;
 
-    for (k = find_field(h, "connection", 10, HF_CONNECTION, 0); k >= 0;
-         k = find_field(h, "connection", 10, HF_CONNECTION, k + 1)) {
-        const char *v;
-        size_t vlen;
-        trimmed(h, &h->hdr[k], &v, &vlen);
-        if (each_token(v, vlen, token_matches_span, &s))
-            return 1;
-    }
-    return 0;
+    return any_token(h, "connection", 10, HF_CONNECTION, token_matches_span, &s);
 }
 
 /* http1_is_hop_by_hop() for a field of <h> whose kind is <f>. */
@@ -507,17 +505,7 @@ static int token_not_chunked(const char *tok, size_t n, const void *arg)
 
 int http1_only_chunked(const struct http_head *h)
 {
-    int i;
-
-    for (i = find_field(h, "transfer-encoding", 17, HF_TRANSFER_ENCODING, 0); i >= 0;
-         i = find_field(h, "transfer-encoding", 17, HF_TRANSFER_ENCODING, i + 1)) {
-        const char *v;
-        size_t vlen;
-        trimmed(h, &h->hdr[i], &v, &vlen);
-        if (each_token(v, vlen, token_not_chunked, NULL))
-            return 0;
-    }
-    return 1;
+    return !any_token(h, "transfer-encoding", 17, HF_TRANSFER_ENCODING, token_not_chunked, NULL);
 }
 
 
