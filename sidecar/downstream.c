@@ -203,6 +203,7 @@ static int parser_fail(struct downstream *ds, int status, const char *reason)
 static int on_req_begin(llhttp_t *p)
 {
     struct downstream *ds = p->data;
+
     http_head_reset(&ds->req);
     ds->state = DS_HEAD;
     /* The idle timer ends; the header timer starts only if the head is not all
