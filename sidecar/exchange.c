@@ -364,13 +364,6 @@ static void event_cb(struct conn *conn, int what, int err, void *arg)
         fail(ex, (what & CONN_TIMEOUT) ? UPF_CONNECT_TIMEOUT : connect_failure(err), 0);
         return;
     }
-    if ((what & CONN_TIMEOUT) && (what & CONN_READING) && !ex->head_reported) {
-        /* No read timeout is ours before the head (the owner's per-try and request
-         * timers are separate): this is the pool's idle timeout, queued in the loop
-         * turn that handed the connection out. Reading goes on. */
-        conn_read(conn, 1);
-        return;
-    }
     if (what & CONN_EOF) {
         at_eof(ex);
         return;

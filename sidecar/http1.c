@@ -481,8 +481,8 @@ static int hop_by_hop(const struct http_head *h, const char *name, size_t len, e
     /* Connection may not take Host away: a request without Host is not HTTP/1.1. */
     if (f == HF_HOST)
         return 0;
-    /* An indexed head whose Connection headers list only fixed names has nothing more to drop. */
-    if (h->indexed && (h->field_count[HF_CONNECTION] == 0 || !h->connection_names_other))
+    /* An indexed head whose Connection headers (if any) list only fixed names has nothing more to drop. */
+    if (h->indexed && !h->connection_names_other)
         return 0;
     return named_in_connection(h, name, len);
 }

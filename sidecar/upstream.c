@@ -200,8 +200,8 @@ struct upconn *upstream_acquire(struct upstream_pool *pool, struct peer *peer, i
     while (!fresh && l->head) {
         c = l->head;
         idle_unlink(c);
-        /* Its idle time is up: the timeout may already be queued in this loop
-         * turn, to be delivered to whoever holds the connection next. */
+        /* Its idle time is up (its timeout due in this loop turn), or the peer
+         * sent bytes nobody asked for: either way it is not used again. */
         if (clock_mono_ms() - c->idle_since_ms >= c->idle_limit_ms - 1 || !idle_still_quiet(c)) {
             upstream_close(c);
             continue;
